@@ -1,0 +1,257 @@
+//! Proto ⇄ domain conversions. Requests are validated here (TryFrom), so a handler only ever
+//! passes valid domain values on.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::pb;
+use crate::error::Error;
+use crate::operation::{Operation, OperationState, StepState};
+use crate::registry::tenants::TenantChanges;
+use crate::service::{OperationView, Route};
+use crate::tenant::{self, NewTenant, Slug, Tenant, TenantRef, TenantState, Tier};
+
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn opt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(time).unwrap_or_default()
+}
+
+pub fn tier_from(field: &str, v: i32, required: bool) -> Result<Option<Tier>, Error> {
+    match pb::Tier::try_from(v) {
+        Ok(pb::Tier::Pool) => Ok(Some(Tier::Pool)),
+        Ok(pb::Tier::Schema) => Ok(Some(Tier::Schema)),
+        Ok(pb::Tier::Database) => Ok(Some(Tier::Database)),
+        Ok(pb::Tier::Unspecified) if !required => Ok(None),
+        Ok(pb::Tier::Unspecified) => Err(Error::invalid(
+            field,
+            "is required: pool, schema or database",
+        )),
+        Err(_) => Err(Error::invalid(field, format!("unknown tier {v}"))),
+    }
+}
+
+pub fn tier_to(t: Tier) -> pb::Tier {
+    match t {
+        Tier::Pool => pb::Tier::Pool,
+        Tier::Schema => pb::Tier::Schema,
+        Tier::Database => pb::Tier::Database,
+    }
+}
+
+pub fn tenant_state_from(v: i32) -> Result<Option<TenantState>, Error> {
+    match pb::TenantState::try_from(v) {
+        Ok(pb::TenantState::Unspecified) => Ok(None),
+        Ok(pb::TenantState::Provisioning) => Ok(Some(TenantState::Provisioning)),
+        Ok(pb::TenantState::Active) => Ok(Some(TenantState::Active)),
+        Ok(pb::TenantState::Failed) => Ok(Some(TenantState::Failed)),
+        Err(_) => Err(Error::invalid("state", format!("unknown tenant state {v}"))),
+    }
+}
+
+fn tenant_state_to(s: TenantState) -> pb::TenantState {
+    match s {
+        TenantState::Provisioning => pb::TenantState::Provisioning,
+        TenantState::Active => pb::TenantState::Active,
+        TenantState::Failed => pb::TenantState::Failed,
+    }
+}
+
+pub fn operation_state_from(v: i32) -> Result<Option<OperationState>, Error> {
+    use pb::OperationState as P;
+    Ok(Some(match P::try_from(v) {
+        Ok(P::Unspecified) => return Ok(None),
+        Ok(P::Pending) => OperationState::Pending,
+        Ok(P::Running) => OperationState::Running,
+        Ok(P::Compensating) => OperationState::Compensating,
+        Ok(P::Succeeded) => OperationState::Succeeded,
+        Ok(P::Failed) => OperationState::Failed,
+        Ok(P::Cancelled) => OperationState::Cancelled,
+        Err(_) => {
+            return Err(Error::invalid(
+                "state",
+                format!("unknown operation state {v}"),
+            ));
+        }
+    }))
+}
+
+fn operation_state_to(s: OperationState) -> pb::OperationState {
+    use pb::OperationState as P;
+    match s {
+        OperationState::Pending => P::Pending,
+        OperationState::Running => P::Running,
+        OperationState::Compensating => P::Compensating,
+        OperationState::Succeeded => P::Succeeded,
+        OperationState::Failed => P::Failed,
+        OperationState::Cancelled => P::Cancelled,
+    }
+}
+
+fn step_state_to(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Pending => pb::StepState::Pending,
+        StepState::Running => pb::StepState::Running,
+        StepState::Done => pb::StepState::Done,
+        StepState::Failed => pb::StepState::Failed,
+    }
+}
+
+pub fn labels_from(
+    labels: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Error> {
+    tenant::labels(&labels.into_iter().collect())
+}
+
+impl TryFrom<pb::CreateTenantRequest> for NewTenant {
+    type Error = Error;
+    fn try_from(r: pb::CreateTenantRequest) -> Result<Self, Error> {
+        let slug = Slug::parse(&r.slug)?;
+        let display_name = tenant::text_field("display_name", &r.display_name, false)?;
+        Ok(NewTenant {
+            display_name: if display_name.is_empty() {
+                slug.as_str().to_owned()
+            } else {
+                display_name
+            },
+            slug,
+            plan: tenant::text_field("plan", &r.plan, false)?,
+            tier: tier_from("tier", r.tier, true)?.expect("required"),
+            labels: labels_from(r.labels)?,
+            cluster: if r.cluster.is_empty() {
+                None
+            } else {
+                Some(tenant::text_field("cluster", &r.cluster, true)?)
+            },
+        })
+    }
+}
+
+/// An UpdateTenant request, validated: which tenant, and what changes.
+pub struct TenantUpdate {
+    pub tenant: TenantRef,
+    pub changes: TenantChanges,
+}
+
+impl TryFrom<pb::UpdateTenantRequest> for TenantUpdate {
+    type Error = Error;
+    fn try_from(r: pb::UpdateTenantRequest) -> Result<Self, Error> {
+        let tenant = TenantRef::parse("tenant", &r.tenant)?;
+        if r.update_mask.is_empty() {
+            return Err(Error::invalid(
+                "update_mask",
+                "name the fields to change: display_name, plan, labels",
+            ));
+        }
+        let mut changes = TenantChanges::default();
+        for path in &r.update_mask {
+            match path.as_str() {
+                "display_name" => {
+                    changes.display_name =
+                        Some(tenant::text_field("display_name", &r.display_name, true)?)
+                }
+                "plan" => changes.plan = Some(tenant::text_field("plan", &r.plan, false)?),
+                "labels" => changes.labels = Some(labels_from(r.labels.clone())?),
+                other => {
+                    return Err(Error::invalid(
+                        "update_mask",
+                        format!(
+                            "unknown or immutable field {:?}",
+                            other.chars().take(64).collect::<String>()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(TenantUpdate { tenant, changes })
+    }
+}
+
+impl From<Tenant> for pb::Tenant {
+    fn from(t: Tenant) -> Self {
+        pb::Tenant {
+            id: t.id.to_string(),
+            slug: t.slug,
+            display_name: t.display_name,
+            plan: t.plan,
+            labels: t.labels.into_iter().collect(),
+            tier: tier_to(t.tier) as i32,
+            state: tenant_state_to(t.state) as i32,
+            placement: Some(pb::Placement {
+                cluster: t.placement.cluster,
+                database: t.placement.database.unwrap_or_default(),
+                schema: t.placement.schema.unwrap_or_default(),
+                role: t.placement.role.unwrap_or_default(),
+            }),
+            schema_version: t.schema_version,
+            routing_epoch: t.routing_epoch,
+            create_time: time(t.created_at),
+            update_time: time(t.updated_at),
+        }
+    }
+}
+
+impl From<Route> for pb::TenantRoute {
+    fn from(r: Route) -> Self {
+        pb::TenantRoute {
+            tenant_id: r.tenant.id.to_string(),
+            tier: tier_to(r.tenant.tier) as i32,
+            cluster: r.tenant.placement.cluster,
+            host: r.host,
+            port: r.port as i32,
+            database: r.tenant.placement.database.unwrap_or_default(),
+            schema: r.tenant.placement.schema.unwrap_or_default(),
+            role: r.tenant.placement.role.unwrap_or_default(),
+            session_settings: r.session_settings.into_iter().collect(),
+            routing_epoch: r.tenant.routing_epoch,
+            credential_ref: r.credential_ref.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<OperationView> for pb::Operation {
+    fn from(v: OperationView) -> Self {
+        let op: Operation = v.operation;
+        let result = match (&op.error, v.tenant) {
+            (Some(e), _) if op.done() => Some(pb::operation::Result::Error(pb::OperationError {
+                code: e.code as i32,
+                message: e.message.clone(),
+                step: e.step.clone().unwrap_or_default(),
+            })),
+            (_, Some(t)) => Some(pb::operation::Result::Tenant(t.into())),
+            _ => None,
+        };
+        pb::Operation {
+            name: op.name(),
+            done: op.done(),
+            metadata: Some(pb::OperationMetadata {
+                kind: op.kind,
+                tenant_id: op.tenant_id.to_string(),
+                state: operation_state_to(op.state) as i32,
+                steps: op
+                    .steps
+                    .into_iter()
+                    .map(|s| pb::Step {
+                        name: s.name,
+                        state: step_state_to(s.state) as i32,
+                        attempts: s.attempts,
+                        start_time: opt_time(s.started_at),
+                        end_time: opt_time(s.finished_at),
+                        progress_done: s.progress_done,
+                        progress_total: s.progress_total,
+                        last_error: s.last_error.unwrap_or_default(),
+                    })
+                    .collect(),
+                create_time: time(op.created_at),
+                update_time: time(op.updated_at),
+                end_time: opt_time(op.finished_at),
+                cancel_requested: op.cancel_requested,
+                request_id: op.request_id.unwrap_or_default(),
+            }),
+            result,
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! `tenantctl`: the operator CLI for tenantd.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use tenantd::api::pb;
+use tenantd::api::pb::operation_service_client::OperationServiceClient;
+use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Operate tenantd: create, inspect and watch tenants and operations"
+)]
+struct Cli {
+    /// tenantd gRPC address.
+    #[arg(
+        long,
+        env = "TENANTD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TierArg {
+    Pool,
+    Schema,
+    Database,
+}
+
+impl From<TierArg> for pb::Tier {
+    fn from(t: TierArg) -> Self {
+        match t {
+            TierArg::Pool => pb::Tier::Pool,
+            TierArg::Schema => pb::Tier::Schema,
+            TierArg::Database => pb::Tier::Database,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision a tenant and watch the operation until it is done.
+    Create {
+        slug: String,
+        #[arg(long, value_enum)]
+        tier: TierArg,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        plan: String,
+        /// key=value, repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Cluster to place the tenant on (default: the first configured).
+        #[arg(long, default_value = "")]
+        cluster: String,
+        /// Idempotency key; retrying with the same key never creates a second tenant.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Print the operation and return without watching it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show a tenant (by id or slug).
+    Get { tenant: String },
+    /// List tenants.
+    List {
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+    },
+    /// Show how an application connects to a tenant.
+    Resolve { tenant: String },
+    /// Operations: get, list, watch, wait, cancel.
+    #[command(subcommand)]
+    Operation(OperationCommand),
+}
+
+#[derive(Subcommand)]
+enum OperationCommand {
+    Get {
+        name: String,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Follow an operation with a progress bar until it is done.
+    Watch {
+        name: String,
+    },
+    Cancel {
+        name: String,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(cli.addr.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach tenantd at {}", cli.addr))?;
+    let mut tenants = TenantServiceClient::new(channel.clone());
+    let mut ops = OperationServiceClient::new(channel);
+    match cli.command {
+        Command::Create {
+            slug,
+            tier,
+            display_name,
+            plan,
+            labels,
+            cluster,
+            request_id,
+            no_wait,
+        } => {
+            let op = tenants
+                .create_tenant(pb::CreateTenantRequest {
+                    slug,
+                    display_name,
+                    plan,
+                    tier: pb::Tier::from(tier) as i32,
+                    labels: labels.into_iter().collect::<HashMap<_, _>>(),
+                    cluster,
+                    request_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if no_wait {
+                print_operation(&op);
+            } else {
+                watch(&mut ops, &op.name).await?;
+            }
+        }
+        Command::Get { tenant } => {
+            let t = tenants
+                .get_tenant(pb::GetTenantRequest { tenant })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_tenant(&t);
+        }
+        Command::List { tier, page_size } => {
+            let mut page_token = String::new();
+            println!(
+                "{:<36}  {:<24}  {:<8}  {:<12}  SCHEMA",
+                "ID", "SLUG", "TIER", "STATE"
+            );
+            loop {
+                let r = tenants
+                    .list_tenants(pb::ListTenantsRequest {
+                        page_size,
+                        page_token,
+                        tier: tier.map_or(0, |t| pb::Tier::from(t) as i32),
+                        state: 0,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for t in &r.tenants {
+                    println!(
+                        "{:<36}  {:<24}  {:<8}  {:<12}  v{}",
+                        t.id,
+                        t.slug,
+                        tier_name(t.tier),
+                        state_name(t.state),
+                        t.schema_version
+                    );
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+        }
+        Command::Resolve { tenant } => {
+            let r = tenants
+                .resolve_tenant(pb::ResolveTenantRequest { tenant })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("tenant:      {}", r.tenant_id);
+            println!("tier:        {}", tier_name(r.tier));
+            println!("server:      {}:{} (cluster {})", r.host, r.port, r.cluster);
+            println!("database:    {}", r.database);
+            println!("schema:      {}", r.schema);
+            println!("role:        {}", r.role);
+            let mut settings: Vec<_> = r.session_settings.iter().collect();
+            settings.sort();
+            for (k, v) in settings {
+                println!("set:         {k} = {v}");
+            }
+            println!("epoch:       {}", r.routing_epoch);
+            if !r.credential_ref.is_empty() {
+                println!("credential:  {}", r.credential_ref);
+            }
+        }
+        Command::Operation(cmd) => match cmd {
+            OperationCommand::Get { name } => {
+                let op = ops
+                    .get_operation(pb::GetOperationRequest {
+                        name: op_name(&name),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_operation(&op);
+            }
+            OperationCommand::List { tenant } => {
+                let r = ops
+                    .list_operations(pb::ListOperationsRequest {
+                        tenant,
+                        state: 0,
+                        page_size: 100,
+                        page_token: String::new(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for op in &r.operations {
+                    let m = op.metadata.clone().unwrap_or_default();
+                    println!(
+                        "{}  {:<10}  {:<12}  tenant {}  {}",
+                        op.name,
+                        m.kind,
+                        op_state_name(m.state),
+                        m.tenant_id,
+                        m.create_time
+                    );
+                }
+            }
+            OperationCommand::Watch { name } => watch(&mut ops, &op_name(&name)).await?,
+            OperationCommand::Cancel { name } => {
+                let op = ops
+                    .cancel_operation(pb::CancelOperationRequest {
+                        name: op_name(&name),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_operation(&op);
+            }
+        },
+    }
+    Ok(())
+}
+
+fn op_name(name: &str) -> String {
+    if name.starts_with("operations/") {
+        name.to_owned()
+    } else {
+        format!("operations/{name}")
+    }
+}
+
+/// Follows an operation with a progress bar: one tick per step, the running step's own
+/// progress in the message.
+async fn watch(ops: &mut OperationServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
+    let mut stream = ops
+        .watch_operation(pb::WatchOperationRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut last = None;
+    while let Some(op) = stream.message().await.map_err(status)? {
+        let m = op.metadata.clone().unwrap_or_default();
+        bar.set_length(m.steps.len() as u64);
+        let done = m
+            .steps
+            .iter()
+            .filter(|s| s.state == pb::StepState::Done as i32)
+            .count();
+        bar.set_position(done as u64);
+        let running = m
+            .steps
+            .iter()
+            .find(|s| s.state == pb::StepState::Running as i32);
+        bar.set_message(match running {
+            Some(s) if s.progress_total > 0 => {
+                format!("{} {}/{}", s.name, s.progress_done, s.progress_total)
+            }
+            Some(s) => s.name.clone(),
+            None => op_state_name(m.state).to_owned(),
+        });
+        last = Some(op);
+    }
+    bar.finish_and_clear();
+    let Some(op) = last else {
+        bail!("the operation stream ended without an update")
+    };
+    print_operation(&op);
+    if let Some(pb::operation::Result::Error(e)) = &op.result {
+        bail!("{} failed: {}", op.name, e.message);
+    }
+    Ok(())
+}
+
+fn print_operation(op: &pb::Operation) {
+    let m = op.metadata.clone().unwrap_or_default();
+    println!("operation:   {}", op.name);
+    println!("kind:        {}  tenant {}", m.kind, m.tenant_id);
+    println!("state:       {}", op_state_name(m.state));
+    for s in &m.steps {
+        let state = pb::StepState::try_from(s.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("STEP_STATE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let retry = if s.attempts > 1 {
+            format!(" ({} attempts)", s.attempts)
+        } else {
+            String::new()
+        };
+        println!("  {:<18} {state}{retry}", s.name);
+    }
+    match &op.result {
+        Some(pb::operation::Result::Tenant(t)) => print_tenant(t),
+        Some(pb::operation::Result::Error(e)) => println!(
+            "error:       {} (code {}, step {})",
+            e.message, e.code, e.step
+        ),
+        None => {}
+    }
+}
+
+fn print_tenant(t: &pb::Tenant) {
+    let p = t.placement.clone().unwrap_or_default();
+    println!("tenant:      {} ({})", t.slug, t.id);
+    println!("name:        {}", t.display_name);
+    println!("plan:        {}", t.plan);
+    println!("tier:        {}", tier_name(t.tier));
+    println!("state:       {}", state_name(t.state));
+    println!(
+        "placement:   cluster {} database {} schema {} role {}",
+        p.cluster, p.database, p.schema, p.role
+    );
+    println!("schema:      v{}", t.schema_version);
+    if !t.labels.is_empty() {
+        let mut labels: Vec<_> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels:      {}", labels.join(", "));
+    }
+}
+
+fn tier_name(t: i32) -> &'static str {
+    match pb::Tier::try_from(t) {
+        Ok(pb::Tier::Pool) => "pool",
+        Ok(pb::Tier::Schema) => "schema",
+        Ok(pb::Tier::Database) => "database",
+        _ => "?",
+    }
+}
+
+fn state_name(s: i32) -> String {
+    pb::TenantState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TENANT_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn op_state_name(s: i32) -> &'static str {
+    match pb::OperationState::try_from(s) {
+        Ok(pb::OperationState::Pending) => "pending",
+        Ok(pb::OperationState::Running) => "running",
+        Ok(pb::OperationState::Compensating) => "compensating",
+        Ok(pb::OperationState::Succeeded) => "succeeded",
+        Ok(pb::OperationState::Failed) => "failed",
+        Ok(pb::OperationState::Cancelled) => "cancelled",
+        _ => "?",
+    }
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", s.code(), s.message())
+}

@@ -1,0 +1,228 @@
+//! Service configuration: where the registry is, which data-plane clusters exist, how the
+//! workflow engine behaves, and which key provider seals secrets. Loaded from a TOML file
+//! (`tenantd serve --config`) or built by `tenantd dev` for the embedded default.
+//!
+//! Connection URLs carry credentials: they are never logged (see [`redact_url`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL of the control-plane registry database.
+    pub registry_url: String,
+    /// Data-plane PostgreSQL servers. The first one is the default placement.
+    pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub workflow: WorkflowConfig,
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Registry name of the cluster: `[a-z][a-z0-9-]*`.
+    pub name: String,
+    /// Administrative URL (a role with CREATEDB and CREATEROLE). The database in the URL is
+    /// used for cluster-wide statements (CREATE DATABASE, CREATE ROLE).
+    pub admin_url: String,
+    /// Host and port that applications use to reach the cluster (returned by ResolveTenant).
+    /// Defaults to the host and port of `admin_url`.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// Database holding the pool tables and the schema-tier schemas.
+    #[serde(default = "default_shared_database")]
+    pub shared_database: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// Operations one replica runs at once.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// How long a claimed operation stays owned without a heartbeat.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// First retry delay; doubles per failure up to `max_backoff_ms`.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Retryable failures of one operation before it is treated as fatal.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: i32,
+    /// How often an idle worker looks for work when no notification arrives.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig {
+            workers: default_workers(),
+            lease_ms: default_lease_ms(),
+            backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_failures: default_max_failures(),
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+impl WorkflowConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeysConfig {
+    /// Secrets sealed with AES-256-GCM under a 32-byte master key kept in a file (mode 0600).
+    Local { master_key_file: PathBuf },
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:50051".parse().expect("valid address")
+}
+fn default_shared_database() -> String {
+    "tenants".to_owned()
+}
+fn default_workers() -> usize {
+    4
+}
+fn default_lease_ms() -> u64 {
+    15_000
+}
+fn default_backoff_ms() -> u64 {
+    500
+}
+fn default_max_backoff_ms() -> u64 {
+    60_000
+}
+fn default_max_failures() -> i32 {
+    10
+}
+fn default_poll_ms() -> u64 {
+    1_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.clusters.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one cluster is required".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clusters {
+            let mut chars = c.name.chars();
+            let ok = matches!(chars.next(), Some('a'..='z'))
+                && chars.all(|ch| matches!(ch, 'a'..='z' | '0'..='9' | '-'))
+                && c.name.len() <= 63;
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster name {:?} must match [a-z][a-z0-9-]*",
+                    c.name
+                )));
+            }
+            if !seen.insert(&c.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster {:?} is listed twice",
+                    c.name
+                )));
+            }
+            crate::sql::Ident::new(c.shared_database.clone())
+                .map_err(|e| ConfigError::Invalid(format!("cluster {}: {e}", c.name)))?;
+        }
+        if self.workflow.workers == 0 {
+            return Err(ConfigError::Invalid("workflow.workers must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn default_cluster(&self) -> &str {
+        &self.clusters[0].name
+    }
+}
+
+/// A URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://admin:s3cret@db:5432/x"),
+            "postgres://admin:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c: Config = toml::from_str(
+            r#"
+            registry_url = "postgres://r@localhost/registry"
+            [[clusters]]
+            name = "main"
+            admin_url = "postgres://a@localhost/postgres"
+            [keys]
+            provider = "local"
+            master_key_file = "/tmp/k"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.default_cluster(), "main");
+        assert_eq!(c.clusters[0].shared_database, "tenants");
+        assert_eq!(c.workflow.workers, 4);
+    }
+}

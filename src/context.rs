@@ -1,0 +1,16 @@
+//! The service's shared dependencies, handed to API handlers and workflow steps alike.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::dataplane::DataPlane;
+use crate::keys::KeyProvider;
+use crate::registry::Registry;
+
+#[derive(Clone)]
+pub struct Context {
+    pub registry: Registry,
+    pub dataplane: Arc<DataPlane>,
+    pub keys: Arc<dyn KeyProvider>,
+    pub config: Arc<Config>,
+}

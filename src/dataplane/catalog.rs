@@ -1,0 +1,236 @@
+//! The tenant data schema: its migrations (shipped in `tenant-migrations/`, compiled in), its
+//! tables in foreign-key order, its reference data, and the migrator that brings one container
+//! (the pool schema, a tenant schema, or the schema in a tenant database) to a version.
+//!
+//! Each container records what it has applied in `tenant_schema_migrations`, with a checksum
+//! of each file, so a container migrated by a different build is detected, not silently
+//! diverged. A migration runs in one transaction under an advisory lock for that container,
+//! with a lock timeout so a busy container fails (and is retried) instead of stalling.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Cluster, DataPlaneError};
+use crate::sql::{Ident, Statement};
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every tenant-schema migration, in order. `tests::every_file_is_listed` keeps this in step
+/// with the folder.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "healthcare_core",
+    sql: include_str!("../../tenant-migrations/0001_healthcare_core.sql"),
+}];
+
+/// The tenant-schema version this build provisions.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Every tenant table, parents before children (copy in this order, delete in reverse).
+pub const TABLES: &[&str] = &[
+    "patients",
+    "appointment_types",
+    "encounters",
+    "observations",
+    "clinical_notes",
+    "appointments",
+    "audit_events",
+];
+
+pub fn tables() -> impl DoubleEndedIterator<Item = Ident> {
+    TABLES.iter().map(|t| Ident::from_static(t))
+}
+
+const BOOKKEEPING: &str = "tenant_schema_migrations";
+
+fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Brings `schema` in the database behind `pool` to `target` and returns the version it is at.
+pub async fn migrate(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+    target: i32,
+) -> Result<i32, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = pool.begin().await.map_err(err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("tenantd:migrate:{}", schema.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::query("SET LOCAL lock_timeout = '10s'")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    let set_path = Statement::new("SET LOCAL search_path TO ").ident(schema);
+    sqlx::query(set_path.into_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    let bookkeeping = Ident::from_static(BOOKKEEPING);
+    let create = Statement::new("CREATE TABLE IF NOT EXISTS ")
+        .qualified(schema, &bookkeeping)
+        .push(
+            " (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        );
+    sqlx::query(create.into_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    let select = Statement::new("SELECT version, checksum FROM ")
+        .qualified(schema, &bookkeeping)
+        .push(" ORDER BY version");
+    let applied: Vec<(i32, String)> = sqlx::query_as(select.into_sql())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+    for (version, sum) in &applied {
+        match MIGRATIONS.iter().find(|m| m.version == *version) {
+            None => {
+                return Err(DataPlaneError::Invariant(format!(
+                    "{} is at tenant-schema version {version}, which this tenantd does not know",
+                    schema.as_str()
+                )));
+            }
+            Some(m) if checksum(m.sql) != *sum => {
+                return Err(DataPlaneError::Invariant(format!(
+                    "{}: migration {version} was applied from a different file",
+                    schema.as_str()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let current = applied.last().map_or(0, |a| a.0);
+    if current > target {
+        return Err(DataPlaneError::Invariant(format!(
+            "{} is at version {current}, newer than the target {target}",
+            schema.as_str()
+        )));
+    }
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= target)
+    {
+        sqlx::raw_sql(Statement::new("").trusted_file(m.sql).into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let record = Statement::new("INSERT INTO ")
+            .qualified(schema, &bookkeeping)
+            .push(" (version, name, checksum) VALUES ($1, $2, $3)");
+        sqlx::query(record.into_sql())
+            .bind(m.version)
+            .bind(m.name)
+            .bind(checksum(m.sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(target.max(current))
+}
+
+/// Reference data every tenant starts with; tenants may change their own copy.
+const APPOINTMENT_TYPES: &[(&str, &str, i32)] = &[
+    ("new-patient", "New patient visit", 30),
+    ("follow-up", "Follow-up visit", 15),
+    ("telehealth", "Telehealth visit", 20),
+    ("annual-physical", "Annual physical", 45),
+];
+
+/// Inserts the tenant's reference data; rows it already has are left alone.
+pub async fn seed(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+    tenant_id: Uuid,
+) -> Result<u64, DataPlaneError> {
+    let stmt = Statement::new("INSERT INTO ")
+        .qualified(schema, &Ident::from_static("appointment_types"))
+        .push(
+            " (tenant_id, code, name, duration_minutes) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[]) \
+             ON CONFLICT DO NOTHING",
+        );
+    let r = sqlx::query(stmt.into_sql())
+        .bind(tenant_id)
+        .bind(APPOINTMENT_TYPES.iter().map(|t| t.0).collect::<Vec<_>>())
+        .bind(APPOINTMENT_TYPES.iter().map(|t| t.1).collect::<Vec<_>>())
+        .bind(APPOINTMENT_TYPES.iter().map(|t| t.2).collect::<Vec<_>>())
+        .execute(pool)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(r.rows_affected())
+}
+
+/// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, and USAGE on the
+/// schema: the application role's whole access. The bookkeeping table is not granted.
+pub async fn grant_tables(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+    role: &Ident,
+) -> Result<(), DataPlaneError> {
+    cluster
+        .exec(
+            pool,
+            Statement::new("GRANT USAGE ON SCHEMA ")
+                .ident(schema)
+                .push(" TO ")
+                .ident(role),
+        )
+        .await?;
+    let mut stmt = Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ");
+    for (i, table) in tables().enumerate() {
+        if i > 0 {
+            stmt = stmt.push(", ");
+        }
+        stmt = stmt.qualified(schema, &table);
+    }
+    cluster.exec(pool, stmt.push(" TO ").ident(role)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tenant-migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(files, listed);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1, "versions are dense and ordered");
+        }
+    }
+
+    #[test]
+    fn every_table_is_created_with_rls() {
+        let sql = MIGRATIONS[0].sql;
+        for t in TABLES {
+            assert!(sql.contains(&format!("CREATE TABLE {t} (")), "{t}");
+            assert!(sql.contains(&format!("'{t}'")), "{t} gets a policy");
+        }
+    }
+}

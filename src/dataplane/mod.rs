@@ -1,0 +1,369 @@
+//! The data plane: the PostgreSQL clusters that hold tenant data, and what each isolation
+//! tier does to create, grant and destroy a tenant's container.
+//!
+//! Connections: one lazily-connected admin pool per cluster (cluster-wide DDL: databases,
+//! roles) and one small lazy pool per database we touch. Nothing here connects at start-up, so
+//! the service starts while a cluster is down and its operations retry.
+//!
+//! Every statement that names an object is built by [`crate::sql`]; tenant values are bound.
+
+pub mod catalog;
+pub mod database;
+pub mod pool;
+pub mod roles;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+use crate::config::{ClusterConfig, redact_url};
+use crate::sql::{Ident, InvalidIdent, InvalidLiteral, Statement};
+use crate::tenant::{ContainerNames, Placement, Tier};
+use crate::workflow::StepError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error("cluster {cluster}: {source}")]
+    Sql {
+        cluster: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Ident(#[from] InvalidIdent),
+    #[error(transparent)]
+    Literal(#[from] InvalidLiteral),
+    #[error("{0}")]
+    Invariant(String),
+}
+
+/// SQLSTATEs worth retrying: connection trouble, serialization failures, deadlocks, lock
+/// timeouts, shutdowns and resource exhaustion.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || matches!(
+                    c.as_ref(),
+                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        _ => false,
+    }
+}
+
+impl From<DataPlaneError> for StepError {
+    fn from(e: DataPlaneError) -> Self {
+        match &e {
+            DataPlaneError::Sql { source, .. } if is_transient(source) => {
+                StepError::Retryable(e.to_string())
+            }
+            DataPlaneError::UnknownCluster(_) => {
+                StepError::fatal(tonic::Code::FailedPrecondition, e.to_string())
+            }
+            _ => StepError::fatal(tonic::Code::Internal, e.to_string()),
+        }
+    }
+}
+
+/// One data-plane PostgreSQL server.
+pub struct Cluster {
+    pub name: String,
+    pub public_host: String,
+    pub public_port: u16,
+    pub shared_database: Ident,
+    base: PgConnectOptions,
+    admin: PgPool,
+    databases: Mutex<HashMap<String, PgPool>>,
+}
+
+impl Cluster {
+    fn new(c: &ClusterConfig) -> Result<Self, String> {
+        let base: PgConnectOptions = c
+            .admin_url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| {
+                format!(
+                    "cluster {}: bad admin_url {}: {e}",
+                    c.name,
+                    redact_url(&c.admin_url)
+                )
+            })?
+            .application_name("tenantd")
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let admin = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(base.clone());
+        Ok(Cluster {
+            name: c.name.clone(),
+            public_host: c
+                .public_host
+                .clone()
+                .unwrap_or_else(|| base.get_host().to_owned()),
+            public_port: c.public_port.unwrap_or_else(|| base.get_port()),
+            shared_database: Ident::new(c.shared_database.clone()).map_err(|e| e.to_string())?,
+            base,
+            admin,
+            databases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Pool on the admin URL's database, for cluster-wide statements.
+    pub fn admin(&self) -> &PgPool {
+        &self.admin
+    }
+
+    /// Pool on `database`, created on first use.
+    pub fn database(&self, database: &Ident) -> PgPool {
+        let mut dbs = self.databases.lock().expect("database pool map");
+        dbs.entry(database.as_str().to_owned())
+            .or_insert_with(|| {
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .min_connections(0)
+                    .idle_timeout(Duration::from_secs(60))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(self.base.clone().database(database.as_str()))
+            })
+            .clone()
+    }
+
+    /// Closes our connections to `database` (before it is dropped).
+    pub async fn forget_database(&self, database: &Ident) {
+        let pool = self
+            .databases
+            .lock()
+            .expect("database pool map")
+            .remove(database.as_str());
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+    }
+
+    pub fn err(&self, source: sqlx::Error) -> DataPlaneError {
+        DataPlaneError::Sql {
+            cluster: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs one statement built by [`crate::sql`].
+    pub async fn exec(&self, pool: &PgPool, stmt: Statement) -> Result<(), DataPlaneError> {
+        sqlx::query(stmt.into_sql())
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Creates `database` if it does not exist and closes it to PUBLIC. Concurrent callers
+    /// converge: a duplicate from a racing CREATE DATABASE counts as success.
+    pub async fn ensure_database(&self, database: &Ident) -> Result<(), DataPlaneError> {
+        let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(database.as_str())
+            .fetch_optional(&self.admin)
+            .await
+            .map_err(|e| self.err(e))?;
+        if exists.is_none() {
+            let created = self
+                .exec(
+                    &self.admin,
+                    Statement::new("CREATE DATABASE ").ident(database),
+                )
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(DataPlaneError::Sql { source, .. })
+                    if crate::registry::sqlstate::of(&source)
+                        .is_some_and(|(c, _)| c == "42P04" || c == "23505") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.exec(
+            &self.admin,
+            Statement::new("REVOKE CONNECT, TEMPORARY ON DATABASE ")
+                .ident(database)
+                .push(" FROM PUBLIC"),
+        )
+        .await?;
+        // PostgreSQL 15 no longer lets PUBLIC create in `public`; older servers did.
+        self.exec(
+            &self.database(database),
+            Statement::new("REVOKE ALL ON SCHEMA public FROM PUBLIC"),
+        )
+        .await
+    }
+}
+
+impl Cluster {
+    /// Creates `schema` in `database` if missing. Serialised by an advisory lock, because two
+    /// concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide on the catalog.
+    pub async fn ensure_schema(
+        &self,
+        database: &Ident,
+        schema: &Ident,
+    ) -> Result<(), DataPlaneError> {
+        let pool = self.database(database);
+        let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("tenantd:schema:{}", schema.as_str()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(
+            Statement::new("CREATE SCHEMA IF NOT EXISTS ")
+                .ident(schema)
+                .into_sql(),
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+}
+
+/// All configured clusters.
+pub struct DataPlane {
+    clusters: HashMap<String, Cluster>,
+}
+
+impl DataPlane {
+    pub fn new(configs: &[ClusterConfig]) -> Result<Self, String> {
+        let clusters = configs
+            .iter()
+            .map(|c| Ok((c.name.clone(), Cluster::new(c)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(DataPlane { clusters })
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<&Cluster, DataPlaneError> {
+        self.clusters
+            .get(name)
+            .ok_or_else(|| DataPlaneError::UnknownCluster(name.to_owned()))
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+}
+
+/// Where one tenant's container is, in validated identifiers.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub tenant_id: Uuid,
+    pub tier: Tier,
+    pub cluster: String,
+    pub database: Ident,
+    pub schema: Ident,
+    /// The application role that reaches the data (shared in the pool tier).
+    pub role: Ident,
+}
+
+impl Container {
+    /// The container a tenant of `tier` gets on `cluster`. Names derive from the tenant id.
+    pub fn plan(tenant_id: Uuid, tier: Tier, cluster: &Cluster) -> Container {
+        let own = ContainerNames::for_tenant(tenant_id).own;
+        let (database, schema, role) = match tier {
+            Tier::Pool => (
+                cluster.shared_database.clone(),
+                pool::schema(),
+                pool::app_role(),
+            ),
+            Tier::Schema => (cluster.shared_database.clone(), own.clone(), own),
+            Tier::Database => (own.clone(), database::schema(), own),
+        };
+        Container {
+            tenant_id,
+            tier,
+            cluster: cluster.name.clone(),
+            database,
+            schema,
+            role,
+        }
+    }
+
+    /// Rebuilds the container from a registry placement, re-validating every name.
+    pub fn from_placement(
+        tenant_id: Uuid,
+        tier: Tier,
+        p: &Placement,
+    ) -> Result<Container, DataPlaneError> {
+        let name = |v: &Option<String>, what: &str| {
+            v.clone()
+                .ok_or_else(|| {
+                    DataPlaneError::Invariant(format!("tenant {tenant_id} has no {what}"))
+                })
+                .and_then(|s| Ok(Ident::new(s)?))
+        };
+        Ok(Container {
+            tenant_id,
+            tier,
+            cluster: p.cluster.clone(),
+            database: name(&p.database, "database")?,
+            schema: name(&p.schema, "schema")?,
+            role: name(&p.role, "role")?,
+        })
+    }
+
+    pub fn placement(&self) -> Placement {
+        Placement {
+            cluster: self.cluster.clone(),
+            database: Some(self.database.as_str().to_owned()),
+            schema: Some(self.schema.as_str().to_owned()),
+            role: Some(self.role.as_str().to_owned()),
+        }
+    }
+}
+
+/// What differs between isolation tiers: whether the tenant has its own login role, and how
+/// its container is destroyed. Creating, migrating, granting and seeding are the same shape in
+/// every tier once the [`Container`] says where things go.
+#[async_trait]
+pub trait TierBackend: Send + Sync {
+    /// Whether the tier gives the tenant its own login role (and so a credential).
+    fn own_login_role(&self) -> bool;
+
+    /// Removes everything the tenant has in this tier: rows, container and role.
+    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>;
+
+    /// Creates the container (database and schema) if it does not exist.
+    async fn create(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+        cluster.ensure_database(&c.database).await?;
+        cluster.ensure_schema(&c.database, &c.schema).await
+    }
+
+    /// Creates the application role if needed and grants it exactly what it needs.
+    /// `password_verifier` is set when [`Self::own_login_role`] is true; such a role also gets
+    /// its search_path and tenant id preset in the container's database.
+    async fn grant(
+        &self,
+        cluster: &Cluster,
+        c: &Container,
+        password_verifier: Option<&str>,
+    ) -> Result<(), DataPlaneError> {
+        roles::grant_access(cluster, c, password_verifier).await?;
+        if self.own_login_role() {
+            roles::set_role_defaults(cluster, &c.role, &c.database, &c.schema, c.tenant_id).await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn backend(tier: Tier) -> &'static dyn TierBackend {
+    match tier {
+        Tier::Pool => &pool::PoolTier,
+        Tier::Schema => &schema::SchemaTier,
+        Tier::Database => &database::DatabaseTier,
+    }
+}

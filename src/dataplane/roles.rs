@@ -1,0 +1,187 @@
+//! Data-plane roles. Roles are cluster-wide, so creation tolerates a concurrent creator.
+//! Login passwords are sent only as SCRAM-SHA-256 verifiers computed here, so the cleartext
+//! never reaches the server (nor its statement log).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::{Cluster, DataPlaneError};
+use crate::registry::sqlstate;
+use crate::sql::{Ident, Statement};
+
+/// Attributes every application role has: it can never own, bypass RLS or escalate.
+const SAFE_ATTRIBUTES: &str =
+    " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
+
+/// Creates `role` if missing and (re)sets its attributes and password.
+pub async fn ensure_role(
+    cluster: &Cluster,
+    role: &Ident,
+    password_verifier: Option<&str>,
+) -> Result<(), DataPlaneError> {
+    let created = cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("CREATE ROLE ")
+                .ident(role)
+                .push(" NOLOGIN")
+                .push(SAFE_ATTRIBUTES),
+        )
+        .await;
+    match created {
+        Ok(()) => {}
+        // 42710 duplicate_object; 23505 when two creators race on the catalog index.
+        Err(DataPlaneError::Sql { source, .. })
+            if sqlstate::of(&source).is_some_and(|(c, _)| c == "42710" || c == "23505") => {}
+        Err(e) => return Err(e),
+    }
+    let alter = Statement::new("ALTER ROLE ")
+        .ident(role)
+        .push(SAFE_ATTRIBUTES);
+    let alter = match password_verifier {
+        Some(v) => alter.push(" LOGIN PASSWORD ").literal(v)?,
+        None => alter.push(" NOLOGIN"),
+    };
+    cluster.exec(cluster.admin(), alter).await
+}
+
+/// Drops `role` after removing its privileges in `databases` (they would block the drop).
+pub async fn drop_role(
+    cluster: &Cluster,
+    role: &Ident,
+    databases: &[&Ident],
+) -> Result<(), DataPlaneError> {
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role.as_str())
+        .fetch_optional(cluster.admin())
+        .await
+        .map_err(|e| cluster.err(e))?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    for db in databases {
+        cluster
+            .exec(
+                &cluster.database(db),
+                Statement::new("DROP OWNED BY ").ident(role),
+            )
+            .await?;
+    }
+    cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("DROP ROLE IF EXISTS ").ident(role),
+        )
+        .await
+}
+
+/// Per-database settings for the role: its search_path and its tenant id, so a session of the
+/// tenant's own role passes the RLS policies without setting anything.
+pub async fn set_role_defaults(
+    cluster: &Cluster,
+    role: &Ident,
+    database: &Ident,
+    schema: &Ident,
+    tenant_id: uuid::Uuid,
+) -> Result<(), DataPlaneError> {
+    let base = || {
+        Statement::new("ALTER ROLE ")
+            .ident(role)
+            .push(" IN DATABASE ")
+            .ident(database)
+    };
+    cluster
+        .exec(
+            cluster.admin(),
+            base().push(" SET search_path TO ").ident(schema),
+        )
+        .await?;
+    cluster
+        .exec(
+            cluster.admin(),
+            base()
+                .push(" SET app.tenant_id TO ")
+                .literal(&tenant_id.to_string())?,
+        )
+        .await
+}
+
+/// A random password for a login role: 32 characters from [A-Za-z0-9].
+pub fn generate_password() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, RFC 7677).
+pub fn scram_verifier(password: &str) -> String {
+    const ITERATIONS: u32 = 4096;
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
+    let hmac = |key: &[u8], msg: &[u8]| {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        m.update(msg);
+        m.finalize().into_bytes()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_has_postgres_format() {
+        let v = scram_verifier("pw");
+        let re = v.strip_prefix("SCRAM-SHA-256$4096:").unwrap();
+        let (salt, keys) = re.split_once('$').unwrap();
+        assert_eq!(B64.decode(salt).unwrap().len(), 16);
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!(B64.decode(stored).unwrap().len(), 32);
+        assert_eq!(B64.decode(server).unwrap().len(), 32);
+        assert_ne!(scram_verifier("pw"), v, "salted");
+    }
+
+    #[test]
+    fn passwords_are_long_and_alphanumeric() {
+        let p = generate_password();
+        assert_eq!(p.len(), 32);
+        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
+
+/// The application role's whole access to a container: the role itself, CONNECT on the
+/// database, USAGE on the schema and DML on the tenant tables. Idempotent.
+pub async fn grant_access(
+    cluster: &Cluster,
+    c: &super::Container,
+    password_verifier: Option<&str>,
+) -> Result<(), DataPlaneError> {
+    ensure_role(cluster, &c.role, password_verifier).await?;
+    cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("GRANT CONNECT ON DATABASE ")
+                .ident(&c.database)
+                .push(" TO ")
+                .ident(&c.role),
+        )
+        .await?;
+    super::catalog::grant_tables(cluster, &cluster.database(&c.database), &c.schema, &c.role).await
+}

@@ -1,0 +1,29 @@
+//! Schema tier: the tenant's tables live in its own schema `t_<id>` in the cluster's shared
+//! database, reached by its own login role that has USAGE on that schema only. Row-level
+//! security stays on as defence in depth; the role's `app.tenant_id` is preset.
+
+use async_trait::async_trait;
+
+use super::{Cluster, Container, DataPlaneError, TierBackend, roles};
+use crate::sql::Statement;
+
+pub struct SchemaTier;
+
+#[async_trait]
+impl TierBackend for SchemaTier {
+    fn own_login_role(&self) -> bool {
+        true
+    }
+
+    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+        cluster
+            .exec(
+                &cluster.database(&c.database),
+                Statement::new("DROP SCHEMA IF EXISTS ")
+                    .ident(&c.schema)
+                    .push(" CASCADE"),
+            )
+            .await?;
+        roles::drop_role(cluster, &c.role, &[&c.database]).await
+    }
+}

@@ -1,0 +1,22 @@
+//! tenantd: a tenant lifecycle control plane for multi-tenant PostgreSQL.
+//!
+//! Layout (docs/architecture.md): `api` (gRPC, thin) → `service` (what each RPC means) →
+//! `registry` (control-plane persistence) and `workflow` (durable engine) running `workflows`
+//! (one per lifecycle change) over the `dataplane` (tiers, catalog, roles) and `keys`.
+
+pub mod api;
+pub mod config;
+pub mod context;
+pub mod dataplane;
+pub mod embedded;
+pub mod error;
+pub mod keys;
+pub mod operation;
+pub mod paging;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod sql;
+pub mod tenant;
+pub mod workflow;
+pub mod workflows;

@@ -1,0 +1,108 @@
+//! Long-running operations (AIP-151) as the domain sees them: an operation runs one workflow
+//! for one tenant, step by step; its steps, their attempts and progress are what callers watch.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+macro_rules! string_enum {
+    ($name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    _ => Err(Error::Internal(format!(
+                        concat!("unknown ", stringify!($name), " {:?}"), s))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(OperationState {
+    Pending => "pending",
+    Running => "running",
+    Compensating => "compensating",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl OperationState {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled
+        )
+    }
+}
+
+string_enum!(StepState {
+    Pending => "pending",
+    Running => "running",
+    Done => "done",
+    Failed => "failed",
+});
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub state: StepState,
+    pub attempts: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub progress_done: i64,
+    pub progress_total: i64,
+    pub last_error: Option<String>,
+}
+
+/// Why an operation did not succeed: a gRPC code, a message and the failing step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationError {
+    pub code: tonic::Code,
+    pub message: String,
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: Uuid,
+    pub kind: String,
+    pub tenant_id: Uuid,
+    pub request_id: Option<String>,
+    pub state: OperationState,
+    pub steps: Vec<Step>,
+    pub cancel_requested: bool,
+    pub error: Option<OperationError>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Operation {
+    pub fn done(&self) -> bool {
+        self.state.is_done()
+    }
+
+    pub fn name(&self) -> String {
+        format!("operations/{}", self.id)
+    }
+
+    /// Parses "operations/{uuid}" (or a bare uuid, for operators typing ids).
+    pub fn parse_name(field: &str, name: &str) -> Result<Uuid, Error> {
+        let id = name.strip_prefix("operations/").unwrap_or(name);
+        Uuid::parse_str(id)
+            .map_err(|_| Error::invalid(field, "must be operations/{uuid} as returned by the API"))
+    }
+}

@@ -1,0 +1,107 @@
+//! The control-plane registry: tenants, data-plane clusters, sealed credentials, operations
+//! and their steps, in one PostgreSQL database migrated by `migrations/`.
+//!
+//! What is stored, and why (see docs/registry.md): only facts that must survive a restart and
+//! cannot be recomputed. Container names are derivable from the tenant id but are stored so
+//! that a later change of naming never orphans a container. Cluster connection secrets are not
+//! stored here: they come from configuration. Credentials for data-plane roles are stored only
+//! sealed by the key provider.
+//!
+//! SQLSTATE handling lives in [`sqlstate`]: one function tells which constraint a statement
+//! violated, so callers map it to a domain error.
+
+pub mod clusters;
+pub mod credentials;
+pub mod events;
+pub mod operations;
+pub mod tenants;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::error::Error;
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: PgPool,
+}
+
+impl Registry {
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| Error::Unavailable(format!("registry url: {e}")))?
+            .application_name("tenantd")
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to the registry: {e}")))?;
+        Ok(Registry { pool })
+    }
+
+    /// Applies the registry migrations. Safe to run from several replicas at once: sqlx takes
+    /// an advisory lock.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(format!("registry migration failed: {e}")))
+    }
+
+    /// Creates `name` on the server behind `admin_url` if it does not exist (for the embedded
+    /// default, where tenantd owns the whole server).
+    pub async fn create_database_if_missing(
+        admin_url: &str,
+        name: &crate::sql::Ident,
+    ) -> Result<(), Error> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(|e| {
+            Error::Unavailable(format!("cannot connect to create the registry: {e}"))
+        })?;
+        let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(name.as_str())
+            .fetch_optional(&mut conn)
+            .await?;
+        if exists.is_none() {
+            sqlx::query(
+                crate::sql::Statement::new("CREATE DATABASE ")
+                    .ident(name)
+                    .into_sql(),
+            )
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// What a failed statement violated, when that is what failed.
+pub mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+    /// `(sqlstate, constraint)` of a database error.
+    pub fn of(e: &sqlx::Error) -> Option<(String, Option<String>)> {
+        match e {
+            sqlx::Error::Database(db) => Some((
+                db.code().map(|c| c.into_owned()).unwrap_or_default(),
+                db.constraint().map(str::to_owned),
+            )),
+            _ => None,
+        }
+    }
+
+    /// True when `e` is a unique violation of `constraint`.
+    pub fn is_unique(e: &sqlx::Error, constraint: &str) -> bool {
+        matches!(of(e), Some((code, Some(c))) if code == UNIQUE_VIOLATION && c == constraint)
+    }
+}

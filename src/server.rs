@@ -1,0 +1,106 @@
+//! Wires the service together and runs it until `shutdown`: registry (migrated), data plane,
+//! key provider, workflow workers and the gRPC server with health and reflection.
+//! `tenantd serve`, `tenantd dev` and the tests all call [`run`].
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::operations::OperationApi;
+use crate::api::pb;
+use crate::api::tenants::TenantApi;
+use crate::config::{Config, KeysConfig};
+use crate::context::Context;
+use crate::dataplane::DataPlane;
+use crate::keys::KeyProvider;
+use crate::keys::local::LocalKeys;
+use crate::registry::Registry;
+use crate::registry::clusters::ClusterRow;
+use crate::registry::events::OperationEvents;
+use crate::service::Control;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Registry(#[from] crate::error::Error),
+    #[error("keys: {0}")]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the shared context: connects and migrates the registry, registers the clusters.
+pub async fn context(config: Config) -> Result<Context, ServerError> {
+    config
+        .validate()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let keys: Arc<dyn KeyProvider> = match &config.keys {
+        KeysConfig::Local { master_key_file } => {
+            Arc::new(LocalKeys::open_or_create(master_key_file)?)
+        }
+    };
+    let registry = Registry::connect(&config.registry_url).await?;
+    registry.migrate().await?;
+    let dataplane = DataPlane::new(&config.clusters).map_err(ServerError::Config)?;
+    for c in dataplane.clusters() {
+        registry
+            .sync_cluster(&ClusterRow {
+                name: c.name.clone(),
+                host: c.public_host.clone(),
+                port: c.public_port.into(),
+                shared_database: c.shared_database.as_str().to_owned(),
+            })
+            .await?;
+    }
+    Ok(Context {
+        registry,
+        dataplane: Arc::new(dataplane),
+        keys,
+        config: Arc::new(config),
+    })
+}
+
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let deps = context(config).await?;
+    let events = OperationEvents::start(deps.registry.pool().clone(), shutdown.child_token());
+    let workers = crate::workflow::engine::start(deps.clone(), events.clone(), shutdown.clone());
+    let control = Control::new(deps, events);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
+        .await;
+    health
+        .set_serving::<pb::operation_service_server::OperationServiceServer<OperationApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "serving gRPC");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::tenant_service_server::TenantServiceServer::new(
+            TenantApi::new(control.clone()),
+        ))
+        .add_service(pb::operation_service_server::OperationServiceServer::new(
+            OperationApi::new(control),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await?;
+    tracing::info!("gRPC server stopped; waiting for workers");
+    let _ = workers.await;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The control service: what each RPC means, independent of gRPC. Handlers convert requests
+//! into these calls and encode the answers; all registry and data-plane work happens here or
+//! in workflows.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::operation::Operation;
+use crate::paging;
+use crate::registry::Registry;
+use crate::registry::events::OperationEvents;
+use crate::registry::operations::{NewOperation, OperationFilter};
+use crate::registry::tenants::{TenantChanges, TenantFilter};
+use crate::tenant::{NewTenant, Tenant, TenantRef, TenantState, Tier};
+use crate::workflow::{Workflow, wrap};
+use crate::workflows::{Provision, provision};
+
+/// Longest WaitOperation the server grants.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// An idempotency key (AIP-155): 1–128 characters of `[A-Za-z0-9_.:-]` (a UUID fits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn parse(s: &str) -> Result<Option<Self>> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let ok = s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+        if !ok {
+            return Err(Error::invalid(
+                "request_id",
+                "must be 1-128 characters of A-Z a-z 0-9 _ . : - (a UUID is recommended)",
+            ));
+        }
+        Ok(Some(RequestId(s.to_owned())))
+    }
+}
+
+/// How an application reaches a tenant.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub tenant: Tenant,
+    pub host: String,
+    pub port: u16,
+    pub session_settings: Vec<(String, String)>,
+    pub credential_ref: Option<String>,
+}
+
+/// An operation and, once it succeeded, what it produced.
+#[derive(Debug, Clone)]
+pub struct OperationView {
+    pub operation: Operation,
+    pub tenant: Option<Tenant>,
+}
+
+#[derive(Clone)]
+pub struct Control {
+    deps: Context,
+    events: OperationEvents,
+}
+
+impl Control {
+    pub fn new(deps: Context, events: OperationEvents) -> Self {
+        Control { deps, events }
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.deps.registry
+    }
+
+    /// Starts provisioning. The tenant row and its operation commit together; the same
+    /// request id with the same request returns the first operation, whatever races.
+    pub async fn create_tenant(
+        &self,
+        new: NewTenant,
+        request_id: Option<RequestId>,
+    ) -> Result<OperationView> {
+        let cluster = match &new.cluster {
+            Some(c) => {
+                self.deps
+                    .dataplane
+                    .cluster(c)
+                    .map_err(|_| Error::invalid("cluster", format!("unknown cluster {c:?}")))?;
+                c.clone()
+            }
+            None => self.deps.config.default_cluster().to_owned(),
+        };
+        let hash = Sha256::digest(serde_json::to_vec(&new).expect("request serialises")).to_vec();
+        let rid = request_id.as_ref().map(|r| r.0.as_str());
+        // A racing duplicate can make our insert fail; the second round then finds its op.
+        for _ in 0..2 {
+            let mut tx = self.registry().pool().begin().await?;
+            if let Some(rid) = rid {
+                if let Some((id, stored)) =
+                    Registry::find_operation_by_request(&mut tx, Provision::KIND, rid).await?
+                {
+                    if stored.as_deref() != Some(hash.as_slice()) {
+                        return Err(Error::invalid(
+                            "request_id",
+                            "was already used for a different request",
+                        ));
+                    }
+                    drop(tx);
+                    return self.get_operation(id).await;
+                }
+            }
+            let tenant_id = Uuid::new_v4();
+            let op_id = Uuid::new_v4();
+            let attempt = async {
+                Registry::insert_tenant(&mut tx, tenant_id, &new, &cluster).await?;
+                Registry::insert_operation(
+                    &mut tx,
+                    NewOperation {
+                        id: op_id,
+                        kind: Provision::KIND,
+                        tenant_id,
+                        request_id: rid,
+                        request_hash: Some(&hash),
+                        data: wrap(&provision::State::new(new.tier, &cluster)),
+                        steps: Provision::STEPS,
+                    },
+                )
+                .await
+            }
+            .await;
+            match attempt {
+                Ok(()) => {
+                    tx.commit().await?;
+                    tracing::info!(tenant_id = %tenant_id, operation_id = %op_id, tier = %new.tier, "provisioning requested");
+                    return self.get_operation(op_id).await;
+                }
+                // The slug (or the request id) was taken meanwhile, maybe by our own retry.
+                Err(Error::AlreadyExists { .. }) if rid.is_some() => {
+                    drop(tx);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::AlreadyExists {
+            kind: "tenant",
+            name: new.slug.as_str().to_owned(),
+        })
+    }
+
+    pub async fn get_tenant(&self, r: &TenantRef) -> Result<Tenant> {
+        self.registry().get_tenant(r).await
+    }
+
+    pub async fn list_tenants(
+        &self,
+        tier: Option<Tier>,
+        state: Option<TenantState>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<Tenant>, String)> {
+        let limit = paging::page_size(page_size)?;
+        let filter_key = format!(
+            "tier={};state={}",
+            tier.map_or("", Tier::as_str),
+            state.map_or("", TenantState::as_str)
+        );
+        let after = paging::decode(page_token, &filter_key)?;
+        let mut tenants = self
+            .registry()
+            .list_tenants(&TenantFilter { tier, state }, after, limit + 1)
+            .await?;
+        let next = if tenants.len() as i64 > limit {
+            tenants.truncate(limit as usize);
+            let last = tenants.last().expect("non-empty");
+            paging::encode((last.created_at, last.id), &filter_key)
+        } else {
+            String::new()
+        };
+        Ok((tenants, next))
+    }
+
+    pub async fn update_tenant(&self, r: &TenantRef, changes: TenantChanges) -> Result<Tenant> {
+        let tenant = self.registry().get_tenant(r).await?;
+        self.registry().update_tenant(tenant.id, &changes).await
+    }
+
+    pub async fn resolve_tenant(&self, r: &TenantRef) -> Result<Route> {
+        let tenant = self.registry().get_tenant(r).await?;
+        if tenant.state != TenantState::Active {
+            return Err(Error::FailedPrecondition {
+                reason: format!(
+                    "tenant {} is {}, not active",
+                    tenant.slug,
+                    tenant.state.as_str()
+                ),
+                operation: None,
+            });
+        }
+        let cluster = self
+            .deps
+            .dataplane
+            .cluster(&tenant.placement.cluster)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut session_settings = vec![("app.tenant_id".to_owned(), tenant.id.to_string())];
+        if let Some(schema) = &tenant.placement.schema {
+            session_settings.push(("search_path".to_owned(), schema.clone()));
+        }
+        let credential_ref = match (tenant.tier, &tenant.placement.role) {
+            (Tier::Pool, _) | (_, None) => None,
+            (_, Some(role)) => Some(format!("tenantd:credentials/{}/{role}", tenant.id)),
+        };
+        Ok(Route {
+            host: cluster.public_host.clone(),
+            port: cluster.public_port,
+            tenant,
+            session_settings,
+            credential_ref,
+        })
+    }
+
+    pub async fn get_operation(&self, id: Uuid) -> Result<OperationView> {
+        let operation = self.registry().get_operation(id).await?;
+        self.view(operation).await
+    }
+
+    async fn view(&self, operation: Operation) -> Result<OperationView> {
+        let tenant = if operation.state == crate::operation::OperationState::Succeeded
+            && operation.kind == Provision::KIND
+        {
+            self.registry()
+                .find_tenant(&TenantRef::Id(operation.tenant_id))
+                .await?
+        } else {
+            None
+        };
+        Ok(OperationView { operation, tenant })
+    }
+
+    pub async fn list_operations(
+        &self,
+        tenant: Option<&TenantRef>,
+        state: Option<crate::operation::OperationState>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<OperationView>, String)> {
+        let limit = paging::page_size(page_size)?;
+        let tenant_id = match tenant {
+            Some(r) => Some(self.registry().get_tenant(r).await?.id),
+            None => None,
+        };
+        let filter_key = format!(
+            "tenant={};state={}",
+            tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+            state.map_or("", |s| s.as_str())
+        );
+        let after = paging::decode(page_token, &filter_key)?;
+        let mut ops = self
+            .registry()
+            .list_operations(&OperationFilter { tenant_id, state }, after, limit + 1)
+            .await?;
+        let next = if ops.len() as i64 > limit {
+            ops.truncate(limit as usize);
+            let last = ops.last().expect("non-empty");
+            paging::encode((last.created_at, last.id), &filter_key)
+        } else {
+            String::new()
+        };
+        let mut views = Vec::with_capacity(ops.len());
+        for op in ops {
+            views.push(self.view(op).await?);
+        }
+        Ok((views, next))
+    }
+
+    pub async fn cancel_operation(&self, id: Uuid) -> Result<OperationView> {
+        self.registry().request_cancel(id).await?;
+        self.get_operation(id).await
+    }
+
+    /// Returns once the operation is done or `timeout` has passed.
+    pub async fn wait_operation(&self, id: Uuid, timeout: Duration) -> Result<OperationView> {
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        let mut events = self.events.subscribe();
+        loop {
+            let view = self.get_operation(id).await?;
+            if view.operation.done() || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+            wait_for_change(&mut events, id, deadline).await;
+        }
+    }
+
+    /// Streams the operation each time it changes; the stream ends after the final state.
+    pub async fn watch_operation(&self, id: Uuid) -> Result<mpsc::Receiver<Result<OperationView>>> {
+        let first = self.get_operation(id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut events = this.events.subscribe();
+            let mut last = first.operation.updated_at;
+            let mut done = first.operation.done();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while !done {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                wait_for_change(&mut events, id, deadline).await;
+                match this.get_operation(id).await {
+                    Ok(view) => {
+                        if view.operation.updated_at == last {
+                            continue;
+                        }
+                        last = view.operation.updated_at;
+                        done = view.operation.done();
+                        if tx.send(Ok(view)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Waits for a notification about `id`, or until `deadline` (polling is the fallback).
+async fn wait_for_change(
+    events: &mut tokio::sync::broadcast::Receiver<Uuid>,
+    id: Uuid,
+    deadline: tokio::time::Instant,
+) {
+    let poll = tokio::time::Instant::now() + Duration::from_secs(1);
+    let until = deadline.min(poll);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return,
+            got = events.recv() => match got {
+                Ok(changed) if changed == id => return,
+                Ok(_) => continue,
+                // Lagged or closed: re-read now rather than miss a change.
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Workers: claim runnable operations, keep their lease alive with a heartbeat, run their steps
+//! in order, and record every transition through the lease-guarded registry writes.
+//!
+//! A worker that loses its lease (a long pause, a partition) stops at once: the heartbeat
+//! cancels the running step, and every later write would be refused anyway.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{StepContext, StepError, Workflow, failpoint, unwrap, wrap};
+use crate::context::Context;
+use crate::operation::{OperationError, OperationState};
+use crate::registry::events::OperationEvents;
+use crate::registry::operations::{Claimed, Lease, LeaseError};
+
+/// Starts `config.workflow.workers` workers. The returned handle completes once every worker
+/// has stopped after `shutdown` (each finishes or releases the operation it holds).
+pub fn start(
+    deps: Context,
+    events: OperationEvents,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let owner = format!(
+        "{}/{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "tenantd".into()),
+        uuid::Uuid::new_v4()
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..deps.config.workflow.workers {
+        let (deps, events, shutdown) = (deps.clone(), events.clone(), shutdown.clone());
+        let owner = format!("{owner}#{n}");
+        set.spawn(async move { worker(deps, events, shutdown, owner).await });
+    }
+    tokio::spawn(async move { while set.join_next().await.is_some() {} })
+}
+
+async fn worker(
+    deps: Context,
+    events: OperationEvents,
+    shutdown: CancellationToken,
+    owner: String,
+) {
+    let mut wakeups = events.subscribe();
+    let poll = Duration::from_millis(deps.config.workflow.poll_ms);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match deps
+            .registry
+            .claim_operation(&owner, deps.config.workflow.lease())
+            .await
+        {
+            Ok(Some(claimed)) => {
+                crate::workflows::dispatch(&deps, claimed, &shutdown).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot claim operations"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wakeups.recv() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Runs a claimed operation of workflow `W` until it finishes, must wait (retry back-off),
+/// or the lease is lost or released.
+pub async fn drive<W: Workflow>(
+    workflow: &W,
+    deps: &Context,
+    claimed: Claimed,
+    shutdown: &CancellationToken,
+) {
+    let span = tracing::info_span!("operation",
+        operation_id = %claimed.id, tenant_id = %claimed.tenant_id, kind = W::KIND);
+    async {
+        let lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(deps.clone(), claimed.lease, lost.clone()));
+        let outcome = Run {
+            workflow,
+            deps,
+            claimed: &claimed,
+            lost: &lost,
+        }
+        .run(shutdown)
+        .await;
+        heartbeat.abort();
+        match outcome {
+            Ok(()) => {}
+            Err(LeaseError::Lost) => tracing::warn!("lease lost; another worker continues"),
+            Err(LeaseError::Registry(e)) => {
+                tracing::warn!(error = %e, "registry write failed; the operation resumes when its lease expires")
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn heartbeat(deps: Context, lease: Lease, lost: CancellationToken) {
+    let duration = deps.config.workflow.lease();
+    let every = duration / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match deps.registry.heartbeat(&lease, duration).await {
+            Ok(()) => {}
+            Err(LeaseError::Lost) => {
+                lost.cancel();
+                return;
+            }
+            // A registry hiccup: keep trying until the lease would have expired.
+            Err(LeaseError::Registry(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+struct Run<'a, W> {
+    workflow: &'a W,
+    deps: &'a Context,
+    claimed: &'a Claimed,
+    lost: &'a CancellationToken,
+}
+
+impl<W: Workflow> Run<'_, W> {
+    fn cx(&self, step: i32) -> StepContext<'_> {
+        StepContext {
+            deps: self.deps,
+            operation_id: self.claimed.id,
+            tenant_id: self.claimed.tenant_id,
+            lease: self.claimed.lease,
+            step,
+        }
+    }
+
+    /// Runs `fut` unless the lease is lost first.
+    async fn guarded<T>(&self, fut: impl Future<Output = T>) -> Result<T, LeaseError> {
+        tokio::select! {
+            r = fut => Ok(r),
+            _ = self.lost.cancelled() => Err(LeaseError::Lost),
+        }
+    }
+
+    async fn run(&self, shutdown: &CancellationToken) -> Result<(), LeaseError> {
+        let registry = &self.deps.registry;
+        let lease = &self.claimed.lease;
+        let mut state: W::State = match unwrap(self.claimed.data.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing can be compensated without the state; fail loudly for an operator.
+                tracing::error!(error = %e, "operation state unreadable");
+                let err = OperationError {
+                    code: tonic::Code::Internal,
+                    message: e.to_string(),
+                    step: None,
+                };
+                registry.begin_compensation(lease, None, &err).await?;
+                return registry
+                    .finish_operation(lease, OperationState::Failed, &self.claimed.data)
+                    .await;
+            }
+        };
+        if self.claimed.state == OperationState::Compensating {
+            let error = self.claimed.error.clone().unwrap_or(OperationError {
+                code: tonic::Code::Internal,
+                message: "compensation resumed without a recorded error".into(),
+                step: None,
+            });
+            return self.compensate(state, error).await;
+        }
+        for idx in self.claimed.next_step as usize..W::STEPS.len() {
+            let name = W::STEPS[idx];
+            if shutdown.is_cancelled() {
+                tracing::info!("shutting down; releasing the operation to another worker");
+                return registry.release_lease(lease).await;
+            }
+            if registry.cancel_requested(self.claimed.id).await? {
+                let error = OperationError {
+                    code: tonic::Code::Cancelled,
+                    message: "operation cancelled by request".into(),
+                    step: Some(name.to_owned()),
+                };
+                registry.begin_compensation(lease, None, &error).await?;
+                return self.compensate(state, error).await;
+            }
+            registry.step_started(lease, idx as i32).await?;
+            tracing::info!(step = name, "step started");
+            let started = std::time::Instant::now();
+            let cx = self.cx(idx as i32);
+            let result = self
+                .guarded(async {
+                    failpoint::hit(&format!("{}.before_{name}", W::KIND)).await?;
+                    self.workflow.run_step(&cx, idx, &mut state).await?;
+                    failpoint::hit(&format!("{}.after_{name}", W::KIND)).await
+                })
+                .await?;
+            match result {
+                Ok(()) => {
+                    registry.step_done(lease, idx as i32, &wrap(&state)).await?;
+                    tracing::info!(
+                        step = name,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "step done"
+                    );
+                }
+                Err(StepError::Retryable(msg))
+                    if self.claimed.failures + 1 < self.deps.config.workflow.max_failures =>
+                {
+                    let delay = backoff(self.deps, self.claimed.failures);
+                    tracing::warn!(step = name, error = %msg, retry_in_ms = delay.as_millis() as u64, "step failed; will retry");
+                    return registry
+                        .step_retry_later(lease, Some(idx as i32), &msg, delay)
+                        .await;
+                }
+                Err(e) => {
+                    let code = match &e {
+                        StepError::Fatal { code, .. } => *code,
+                        StepError::Retryable(_) => tonic::Code::Unavailable,
+                    };
+                    let error = OperationError {
+                        code,
+                        message: e.to_string(),
+                        step: Some(name.to_owned()),
+                    };
+                    tracing::warn!(step = name, error = %error.message, "step failed; compensating");
+                    registry
+                        .begin_compensation(lease, Some(idx as i32), &error)
+                        .await?;
+                    return self.compensate(state, error).await;
+                }
+            }
+        }
+        registry
+            .finish_operation(lease, OperationState::Succeeded, &wrap(&state))
+            .await?;
+        tracing::info!("operation succeeded");
+        Ok(())
+    }
+
+    async fn compensate(
+        &self,
+        mut state: W::State,
+        error: OperationError,
+    ) -> Result<(), LeaseError> {
+        let registry = &self.deps.registry;
+        let lease = &self.claimed.lease;
+        let cx = self.cx(-1);
+        let result = self
+            .guarded(async {
+                failpoint::hit(&format!("{}.before_compensate", W::KIND)).await?;
+                self.workflow.compensate(&cx, &mut state).await
+            })
+            .await?;
+        match result {
+            Ok(()) => {
+                let end = if error.code == tonic::Code::Cancelled {
+                    OperationState::Cancelled
+                } else {
+                    OperationState::Failed
+                };
+                registry.finish_operation(lease, end, &wrap(&state)).await?;
+                tracing::info!(state = end.as_str(), "compensation done");
+                Ok(())
+            }
+            // Compensation must converge: retry it, whatever the error, with back-off.
+            Err(e) => {
+                let delay = backoff(self.deps, self.claimed.failures);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "compensation failed; will retry");
+                registry
+                    .step_retry_later(lease, None, &e.to_string(), delay)
+                    .await
+            }
+        }
+    }
+}
+
+/// Exponential back-off with ±20 % jitter, so retries from many operations spread out.
+fn backoff(deps: &Context, failures: i32) -> Duration {
+    let wf = &deps.config.workflow;
+    let exp = wf
+        .backoff_ms
+        .saturating_mul(1u64 << failures.clamp(0, 20))
+        .min(wf.max_backoff_ms);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    Duration::from_millis((exp as f64 * jitter) as u64)
+}

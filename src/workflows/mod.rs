@@ -1,0 +1,31 @@
+//! The lifecycle workflows, one file each, dispatched by operation kind through one match.
+
+pub mod provision;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::registry::operations::Claimed;
+use crate::workflow::{Workflow, engine};
+
+pub use provision::Provision;
+
+/// Runs a claimed operation with the workflow its kind names.
+pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationToken) {
+    match claimed.kind.as_str() {
+        Provision::KIND => engine::drive(&Provision, deps, claimed, shutdown).await,
+        other => {
+            // Written by a newer release: leave it for a replica that knows the kind.
+            tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");
+            let _ = deps
+                .registry
+                .step_retry_later(
+                    &claimed.lease,
+                    None,
+                    &format!("unknown operation kind {other:?}"),
+                    std::time::Duration::from_secs(60),
+                )
+                .await;
+        }
+    }
+}

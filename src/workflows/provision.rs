@@ -1,0 +1,148 @@
+//! Provisioning: reserve → create container → migrate → grant → seed → activate.
+//!
+//! The tenant row (state `provisioning`) and this operation are created in one transaction by
+//! CreateTenant. Every step is idempotent: container names derive from the tenant id, DDL is
+//! create-if-missing, the migrator records what it applied, grants are repeatable, the seed
+//! skips existing rows. Compensation destroys whatever exists of the container and marks the
+//! tenant `failed`, which frees its slug.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::dataplane::{Cluster, Container, backend, catalog, roles};
+use crate::keys::EncryptionContext;
+use crate::registry::Registry;
+use crate::tenant::Tier;
+use crate::workflow::{StepContext, StepError, Workflow};
+
+pub struct Provision;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub tier: Tier,
+    pub cluster: String,
+    /// Set by `migrate`.
+    #[serde(default)]
+    pub schema_version: Option<i32>,
+    /// Set by `seed`.
+    #[serde(default)]
+    pub seeded_rows: Option<u64>,
+}
+
+impl State {
+    pub fn new(tier: Tier, cluster: &str) -> Self {
+        State {
+            tier,
+            cluster: cluster.to_owned(),
+            schema_version: None,
+            seeded_rows: None,
+        }
+    }
+}
+
+fn container<'a>(
+    deps: &'a Context,
+    tenant_id: Uuid,
+    state: &State,
+) -> Result<(&'a Cluster, Container), StepError> {
+    let cluster = deps.dataplane.cluster(&state.cluster)?;
+    Ok((cluster, Container::plan(tenant_id, state.tier, cluster)))
+}
+
+/// The encryption context binding a sealed login password to its tenant and role.
+pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
+    [
+        ("purpose".to_owned(), "postgres-login".to_owned()),
+        ("tenant_id".to_owned(), tenant_id.to_string()),
+        ("role".to_owned(), role.to_owned()),
+    ]
+    .into()
+}
+
+impl Workflow for Provision {
+    const KIND: &'static str = "provision";
+    const STEPS: &'static [&'static str] = &[
+        "reserve",
+        "create_container",
+        "migrate",
+        "grant",
+        "seed",
+        "activate",
+    ];
+    type State = State;
+
+    async fn run_step(
+        &self,
+        cx: &StepContext<'_>,
+        step: usize,
+        state: &mut State,
+    ) -> Result<(), StepError> {
+        let deps = cx.deps;
+        let (cluster, c) = container(deps, cx.tenant_id, state)?;
+        let tier = backend(state.tier);
+        match Self::STEPS[step] {
+            "reserve" => {
+                Registry::set_placement(deps.registry.pool(), cx.tenant_id, &c.placement()).await?;
+            }
+            "create_container" => tier.create(cluster, &c).await?,
+            "migrate" => {
+                let db = cluster.database(&c.database);
+                let version =
+                    catalog::migrate(cluster, &db, &c.schema, catalog::latest_version()).await?;
+                state.schema_version = Some(version);
+            }
+            "grant" => {
+                let verifier = if tier.own_login_role() {
+                    // Seal and store the password before the role can use it, so a crash in
+                    // between leaves a stored credential the next attempt replaces.
+                    let password = roles::generate_password();
+                    let sealed = deps
+                        .keys
+                        .seal(
+                            password.as_bytes(),
+                            &credential_context(cx.tenant_id, c.role.as_str()),
+                        )
+                        .await
+                        .map_err(|e| StepError::Retryable(e.to_string()))?;
+                    deps.registry
+                        .put_credential(cx.tenant_id, c.role.as_str(), &sealed)
+                        .await?;
+                    Some(roles::scram_verifier(&password))
+                } else {
+                    None
+                };
+                tier.grant(cluster, &c, verifier.as_deref()).await?;
+            }
+            "seed" => {
+                let db = cluster.database(&c.database);
+                state.seeded_rows =
+                    Some(catalog::seed(cluster, &db, &c.schema, cx.tenant_id).await?);
+            }
+            "activate" => {
+                let version = state.schema_version.ok_or_else(|| {
+                    StepError::fatal(tonic::Code::Internal, "activate before migrate")
+                })?;
+                Registry::activate_tenant(deps.registry.pool(), cx.tenant_id, version).await?;
+            }
+            other => unreachable!("provision has no step {other}"),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
+        let deps = cx.deps;
+        let (cluster, c) = container(deps, cx.tenant_id, state)?;
+        backend(state.tier).destroy(cluster, &c).await?;
+        let mut tx = deps
+            .registry
+            .pool()
+            .begin()
+            .await
+            .map_err(crate::error::Error::from)?;
+        Registry::delete_credentials(&mut *tx, cx.tenant_id).await?;
+        Registry::fail_tenant(&mut *tx, cx.tenant_id).await?;
+        tx.commit().await.map_err(crate::error::Error::from)?;
+        Ok(())
+    }
+}
