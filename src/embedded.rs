@@ -59,7 +59,8 @@ pub struct EmbeddedPostgres {
     password: String,
     data_dir: PathBuf,
     pid: i32,
-    exited: mpsc::Receiver<()>,
+    /// Signalled by the server thread when postgres exits (a Mutex keeps the type Sync).
+    exited: std::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 struct ServerUser {
@@ -150,7 +151,7 @@ impl EmbeddedPostgres {
             password,
             data_dir: data_dir.clone(),
             pid,
-            exited: exit_rx,
+            exited: std::sync::Mutex::new(exit_rx),
         };
         server.wait_ready(&server_dir)?;
         Ok(server)
@@ -159,7 +160,7 @@ impl EmbeddedPostgres {
     fn wait_ready(&self, server_dir: &Path) -> Result<(), EmbeddedError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.exited.try_recv().is_ok() {
+            if self.exited.lock().expect("exit lock").try_recv().is_ok() {
                 let log =
                     std::fs::read_to_string(server_dir.join("postgres.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -202,7 +203,11 @@ impl EmbeddedPostgres {
         unsafe {
             libc::kill(self.pid, libc::SIGINT);
         }
-        let _ = self.exited.recv_timeout(Duration::from_secs(30));
+        let _ = self
+            .exited
+            .lock()
+            .expect("exit lock")
+            .recv_timeout(Duration::from_secs(30));
     }
 }
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -118,6 +118,8 @@ impl Registry {
         conn: &mut PgConnection,
         op: NewOperation<'_>,
     ) -> Result<(), Error> {
+        // A savepoint, so that after a conflict the transaction can still name the holder.
+        let mut savepoint = conn.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO operations (id, kind, tenant_id, request_id, request_hash, state, data)
              VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
@@ -128,9 +130,10 @@ impl Registry {
         .bind(op.request_id)
         .bind(op.request_hash)
         .bind(&op.data)
-        .execute(&mut *conn)
+        .execute(&mut *savepoint)
         .await;
         if let Err(e) = inserted {
+            savepoint.rollback().await?;
             if sqlstate::is_unique(&e, "operations_one_active_per_tenant") {
                 let holder: Option<(Uuid, String)> = sqlx::query_as(
                     "SELECT id, kind FROM operations
@@ -158,6 +161,7 @@ impl Registry {
             }
             return Err(e.into());
         }
+        savepoint.commit().await?;
         sqlx::query(
             "INSERT INTO operation_steps (operation_id, idx, name, state)
              SELECT $1, ordinality - 1, name, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS s(name, ordinality)",

@@ -1,1 +1,10 @@
+//! Black-box tests against real PostgreSQL: tenantd runs on 127.0.0.1:0 (or as a child process
+//! for crash tests) and is driven through gRPC; outcomes are checked in the data plane.
 
+mod bad_input;
+mod crash;
+mod engine;
+mod harness;
+mod idempotency;
+mod isolation;
+mod provision;

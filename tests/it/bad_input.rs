@@ -1,0 +1,254 @@
+//! Bad input gets INVALID_ARGUMENT naming the field, and changes nothing.
+
+use std::collections::HashMap;
+
+use tenantd::api::pb;
+use tonic::Code;
+
+use crate::harness::{TestEnv, bad_field};
+
+fn valid() -> pb::CreateTenantRequest {
+    pb::CreateTenantRequest {
+        slug: "valid-slug".into(),
+        tier: pb::Tier::Pool as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn invalid_create_requests_name_the_field_and_create_nothing() {
+    let mut env = TestEnv::start().await;
+    let mut cases: Vec<(&str, pb::CreateTenantRequest)> = Vec::new();
+    for slug in [
+        "",
+        "ab",
+        &"a".repeat(64),
+        "Acme",
+        "1clinic",
+        "-clinic",
+        "clinic_one",
+        "clinic one",
+        "\"quoted\"",
+        "a\"; drop schema x; --",
+        "acme'; DROP TABLE tenants; --",
+        "clinic\0",
+        "klinik-ü",
+    ] {
+        cases.push((
+            "slug",
+            pb::CreateTenantRequest {
+                slug: slug.into(),
+                ..valid()
+            },
+        ));
+    }
+    cases.push(("tier", pb::CreateTenantRequest { tier: 0, ..valid() }));
+    cases.push((
+        "tier",
+        pb::CreateTenantRequest {
+            tier: 42,
+            ..valid()
+        },
+    ));
+    let many: HashMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    cases.push((
+        "labels",
+        pb::CreateTenantRequest {
+            labels: many,
+            ..valid()
+        },
+    ));
+    cases.push((
+        "labels",
+        pb::CreateTenantRequest {
+            labels: [("k".repeat(64), "v".into())].into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "labels",
+        pb::CreateTenantRequest {
+            labels: [("k".into(), "v".repeat(257))].into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "labels",
+        pb::CreateTenantRequest {
+            labels: [("Bad Key".into(), "v".into())].into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "display_name",
+        pb::CreateTenantRequest {
+            display_name: "x".repeat(201),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "display_name",
+        pb::CreateTenantRequest {
+            display_name: "bell\u{7}".into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "plan",
+        pb::CreateTenantRequest {
+            plan: "p".repeat(201),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "cluster",
+        pb::CreateTenantRequest {
+            cluster: "nowhere".into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "request_id",
+        pb::CreateTenantRequest {
+            request_id: "has space".into(),
+            ..valid()
+        },
+    ));
+    cases.push((
+        "request_id",
+        pb::CreateTenantRequest {
+            request_id: "r".repeat(129),
+            ..valid()
+        },
+    ));
+
+    for (field, req) in cases {
+        let shown = format!("{req:?}");
+        let e = env.tenants.create_tenant(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{shown}: {e:?}");
+        assert_eq!(bad_field(&e), field, "{shown}: {}", e.message());
+    }
+    let (tenants, ops): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM tenants), (SELECT count(*) FROM operations)")
+            .fetch_one(&env.registry)
+            .await
+            .unwrap();
+    assert_eq!((tenants, ops), (0, 0), "nothing was created");
+
+    // A valid request still works afterwards.
+    let op = env
+        .tenants
+        .create_tenant(valid())
+        .await
+        .unwrap()
+        .into_inner();
+    env.wait(&op.name).await;
+}
+
+#[tokio::test]
+async fn lookups_and_updates_validate_their_arguments() {
+    let mut env = TestEnv::start().await;
+    let e = env
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: "x\"; --".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), bad_field(&e).as_str()),
+        (Code::InvalidArgument, "tenant")
+    );
+    let e = env
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: "no-such-clinic".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .ops
+        .get_operation(pb::GetOperationRequest {
+            name: "operations/'1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), bad_field(&e).as_str()),
+        (Code::InvalidArgument, "name")
+    );
+    let e = env
+        .ops
+        .get_operation(pb::GetOperationRequest {
+            name: format!("operations/{}", uuid::Uuid::new_v4()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .tenants
+        .list_tenants(pb::ListTenantsRequest {
+            page_token: "forged".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), bad_field(&e).as_str()),
+        (Code::InvalidArgument, "page_token")
+    );
+    let e = env
+        .tenants
+        .list_tenants(pb::ListTenantsRequest {
+            page_size: -5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), bad_field(&e).as_str()),
+        (Code::InvalidArgument, "page_size")
+    );
+
+    env.provision("upd-clinic", pb::Tier::Pool, "").await;
+    for (mask, field) in [
+        (vec![], "update_mask"),
+        (vec!["slug".to_owned()], "update_mask"),
+        (vec!["display_name".to_owned()], "display_name"),
+    ] {
+        let e = env
+            .tenants
+            .update_tenant(pb::UpdateTenantRequest {
+                tenant: "upd-clinic".into(),
+                update_mask: mask,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), bad_field(&e).as_str()),
+            (Code::InvalidArgument, field)
+        );
+    }
+    // ResolveTenant refuses a tenant that is not active.
+    let op = env.create("not-yet", pb::Tier::Database, "").await;
+    let resolved = env
+        .tenants
+        .resolve_tenant(pb::ResolveTenantRequest {
+            tenant: "not-yet".into(),
+        })
+        .await;
+    if let Err(e) = resolved {
+        assert_eq!(e.code(), Code::FailedPrecondition);
+    }
+    env.wait(&op.name).await;
+}

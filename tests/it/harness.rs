@@ -1,0 +1,401 @@
+//! Test harness: two throwaway PostgreSQL clusters per test run (started once, stopped when
+//! the test process exits), a fresh registry database per test, and tenantd either in-process
+//! on 127.0.0.1:0 or as a real child process (for crash tests).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use tenantd::api::pb;
+use tenantd::api::pb::operation_service_client::OperationServiceClient;
+use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::config::{ClusterConfig, Config, KeysConfig, WorkflowConfig};
+use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tenantd::sql::Ident;
+
+pub struct Clusters {
+    pub main: EmbeddedPostgres,
+    pub second: EmbeddedPostgres,
+}
+
+/// The run's two clusters: `main` (registry, pool and schema tiers) and `second`.
+pub fn clusters() -> &'static Clusters {
+    static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
+    CLUSTERS.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("tenantd-it-{}", std::process::id()));
+        let start = |name: &str| {
+            EmbeddedPostgres::start(&EmbeddedOptions {
+                state_dir: base.join(name),
+                port: 0,
+                ephemeral: true,
+            })
+            .unwrap_or_else(|e| panic!("cannot start test cluster {name}: {e}"))
+        };
+        // Remove clusters left by earlier runs whose process is gone.
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("tenantd-it-") {
+                    if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        Clusters {
+            main: start("main"),
+            second: start("second"),
+        }
+    })
+}
+
+pub fn cluster_url(cluster: &str, db: &str) -> String {
+    let c = clusters();
+    match cluster {
+        "main" => c.main.url(db),
+        "second" => c.second.url(db),
+        other => panic!("no test cluster {other}"),
+    }
+}
+
+/// A superuser pool on `db` of `cluster` (bypasses RLS: for setting up and inspecting).
+pub async fn admin(cluster: &str, db: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&cluster_url(cluster, db))
+        .await
+        .expect("admin connection")
+}
+
+pub async fn admin_conn(cluster: &str, db: &str) -> PgConnection {
+    PgConnection::connect(&cluster_url(cluster, db))
+        .await
+        .expect("admin connection")
+}
+
+pub struct TestEnv {
+    pub config: Config,
+    pub addr: String,
+    pub tenants: TenantServiceClient<Channel>,
+    pub ops: OperationServiceClient<Channel>,
+    pub registry: PgPool,
+    shutdown: CancellationToken,
+}
+
+impl TestEnv {
+    /// A fresh registry and an in-process tenantd serving on 127.0.0.1:0.
+    pub async fn start() -> TestEnv {
+        let (config, _dir) = Self::config().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(tenantd::server::run(
+            config.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        let addr = format!("http://{addr}");
+        let channel = connect(&addr).await;
+        let registry = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&config.registry_url)
+            .await
+            .unwrap();
+        TestEnv {
+            tenants: TenantServiceClient::new(channel.clone()),
+            ops: OperationServiceClient::new(channel),
+            config,
+            addr,
+            registry,
+            shutdown,
+        }
+    }
+
+    /// A registry database of its own and a configuration naming both test clusters.
+    pub async fn config() -> (Config, PathBuf) {
+        let id = Uuid::new_v4().simple().to_string();
+        let db = Ident::new(format!("reg_{id}")).unwrap();
+        tenantd::registry::Registry::create_database_if_missing(
+            &cluster_url("main", "postgres"),
+            &db,
+        )
+        .await
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("tenantd-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            registry_url: cluster_url("main", db.as_str()),
+            clusters: vec![
+                ClusterConfig {
+                    name: "main".into(),
+                    admin_url: cluster_url("main", "postgres"),
+                    public_host: None,
+                    public_port: None,
+                    shared_database: "tenants".into(),
+                },
+                ClusterConfig {
+                    name: "second".into(),
+                    admin_url: cluster_url("second", "postgres"),
+                    public_host: None,
+                    public_port: None,
+                    shared_database: "tenants".into(),
+                },
+            ],
+            workflow: WorkflowConfig {
+                workers: 4,
+                lease_ms: 1_500,
+                backoff_ms: 100,
+                max_backoff_ms: 1_000,
+                max_failures: 5,
+                poll_ms: 100,
+            },
+            keys: KeysConfig::Local {
+                master_key_file: dir.join("master.key"),
+            },
+        };
+        (config, dir)
+    }
+
+    pub async fn create(&mut self, slug: &str, tier: pb::Tier, cluster: &str) -> pb::Operation {
+        self.tenants
+            .create_tenant(pb::CreateTenantRequest {
+                slug: slug.into(),
+                display_name: format!("{slug} clinic"),
+                plan: "standard".into(),
+                tier: tier as i32,
+                labels: [("env".to_owned(), "test".to_owned())].into(),
+                cluster: cluster.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create tenant")
+            .into_inner()
+    }
+
+    /// Waits for the operation to finish (up to 60 s) and returns it.
+    pub async fn wait(&mut self, name: &str) -> pb::Operation {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let op = self
+                .ops
+                .wait_operation(pb::WaitOperationRequest {
+                    name: name.into(),
+                    timeout_seconds: 10,
+                })
+                .await
+                .expect("wait operation")
+                .into_inner();
+            if op.done {
+                return op;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operation {name} not done after 60 s: {op:?}"
+            );
+        }
+    }
+
+    /// Creates a tenant and waits until provisioning succeeded; returns the tenant.
+    pub async fn provision(&mut self, slug: &str, tier: pb::Tier, cluster: &str) -> pb::Tenant {
+        let op = self.create(slug, tier, cluster).await;
+        let op = self.wait(&op.name).await;
+        match op.result {
+            Some(pb::operation::Result::Tenant(t)) => t,
+            other => panic!("provisioning {slug} did not succeed: {other:?}"),
+        }
+    }
+
+    pub fn master_key(&self) -> PathBuf {
+        match &self.config.keys {
+            KeysConfig::Local { master_key_file } => master_key_file.clone(),
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn connect(addr: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("tenantd at {addr} unreachable: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// tenantd as a child process on `port`, with the given failpoints.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `config` as TOML for `tenantd serve`.
+pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBuf {
+    let KeysConfig::Local { master_key_file } = &config.keys;
+    let w = &config.workflow;
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\nregistry_url = \"{}\"\n\n[workflow]\nworkers = {}\nlease_ms = {}\n\
+         backoff_ms = {}\nmax_backoff_ms = {}\nmax_failures = {}\npoll_ms = {}\n\n\
+         [keys]\nprovider = \"local\"\nmaster_key_file = \"{}\"\n",
+        config.registry_url,
+        w.workers,
+        w.lease_ms,
+        w.backoff_ms,
+        w.max_backoff_ms,
+        w.max_failures,
+        w.poll_ms,
+        master_key_file.display()
+    );
+    for c in &config.clusters {
+        text.push_str(&format!(
+            "\n[[clusters]]\nname = \"{}\"\nadmin_url = \"{}\"\nshared_database = \"{}\"\n",
+            c.name, c.admin_url, c.shared_database
+        ));
+    }
+    let path = dir.join(format!("tenantd-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Process {
+    pub fn spawn(config: &Config, dir: &std::path::Path, failpoints: &str) -> Process {
+        let port = free_port();
+        let path = write_config(config, dir, port);
+        let log = std::fs::File::create(dir.join(format!("tenantd-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tenantd"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("TENANTD_FAILPOINTS", failpoints)
+            .env("TENANTD_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tenantd");
+        Process {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the data plane holds for one tenant: schemas named after it, databases, roles.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub schemas: i64,
+    pub databases: i64,
+    pub roles: i64,
+    pub pool_rows: i64,
+}
+
+pub async fn footprint(tenant_id: &str, cluster: &str) -> Footprint {
+    let id = Uuid::parse_str(tenant_id).unwrap();
+    let own = format!("t_{}", id.simple());
+    let admin_db = admin(cluster, "postgres").await;
+    let (databases,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&own)
+            .fetch_one(&admin_db)
+            .await
+            .unwrap();
+    let (roles,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+        .bind(&own)
+        .fetch_one(&admin_db)
+        .await
+        .unwrap();
+    let (has_shared,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenants')")
+            .fetch_one(&admin_db)
+            .await
+            .unwrap();
+    let (mut schemas, mut pool_rows) = (0, 0);
+    if has_shared {
+        let shared = admin(cluster, "tenants").await;
+        schemas =
+            sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+                .bind(&own)
+                .fetch_one(&shared)
+                .await
+                .unwrap()
+                .0;
+        let (pool_exists,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'pool' AND tablename = 'appointment_types')",
+        )
+        .fetch_one(&shared)
+        .await
+        .unwrap();
+        if pool_exists {
+            for table in tenantd::dataplane::catalog::TABLES {
+                let q = format!("SELECT count(*) FROM pool.{table} WHERE tenant_id = $1");
+                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+                    .bind(id)
+                    .fetch_one(&shared)
+                    .await
+                    .unwrap();
+                pool_rows += n;
+            }
+        }
+    }
+    Footprint {
+        schemas,
+        databases,
+        roles,
+        pool_rows,
+    }
+}
+
+/// The field named by an INVALID_ARGUMENT status's BadRequest detail.
+pub fn bad_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
