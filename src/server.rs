@@ -81,17 +81,25 @@ pub async fn run(
     health
         .set_serving::<pb::operation_service_server::OperationServiceServer<OperationApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // v1 and v1alpha: grpcurl and other clients still differ in which they ask for.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
 
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "serving gRPC");
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::tenant_service_server::TenantServiceServer::new(
             TenantApi::new(control.clone()),
         ))

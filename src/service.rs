@@ -99,19 +99,18 @@ impl Control {
         // A racing duplicate can make our insert fail; the second round then finds its op.
         for _ in 0..2 {
             let mut tx = self.registry().pool().begin().await?;
-            if let Some(rid) = rid {
-                if let Some((id, stored)) =
+            if let Some(rid) = rid
+                && let Some((id, stored)) =
                     Registry::find_operation_by_request(&mut tx, Provision::KIND, rid).await?
-                {
-                    if stored.as_deref() != Some(hash.as_slice()) {
-                        return Err(Error::invalid(
-                            "request_id",
-                            "was already used for a different request",
-                        ));
-                    }
-                    drop(tx);
-                    return self.get_operation(id).await;
+            {
+                if stored.as_deref() != Some(hash.as_slice()) {
+                    return Err(Error::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
                 }
+                drop(tx);
+                return self.get_operation(id).await;
             }
             let tenant_id = Uuid::new_v4();
             let op_id = Uuid::new_v4();

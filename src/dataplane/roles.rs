@@ -142,6 +142,26 @@ pub fn scram_verifier(password: &str) -> String {
     )
 }
 
+/// The application role's whole access to a container: the role itself, CONNECT on the
+/// database, USAGE on the schema and DML on the tenant tables. Idempotent.
+pub async fn grant_access(
+    cluster: &Cluster,
+    c: &super::Container,
+    password_verifier: Option<&str>,
+) -> Result<(), DataPlaneError> {
+    ensure_role(cluster, &c.role, password_verifier).await?;
+    cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("GRANT CONNECT ON DATABASE ")
+                .ident(&c.database)
+                .push(" TO ")
+                .ident(&c.role),
+        )
+        .await?;
+    super::catalog::grant_tables(cluster, &cluster.database(&c.database), &c.schema, &c.role).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,24 +184,4 @@ mod tests {
         assert_eq!(p.len(), 32);
         assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
     }
-}
-
-/// The application role's whole access to a container: the role itself, CONNECT on the
-/// database, USAGE on the schema and DML on the tenant tables. Idempotent.
-pub async fn grant_access(
-    cluster: &Cluster,
-    c: &super::Container,
-    password_verifier: Option<&str>,
-) -> Result<(), DataPlaneError> {
-    ensure_role(cluster, &c.role, password_verifier).await?;
-    cluster
-        .exec(
-            cluster.admin(),
-            Statement::new("GRANT CONNECT ON DATABASE ")
-                .ident(&c.database)
-                .push(" TO ")
-                .ident(&c.role),
-        )
-        .await?;
-    super::catalog::grant_tables(cluster, &cluster.database(&c.database), &c.schema, &c.role).await
 }

@@ -42,10 +42,10 @@ pub fn clusters() -> &'static Clusters {
         if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_prefix("tenantd-it-") {
-                    if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
+                if let Some(pid) = name.strip_prefix("tenantd-it-")
+                    && !PathBuf::from(format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
