@@ -176,13 +176,36 @@ pub async fn seed(
 }
 
 /// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, and USAGE on the
-/// schema: the application role's whole access. The bookkeeping table is not granted.
+/// schema: the application role's whole access. The bookkeeping table is not granted. When the
+/// role already holds all of it nothing is written: GRANT on the shared pool tables would
+/// otherwise rewrite their catalog rows (and invalidate every session's cache) per tenant.
 pub async fn grant_tables(
     cluster: &Cluster,
     pool: &PgPool,
     schema: &Ident,
     role: &Ident,
 ) -> Result<(), DataPlaneError> {
+    let (granted,): (bool,) = sqlx::query_as(
+        "SELECT has_schema_privilege($1, n.oid, 'USAGE')
+                AND count(c.oid) = cardinality($3::text[])
+                AND coalesce(bool_and(has_table_privilege($1, c.oid, 'SELECT')
+                                      AND has_table_privilege($1, c.oid, 'INSERT')
+                                      AND has_table_privilege($1, c.oid, 'UPDATE')
+                                      AND has_table_privilege($1, c.oid, 'DELETE')), false)
+         FROM pg_namespace n
+         LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = ANY($3::text[])
+         WHERE n.nspname = $2
+         GROUP BY n.oid",
+    )
+    .bind(role.as_str())
+    .bind(schema.as_str())
+    .bind(TABLES)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if granted {
+        return Ok(());
+    }
     cluster
         .exec(
             pool,

@@ -190,23 +190,45 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         }
-        self.exec(
-            &self.admin,
-            Statement::new("REVOKE CONNECT, TEMPORARY ON DATABASE ")
-                .ident(database)
-                .push(" FROM PUBLIC"),
+        // Revoke only what PUBLIC still holds, so that a repeated call writes nothing (the
+        // shared database is "ensured" by every provisioning).
+        let (public_db,): (bool,) = sqlx::query_as(
+            "SELECT has_database_privilege('public', $1, 'CONNECT')
+                 OR has_database_privilege('public', $1, 'TEMPORARY')",
         )
-        .await?;
-        // PostgreSQL 15 no longer lets PUBLIC create in `public`; older servers did.
-        self.exec(
-            &self.database(database),
-            Statement::new("REVOKE ALL ON SCHEMA public FROM PUBLIC"),
-        )
+        .bind(database.as_str())
+        .fetch_one(&self.admin)
         .await
+        .map_err(|e| self.err(e))?;
+        if public_db {
+            self.exec(
+                &self.admin,
+                Statement::new("REVOKE CONNECT, TEMPORARY ON DATABASE ")
+                    .ident(database)
+                    .push(" FROM PUBLIC"),
+            )
+            .await?;
+        }
+        // PostgreSQL 15 no longer lets PUBLIC create in `public`; older servers did.
+        let db = self.database(database);
+        let (public_schema,): (bool,) = sqlx::query_as(
+            "SELECT coalesce((SELECT has_schema_privilege('public', oid, 'CREATE')
+                                  OR has_schema_privilege('public', oid, 'USAGE')
+                              FROM pg_namespace WHERE nspname = 'public'), false)",
+        )
+        .fetch_one(&db)
+        .await
+        .map_err(|e| self.err(e))?;
+        if public_schema {
+            self.exec(
+                &db,
+                Statement::new("REVOKE ALL ON SCHEMA public FROM PUBLIC"),
+            )
+            .await?;
+        }
+        Ok(())
     }
-}
 
-impl Cluster {
     /// Creates `schema` in `database` if missing. Serialised by an advisory lock, because two
     /// concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide on the catalog.
     pub async fn ensure_schema(
@@ -215,6 +237,15 @@ impl Cluster {
         schema: &Ident,
     ) -> Result<(), DataPlaneError> {
         let pool = self.database(database);
+        let exists: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+                .bind(schema.as_str())
+                .fetch_optional(&pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        if exists.is_some() {
+            return Ok(());
+        }
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("tenantd:schema:{}", schema.as_str()))

@@ -16,27 +16,43 @@ use crate::sql::{Ident, Statement};
 const SAFE_ATTRIBUTES: &str =
     " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
 
-/// Creates `role` if missing and (re)sets its attributes and password.
+/// Creates `role` if missing and (re)sets its attributes and password. A shared NOLOGIN role
+/// that already has safe attributes is left untouched, so repeating this writes nothing.
 pub async fn ensure_role(
     cluster: &Cluster,
     role: &Ident,
     password_verifier: Option<&str>,
 ) -> Result<(), DataPlaneError> {
-    let created = cluster
-        .exec(
-            cluster.admin(),
-            Statement::new("CREATE ROLE ")
-                .ident(role)
-                .push(" NOLOGIN")
-                .push(SAFE_ATTRIBUTES),
-        )
-        .await;
-    match created {
-        Ok(()) => {}
-        // 42710 duplicate_object; 23505 when two creators race on the catalog index.
-        Err(DataPlaneError::Sql { source, .. })
-            if sqlstate::of(&source).is_some_and(|(c, _)| c == "42710" || c == "23505") => {}
-        Err(e) => return Err(e),
+    let found: Option<(bool,)> = sqlx::query_as(
+        "SELECT NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls
+                     OR rolcanlogin OR NOT rolinherit)
+         FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role.as_str())
+    .fetch_optional(cluster.admin())
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if found.is_none() {
+        let created = cluster
+            .exec(
+                cluster.admin(),
+                Statement::new("CREATE ROLE ")
+                    .ident(role)
+                    .push(" NOLOGIN")
+                    .push(SAFE_ATTRIBUTES),
+            )
+            .await;
+        match created {
+            Ok(()) => {}
+            // 42710 duplicate_object; 23505 when two creators race on the catalog index.
+            Err(DataPlaneError::Sql { source, .. })
+                if sqlstate::of(&source).is_some_and(|(c, _)| c == "42710" || c == "23505") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let safe_nologin = found == Some((true,)) || found.is_none();
+    if password_verifier.is_none() && safe_nologin {
+        return Ok(());
     }
     let alter = Statement::new("ALTER ROLE ")
         .ident(role)
@@ -150,15 +166,24 @@ pub async fn grant_access(
     password_verifier: Option<&str>,
 ) -> Result<(), DataPlaneError> {
     ensure_role(cluster, &c.role, password_verifier).await?;
-    cluster
-        .exec(
-            cluster.admin(),
-            Statement::new("GRANT CONNECT ON DATABASE ")
-                .ident(&c.database)
-                .push(" TO ")
-                .ident(&c.role),
-        )
-        .await?;
+    let (can_connect,): (bool,) =
+        sqlx::query_as("SELECT has_database_privilege($1, $2, 'CONNECT')")
+            .bind(c.role.as_str())
+            .bind(c.database.as_str())
+            .fetch_one(cluster.admin())
+            .await
+            .map_err(|e| cluster.err(e))?;
+    if !can_connect {
+        cluster
+            .exec(
+                cluster.admin(),
+                Statement::new("GRANT CONNECT ON DATABASE ")
+                    .ident(&c.database)
+                    .push(" TO ")
+                    .ident(&c.role),
+            )
+            .await?;
+    }
     super::catalog::grant_tables(cluster, &cluster.database(&c.database), &c.schema, &c.role).await
 }
 

@@ -279,21 +279,28 @@ impl Registry {
     }
 
     /// Flags the operation for cancellation; the worker acts on it at the next step boundary.
-    /// A finished operation is left as it is.
+    /// A finished operation, or one already rolling back, is left as it is.
     pub async fn request_cancel(&self, id: Uuid) -> Result<(), Error> {
         let mut tx = self.pool().begin().await?;
-        let found: Option<(String,)> = sqlx::query_as(
-            "UPDATE operations SET cancel_requested = true, updated_at = now(),
-                    run_after = least(run_after, now())
-             WHERE id = $1 RETURNING state",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if found.is_none() {
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM operations WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
             return Err(Error::not_found("operation", format!("operations/{id}")));
         }
-        events::notify(&mut *tx, id).await?;
+        let flagged = sqlx::query(
+            "UPDATE operations SET cancel_requested = true, updated_at = now(),
+                    run_after = least(run_after, now())
+             WHERE id = $1 AND state IN ('pending', 'running') AND NOT cancel_requested",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if flagged.rows_affected() == 1 {
+            events::notify(&mut *tx, id).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -414,16 +421,7 @@ impl Registry {
 
     pub async fn step_started(&self, lease: &Lease, idx: i32) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
-        sqlx::query(
-            "UPDATE operation_steps
-             SET state = 'running', attempts = attempts + 1,
-                 started_at = coalesce(started_at, now()), last_error = NULL
-             WHERE operation_id = $1 AND idx = $2",
-        )
-        .bind(lease.operation_id)
-        .bind(idx)
-        .execute(&mut *tx)
-        .await?;
+        mark_started(&mut tx, lease.operation_id, idx).await?;
         finish_write(tx, lease.operation_id).await
     }
 
@@ -448,12 +446,15 @@ impl Registry {
         finish_write(tx, lease.operation_id).await
     }
 
-    /// Commits a step's output and its done mark together, and advances the cursor.
+    /// Commits a step's output and its done mark together, advances the cursor and, when
+    /// `next` is given, marks that step started in the same transaction (one commit per step
+    /// instead of two).
     pub async fn step_done(
         &self,
         lease: &Lease,
         idx: i32,
         data: &serde_json::Value,
+        next: Option<i32>,
     ) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
         sqlx::query(
@@ -464,6 +465,9 @@ impl Registry {
         .bind(idx)
         .execute(&mut *tx)
         .await?;
+        if let Some(next) = next {
+            mark_started(&mut tx, lease.operation_id, next).await?;
+        }
         sqlx::query("UPDATE operations SET data = $2, next_step = $3, failures = 0 WHERE id = $1")
             .bind(lease.operation_id)
             .bind(data)
@@ -527,6 +531,12 @@ impl Registry {
             .await?;
         }
         sqlx::query(
+            "UPDATE operation_steps SET state = 'pending' WHERE operation_id = $1 AND state = 'running'",
+        )
+        .bind(lease.operation_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
             "UPDATE operations SET state = 'compensating', failures = 0,
                     error_code = $2, error_message = $3, error_step = $4
              WHERE id = $1",
@@ -581,6 +591,24 @@ impl Registry {
         .await?;
         finish_write(tx, lease.operation_id).await
     }
+}
+
+async fn mark_started(
+    tx: &mut Transaction<'static, Postgres>,
+    operation_id: Uuid,
+    idx: i32,
+) -> Result<(), LeaseError> {
+    sqlx::query(
+        "UPDATE operation_steps
+         SET state = 'running', attempts = attempts + 1,
+             started_at = coalesce(started_at, now()), last_error = NULL
+         WHERE operation_id = $1 AND idx = $2",
+    )
+    .bind(operation_id)
+    .bind(idx)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Touches `updated_at`, notifies watchers and commits.

@@ -173,6 +173,8 @@ impl<W: Workflow> Run<'_, W> {
             });
             return self.compensate(state, error).await;
         }
+        // Whether step `idx` was already marked started by the previous step's commit.
+        let mut marked_started = false;
         for idx in self.claimed.next_step as usize..W::STEPS.len() {
             let name = W::STEPS[idx];
             if shutdown.is_cancelled() {
@@ -188,7 +190,9 @@ impl<W: Workflow> Run<'_, W> {
                 registry.begin_compensation(lease, None, &error).await?;
                 return self.compensate(state, error).await;
             }
-            registry.step_started(lease, idx as i32).await?;
+            if !marked_started {
+                registry.step_started(lease, idx as i32).await?;
+            }
             tracing::info!(step = name, "step started");
             let started = std::time::Instant::now();
             let cx = self.cx(idx as i32);
@@ -201,7 +205,11 @@ impl<W: Workflow> Run<'_, W> {
                 .await?;
             match result {
                 Ok(()) => {
-                    registry.step_done(lease, idx as i32, &wrap(&state)).await?;
+                    let next = (idx + 1 < W::STEPS.len()).then_some(idx as i32 + 1);
+                    registry
+                        .step_done(lease, idx as i32, &wrap(&state), next)
+                        .await?;
+                    marked_started = next.is_some();
                     tracing::info!(
                         step = name,
                         elapsed_ms = started.elapsed().as_millis() as u64,

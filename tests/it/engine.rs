@@ -94,7 +94,7 @@ async fn a_worker_whose_lease_expired_cannot_write() {
 
     let data = serde_json::json!({"version": 1, "state": {"stale": true}});
     assert!(matches!(
-        registry.step_done(&a.lease, 0, &data).await,
+        registry.step_done(&a.lease, 0, &data, None).await,
         Err(LeaseError::Lost)
     ));
     assert!(matches!(
@@ -106,7 +106,12 @@ async fn a_worker_whose_lease_expired_cannot_write() {
         Err(LeaseError::Lost)
     ));
     registry
-        .step_done(&b.lease, 0, &serde_json::json!({"version": 1, "state": {}}))
+        .step_done(
+            &b.lease,
+            0,
+            &serde_json::json!({"version": 1, "state": {}}),
+            None,
+        )
         .await
         .unwrap();
     let op = registry.get_operation(id).await.unwrap();

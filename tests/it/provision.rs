@@ -337,6 +337,19 @@ async fn watch_streams_progress_until_done_and_health_and_reflection_answer() {
     assert!(updates.len() >= 2, "saw intermediate states");
     assert!(updates.iter().take(updates.len() - 1).all(|u| !u.done));
 
+    // Cancelling a finished operation changes nothing.
+    let after = env
+        .ops
+        .cancel_operation(pb::CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = after.metadata.unwrap();
+    assert_eq!(m.state, pb::OperationState::Succeeded as i32);
+    assert!(!m.cancel_requested);
+
     let channel = crate::harness::connect(&env.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in [
