@@ -12,9 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tenantd::api::pb;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
-use tenantd::config::{ClusterConfig, Config, KeysConfig, WorkflowConfig};
-use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use tenantd::sql::Ident;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -28,34 +25,15 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let state_dir = std::env::temp_dir().join(format!("tenantd-bench-{}", std::process::id()));
-    let opts = EmbeddedOptions {
-        state_dir: state_dir.clone(),
-        port: 0,
-        ephemeral: false,
-    };
-    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
-    let registry_db = Ident::from_static("tenantd_registry");
-    tenantd::registry::Registry::create_database_if_missing(&pg.url("postgres"), &registry_db)
-        .await?;
-    let config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        registry_url: pg.url(registry_db.as_str()),
-        clusters: vec![ClusterConfig {
-            name: "local".into(),
-            admin_url: pg.url("postgres"),
-            public_host: None,
-            public_port: None,
-            shared_database: "tenants".into(),
-        }],
-        workflow: WorkflowConfig::default(),
-        keys: KeysConfig::Local {
-            master_key_file: state_dir.join("master.key"),
-        },
-    };
+    let stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(tenantd::server::run(config, listener, shutdown.clone()));
+    let server = tokio::spawn(tenantd::server::run(
+        stack.config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     let channel = loop {
         match tonic::transport::Channel::from_shared(addr.clone())?
             .connect()
@@ -117,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = server.await;
-    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    tokio::task::spawn_blocking(move || drop(stack)).await?;
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }

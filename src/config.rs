@@ -22,6 +22,8 @@ pub struct Config {
     #[serde(default)]
     pub workflow: WorkflowConfig,
     pub keys: KeysConfig,
+    /// Where tenant artefacts (exports) are stored.
+    pub objects: ObjectsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +91,13 @@ impl WorkflowConfig {
 pub enum KeysConfig {
     /// Secrets sealed with AES-256-GCM under a 32-byte master key kept in a file (mode 0600).
     Local { master_key_file: PathBuf },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ObjectsConfig {
+    /// Objects as files under a local directory.
+    Local { dir: PathBuf },
 }
 
 fn default_listen() -> SocketAddr {
@@ -207,6 +216,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c: Config = toml::from_str(include_str!("../deploy/tenantd.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.clusters.len(), 2);
+        assert_eq!(c.default_cluster(), "main");
+    }
+
+    #[test]
     fn parses_a_full_config() {
         let c: Config = toml::from_str(
             r#"
@@ -217,6 +234,9 @@ mod tests {
             [keys]
             provider = "local"
             master_key_file = "/tmp/k"
+            [objects]
+            provider = "local"
+            dir = "/tmp/objects"
             "#,
         )
         .unwrap();

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::blobs::ObjectStore;
 use crate::config::Config;
 use crate::dataplane::DataPlane;
 use crate::keys::KeyProvider;
@@ -12,5 +13,6 @@ pub struct Context {
     pub registry: Registry,
     pub dataplane: Arc<DataPlane>,
     pub keys: Arc<dyn KeyProvider>,
+    pub objects: Arc<dyn ObjectStore>,
     pub config: Arc<Config>,
 }

@@ -5,9 +5,11 @@
 //! (one per lifecycle change) over the `dataplane` (tiers, catalog, roles) and `keys`.
 
 pub mod api;
+pub mod blobs;
 pub mod config;
 pub mod context;
 pub mod dataplane;
+pub mod dev;
 pub mod embedded;
 pub mod error;
 pub mod keys;

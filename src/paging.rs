@@ -53,6 +53,22 @@ pub fn decode(token: &str, filter: &str) -> Result<Option<(DateTime<Utc>, Uuid)>
     Ok(Some((t.t, t.i)))
 }
 
+/// Cuts a page fetched with `limit + 1` rows down to `limit` and, when there was more, returns
+/// the token for the next page (empty on the last page).
+pub fn finish<T>(
+    mut items: Vec<T>,
+    limit: i64,
+    filter: &str,
+    cursor: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+) -> (Vec<T>, String) {
+    if items.len() as i64 <= limit {
+        return (items, String::new());
+    }
+    items.truncate(limit as usize);
+    let next = items.last().map(|last| encode(cursor(last), filter));
+    (items, next.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

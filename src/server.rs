@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::operations::OperationApi;
 use crate::api::pb;
 use crate::api::tenants::TenantApi;
-use crate::config::{Config, KeysConfig};
+use crate::blobs::ObjectStore;
+use crate::blobs::local::LocalDir;
+use crate::config::{Config, KeysConfig, ObjectsConfig};
 use crate::context::Context;
 use crate::dataplane::DataPlane;
 use crate::keys::KeyProvider;
@@ -28,6 +30,8 @@ pub enum ServerError {
     Registry(#[from] crate::error::Error),
     #[error("keys: {0}")]
     Keys(#[from] crate::keys::KeyError),
+    #[error("objects: {0}")]
+    Objects(#[from] crate::blobs::BlobError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -41,6 +45,9 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         KeysConfig::Local { master_key_file } => {
             Arc::new(LocalKeys::open_or_create(master_key_file)?)
         }
+    };
+    let objects: Arc<dyn ObjectStore> = match &config.objects {
+        ObjectsConfig::Local { dir } => Arc::new(LocalDir::open(dir)?),
     };
     let registry = Registry::connect(&config.registry_url).await?;
     registry.migrate().await?;
@@ -59,6 +66,7 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         registry,
         dataplane: Arc::new(dataplane),
         keys,
+        objects,
         config: Arc::new(config),
     })
 }

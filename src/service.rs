@@ -169,18 +169,13 @@ impl Control {
             state.map_or("", TenantState::as_str)
         );
         let after = paging::decode(page_token, &filter_key)?;
-        let mut tenants = self
+        let tenants = self
             .registry()
             .list_tenants(&TenantFilter { tier, state }, after, limit + 1)
             .await?;
-        let next = if tenants.len() as i64 > limit {
-            tenants.truncate(limit as usize);
-            let last = tenants.last().expect("non-empty");
-            paging::encode((last.created_at, last.id), &filter_key)
-        } else {
-            String::new()
-        };
-        Ok((tenants, next))
+        Ok(paging::finish(tenants, limit, &filter_key, |t| {
+            (t.created_at, t.id)
+        }))
     }
 
     pub async fn update_tenant(&self, r: &TenantRef, changes: TenantChanges) -> Result<Tenant> {
@@ -258,17 +253,11 @@ impl Control {
             state.map_or("", |s| s.as_str())
         );
         let after = paging::decode(page_token, &filter_key)?;
-        let mut ops = self
+        let ops = self
             .registry()
             .list_operations(&OperationFilter { tenant_id, state }, after, limit + 1)
             .await?;
-        let next = if ops.len() as i64 > limit {
-            ops.truncate(limit as usize);
-            let last = ops.last().expect("non-empty");
-            paging::encode((last.created_at, last.id), &filter_key)
-        } else {
-            String::new()
-        };
+        let (ops, next) = paging::finish(ops, limit, &filter_key, |o| (o.created_at, o.id));
         let mut views = Vec::with_capacity(ops.len());
         for op in ops {
             views.push(self.view(op).await?);

@@ -7,9 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use tenantd::config::{ClusterConfig, Config, KeysConfig, WorkflowConfig};
-use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use tenantd::sql::Ident;
+use tenantd::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -88,43 +86,18 @@ async fn dev(
     pg_port: u16,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let opts = EmbeddedOptions {
-        state_dir: state_dir.clone(),
-        port: pg_port,
-        ephemeral: false,
-    };
     tracing::info!(state_dir = %state_dir.display(), "starting embedded PostgreSQL");
-    let pg: EmbeddedPostgres =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
-    let registry_db = Ident::from_static("tenantd_registry");
-    tenantd::registry::Registry::create_database_if_missing(&pg.url("postgres"), &registry_db)
-        .await?;
-    let state_dir = std::fs::canonicalize(&state_dir)?;
-    let config = Config {
-        listen,
-        registry_url: pg.url(registry_db.as_str()),
-        clusters: vec![ClusterConfig {
-            name: "local".into(),
-            admin_url: pg.url("postgres"),
-            public_host: None,
-            public_port: None,
-            shared_database: "tenants".into(),
-        }],
-        workflow: WorkflowConfig::default(),
-        keys: KeysConfig::Local {
-            master_key_file: state_dir.join("master.key"),
-        },
-    };
+    let stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!(
         "tenantd dev: gRPC on {listen}; PostgreSQL on 127.0.0.1:{} (state in {}).\n\
          Try: tenantctl create acme-health --tier pool",
-        pg.port,
-        state_dir.display()
+        stack.postgres.port,
+        stack.state_dir.display()
     );
-    let result = tenantd::server::run(config, listener, shutdown).await;
-    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    let result = tenantd::server::run(stack.config.clone(), listener, shutdown).await;
+    tokio::task::spawn_blocking(move || drop(stack)).await?;
     Ok(result?)
 }

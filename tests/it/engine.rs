@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use tenantd::api::pb;
-use tenantd::api::pb::operation_service_client::OperationServiceClient;
-use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::error::Error;
 use tenantd::registry::Registry;
 use tenantd::registry::clusters::ClusterRow;
@@ -13,7 +11,7 @@ use tenantd::registry::operations::{LeaseError, NewOperation};
 use tenantd::tenant::{NewTenant, Slug, Tier};
 use uuid::Uuid;
 
-use crate::harness::{Footprint, Process, TestEnv, connect, footprint};
+use crate::harness::{Footprint, TestEnv, footprint};
 
 async fn registry_with_tenant() -> (Registry, Uuid) {
     let (config, _) = TestEnv::config().await;
@@ -148,24 +146,13 @@ async fn the_database_allows_one_active_operation_per_tenant() {
 
 #[tokio::test]
 async fn cancellation_between_steps_rolls_back() {
-    let (config, dir) = TestEnv::config().await;
-    let p = Process::spawn(&config, &dir, "provision.before_migrate=sleep(2000)");
-    let channel = connect(&p.addr).await;
-    let mut tenants = TenantServiceClient::new(channel.clone());
-    let mut ops = OperationServiceClient::new(channel);
-    let op = tenants
-        .create_tenant(pb::CreateTenantRequest {
-            slug: "cancel-me".into(),
-            tier: pb::Tier::Schema as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut env = TestEnv::spawn("provision.before_migrate=sleep(2000)").await;
+    let op = env.create("cancel-me", pb::Tier::Schema, "").await;
     let tenant_id = op.metadata.as_ref().unwrap().tenant_id.clone();
     // Wait until the container exists, then cancel.
     loop {
-        let cur = ops
+        let cur = env
+            .ops
             .get_operation(pb::GetOperationRequest {
                 name: op.name.clone(),
             })
@@ -177,7 +164,8 @@ async fn cancellation_between_steps_rolls_back() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cancelled = ops
+    let cancelled = env
+        .ops
         .cancel_operation(pb::CancelOperationRequest {
             name: op.name.clone(),
         })
@@ -185,15 +173,7 @@ async fn cancellation_between_steps_rolls_back() {
         .unwrap()
         .into_inner();
     assert!(cancelled.metadata.unwrap().cancel_requested);
-    let done = ops
-        .wait_operation(pb::WaitOperationRequest {
-            name: op.name.clone(),
-            timeout_seconds: 30,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(done.done);
+    let done = env.wait(&op.name).await;
     assert_eq!(
         done.metadata.as_ref().unwrap().state,
         pb::OperationState::Cancelled as i32
@@ -216,28 +196,9 @@ async fn cancellation_between_steps_rolls_back() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_with_back_off() {
-    let (config, dir) = TestEnv::config().await;
-    let p = Process::spawn(&config, &dir, "provision.before_grant=retry*2");
-    let channel = connect(&p.addr).await;
-    let mut tenants = TenantServiceClient::new(channel.clone());
-    let mut ops = OperationServiceClient::new(channel);
-    let op = tenants
-        .create_tenant(pb::CreateTenantRequest {
-            slug: "flaky".into(),
-            tier: pb::Tier::Database as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let done = ops
-        .wait_operation(pb::WaitOperationRequest {
-            name: op.name.clone(),
-            timeout_seconds: 30,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut env = TestEnv::spawn("provision.before_grant=retry*2").await;
+    let op = env.create("flaky", pb::Tier::Database, "").await;
+    let done = env.wait(&op.name).await;
     assert!(
         matches!(done.result, Some(pb::operation::Result::Tenant(_))),
         "{done:?}"

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use tenantd::api::pb;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
-use tenantd::config::{ClusterConfig, Config, KeysConfig, WorkflowConfig};
+use tenantd::config::{ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig};
 use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tenantd::sql::Ident;
 
@@ -82,7 +82,10 @@ pub async fn admin_conn(cluster: &str, db: &str) -> PgConnection {
 
 pub struct TestEnv {
     pub config: Config,
+    pub dir: PathBuf,
     pub addr: String,
+    /// Set when tenantd runs as a child process ([`TestEnv::spawn`]).
+    pub process: Option<Process>,
     pub tenants: TenantServiceClient<Channel>,
     pub ops: OperationServiceClient<Channel>,
     pub registry: PgPool,
@@ -92,7 +95,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh registry and an in-process tenantd serving on 127.0.0.1:0.
     pub async fn start() -> TestEnv {
-        let (config, _dir) = Self::config().await;
+        let (config, dir) = Self::config().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -101,7 +104,24 @@ impl TestEnv {
             listener,
             shutdown.clone(),
         ));
-        let addr = format!("http://{addr}");
+        Self::connected(config, dir, format!("http://{addr}"), None, shutdown).await
+    }
+
+    /// A fresh registry and tenantd as a child process with the given failpoints.
+    pub async fn spawn(failpoints: &str) -> TestEnv {
+        let (config, dir) = Self::config().await;
+        let process = Process::spawn(&config, &dir, failpoints);
+        let addr = process.addr.clone();
+        Self::connected(config, dir, addr, Some(process), CancellationToken::new()).await
+    }
+
+    async fn connected(
+        config: Config,
+        dir: PathBuf,
+        addr: String,
+        process: Option<Process>,
+        shutdown: CancellationToken,
+    ) -> TestEnv {
         let channel = connect(&addr).await;
         let registry = PgPoolOptions::new()
             .max_connections(2)
@@ -112,7 +132,9 @@ impl TestEnv {
             tenants: TenantServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
+            dir,
             addr,
+            process,
             registry,
             shutdown,
         }
@@ -160,8 +182,32 @@ impl TestEnv {
             keys: KeysConfig::Local {
                 master_key_file: dir.join("master.key"),
             },
+            objects: ObjectsConfig::Local {
+                dir: dir.join("objects"),
+            },
         };
         (config, dir)
+    }
+
+    /// Replaces the tenantd child process (killing it if it still runs) by a new one on the
+    /// same registry with `failpoints`. Clients connect lazily: the new process may be
+    /// meant to crash before anyone talks to it.
+    pub async fn restart(&mut self, failpoints: &str) {
+        drop(self.process.take());
+        let p = Process::spawn(&self.config, &self.dir, failpoints);
+        let channel = Channel::from_shared(p.addr.clone()).unwrap().connect_lazy();
+        self.tenants = TenantServiceClient::new(channel.clone());
+        self.ops = OperationServiceClient::new(channel);
+        self.addr = p.addr.clone();
+        self.process = Some(p);
+    }
+
+    /// The child process's exit code once it exits by itself (None if killed by a signal).
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.process
+            .as_mut()
+            .expect("tenantd runs as a child process")
+            .wait_exit(Duration::from_secs(60))
     }
 
     pub async fn create(&mut self, slug: &str, tier: pb::Tier, cluster: &str) -> pb::Operation {
@@ -184,21 +230,25 @@ impl TestEnv {
     pub async fn wait(&mut self, name: &str) -> pb::Operation {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let op = self
+            let reply = self
                 .ops
                 .wait_operation(pb::WaitOperationRequest {
                     name: name.into(),
                     timeout_seconds: 10,
                 })
-                .await
-                .expect("wait operation")
-                .into_inner();
-            if op.done {
-                return op;
+                .await;
+            match reply {
+                Ok(op) if op.get_ref().done => return op.into_inner(),
+                Ok(_) => {}
+                // A freshly restarted process may not listen yet.
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("wait operation {name}: {e:?}"),
             }
             assert!(
                 Instant::now() < deadline,
-                "operation {name} not done after 60 s: {op:?}"
+                "operation {name} not done after 60 s"
             );
         }
     }
@@ -258,11 +308,13 @@ pub fn free_port() -> u16 {
 /// Writes `config` as TOML for `tenantd serve`.
 pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBuf {
     let KeysConfig::Local { master_key_file } = &config.keys;
+    let ObjectsConfig::Local { dir: objects_dir } = &config.objects;
     let w = &config.workflow;
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\nregistry_url = \"{}\"\n\n[workflow]\nworkers = {}\nlease_ms = {}\n\
          backoff_ms = {}\nmax_backoff_ms = {}\nmax_failures = {}\npoll_ms = {}\n\n\
-         [keys]\nprovider = \"local\"\nmaster_key_file = \"{}\"\n",
+         [keys]\nprovider = \"local\"\nmaster_key_file = \"{}\"\n\n\
+         [objects]\nprovider = \"local\"\ndir = \"{}\"\n",
         config.registry_url,
         w.workers,
         w.lease_ms,
@@ -270,7 +322,8 @@ pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBu
         w.max_backoff_ms,
         w.max_failures,
         w.poll_ms,
-        master_key_file.display()
+        master_key_file.display(),
+        objects_dir.display()
     );
     for c in &config.clusters {
         text.push_str(&format!(

@@ -1,0 +1,88 @@
+//! The embedded default behind `tenantd dev` (and the benchmarks): a private PostgreSQL
+//! cluster, the registry database on it, one data-plane cluster `local`, local keys and a
+//! local object-store directory, all under one state directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::{ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig};
+use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use crate::registry::Registry;
+use crate::sql::Ident;
+
+pub const REGISTRY_DATABASE: &str = "tenantd_registry";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Postgres(#[from] EmbeddedError),
+    #[error(transparent)]
+    Registry(#[from] crate::error::Error),
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running embedded default. Dropping it stops PostgreSQL (a blocking wait: drop it from a
+/// blocking context).
+pub struct DevStack {
+    pub postgres: EmbeddedPostgres,
+    pub config: Config,
+    pub state_dir: PathBuf,
+}
+
+/// Starts PostgreSQL under `state_dir` (created if missing), creates the registry database and
+/// returns the configuration that runs tenantd against it.
+pub async fn start(
+    state_dir: &Path,
+    pg_port: u16,
+    listen: SocketAddr,
+    ephemeral: bool,
+) -> Result<DevStack, DevError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| DevError::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    let state_dir = std::fs::canonicalize(state_dir).map_err(|source| DevError::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    let opts = EmbeddedOptions {
+        state_dir: state_dir.clone(),
+        port: pg_port,
+        ephemeral,
+    };
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
+        .await
+        .map_err(|e| EmbeddedError::Failed {
+            step: "start postgres",
+            detail: e.to_string(),
+        })??;
+    let registry = Ident::from_static(REGISTRY_DATABASE);
+    Registry::create_database_if_missing(&postgres.url("postgres"), &registry).await?;
+    let config = Config {
+        listen,
+        registry_url: postgres.url(REGISTRY_DATABASE),
+        clusters: vec![ClusterConfig {
+            name: "local".into(),
+            admin_url: postgres.url("postgres"),
+            public_host: None,
+            public_port: None,
+            shared_database: "tenants".into(),
+        }],
+        workflow: WorkflowConfig::default(),
+        keys: KeysConfig::Local {
+            master_key_file: state_dir.join("master.key"),
+        },
+        objects: ObjectsConfig::Local {
+            dir: state_dir.join("objects"),
+        },
+    };
+    Ok(DevStack {
+        postgres,
+        config,
+        state_dir,
+    })
+}
