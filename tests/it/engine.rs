@@ -207,3 +207,51 @@ async fn transient_failures_are_retried_with_back_off() {
     assert_eq!(grant.name, "grant");
     assert_eq!(grant.attempts, 3, "two injected failures, then success");
 }
+
+#[tokio::test]
+async fn replicas_sharing_a_registry_run_each_operation_once() {
+    let mut env = TestEnv::start().await;
+    // A second replica on the same registry and clusters.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tenantd::server::run(
+        env.config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let mut second = tenantd::api::pb::tenant_service_client::TenantServiceClient::new(
+        crate::harness::connect(&addr).await,
+    );
+    let mut names = Vec::new();
+    for i in 0..8 {
+        let req = pb::CreateTenantRequest {
+            slug: format!("replica-{i}"),
+            tier: if i % 2 == 0 {
+                pb::Tier::Pool
+            } else {
+                pb::Tier::Schema
+            } as i32,
+            ..Default::default()
+        };
+        let client = if i % 2 == 0 {
+            &mut env.tenants
+        } else {
+            &mut second
+        };
+        names.push(client.create_tenant(req).await.unwrap().into_inner().name);
+    }
+    for name in names {
+        let op = env.wait(&name).await;
+        assert!(
+            matches!(op.result, Some(pb::operation::Result::Tenant(_))),
+            "{op:?}"
+        );
+        let steps = op.metadata.unwrap().steps;
+        assert!(
+            steps.iter().all(|s| s.attempts == 1),
+            "no step ran twice: {steps:?}"
+        );
+    }
+    shutdown.cancel();
+}
