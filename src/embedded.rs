@@ -238,6 +238,11 @@ fn server_dir(state_dir: &Path, switch_user: bool) -> Result<PathBuf, EmbeddedEr
     use sha2::Digest;
     let tag = hex::encode(&sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes())[..6]);
     let dir = PathBuf::from(format!("/var/tmp/tenantd-pg-{tag}"));
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        server_dir = %dir.display(),
+        "the postgres user cannot reach the state directory; keeping the cluster files elsewhere"
+    );
     std::fs::create_dir_all(&dir).map_err(|e| failed("create server dir", e))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| failed("server dir", e))?;
