@@ -1,0 +1,127 @@
+//! Streaming one tenant's rows between containers, and the digest that verifies a copy.
+
+use tenantd::api::pb;
+use tenantd::dataplane::copy::{copy_table, delete_tenant_rows, digest};
+use tenantd::dataplane::{Container, DataPlane, backend, catalog};
+use tenantd::tenant::Tier;
+use uuid::Uuid;
+
+use crate::harness::{TestEnv, admin};
+
+/// Fills every tenant table for `tenant` in the pool with `n` patients' worth of rows.
+async fn fill_pool(tenant: Uuid, n: i32) {
+    let pool = admin("main", "tenants").await;
+    let sql = "
+        INSERT INTO pool.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
+        SELECT $1, 'mrn-' || g, 'Given' || g, 'Family''s ' || g, date '1950-01-01' + g,
+               (ARRAY['female','male','other','unknown'])[1 + g % 4],
+               CASE WHEN g % 3 = 0 THEN NULL ELSE 'p' || g || '@example.org' END
+        FROM generate_series(1, $2) g;
+        INSERT INTO pool.encounters (tenant_id, patient_id, kind, started_at, reason)
+        SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', E'tab\\there, newline\\n, quote \"'
+        FROM pool.patients WHERE tenant_id = $1;
+        INSERT INTO pool.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
+        SELECT tenant_id, patient_id, id, '8867-4', 72.5, '/min', now() FROM pool.encounters WHERE tenant_id = $1;
+        INSERT INTO pool.clinical_notes (tenant_id, patient_id, author, body)
+        SELECT tenant_id, id, 'dr-who', repeat('note ', 50) || 'ünïcödé ✓' FROM pool.patients WHERE tenant_id = $1;
+        INSERT INTO pool.appointments (tenant_id, patient_id, type_code, starts_at)
+        SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM pool.patients WHERE tenant_id = $1;
+        INSERT INTO pool.audit_events (tenant_id, actor, action, entity, details)
+        SELECT $1, 'dr-who', 'read', 'patient', jsonb_build_object('n', g) FROM generate_series(1, $2) g;";
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let q = sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).bind(tenant);
+        let q = if stmt.contains("$2") { q.bind(n) } else { q };
+        q.execute(&pool).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
+    let mut env = TestEnv::start().await;
+    let a: Uuid = env
+        .provision("copy-src", pb::Tier::Pool, "")
+        .await
+        .id
+        .parse()
+        .unwrap();
+    let b: Uuid = env
+        .provision("copy-other", pb::Tier::Pool, "")
+        .await
+        .id
+        .parse()
+        .unwrap();
+    fill_pool(a, 300).await;
+    fill_pool(b, 50).await;
+
+    let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+    let (main, second) = (
+        dataplane.cluster("main").unwrap(),
+        dataplane.cluster("second").unwrap(),
+    );
+    let src = Container::plan(a, Tier::Pool, main);
+    // A schema-tier container for the same tenant on the other cluster.
+    let dst = Container::plan(a, Tier::Schema, second);
+    backend(Tier::Schema).create(second, &dst).await.unwrap();
+    catalog::migrate(
+        second,
+        &second.database(&dst.database),
+        &dst.schema,
+        catalog::latest_version(),
+    )
+    .await
+    .unwrap();
+
+    for table in catalog::tables() {
+        let copied = copy_table(main, &src, second, &dst, &table).await.unwrap();
+        let (s, d) = (
+            digest(main, &src, &table).await.unwrap(),
+            digest(second, &dst, &table).await.unwrap(),
+        );
+        assert_eq!(copied as i64, s.rows, "{table:?}");
+        assert_eq!(s, d, "{table:?} digests equal");
+        assert!(s.rows > 0, "{table:?} has rows");
+    }
+    // Only this tenant's rows travelled.
+    let target = admin("second", "tenants").await;
+    let q = format!(
+        "SELECT count(*) FROM \"{}\".patients WHERE tenant_id <> $1",
+        dst.schema.as_str()
+    );
+    let (others,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(a)
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(others, 0);
+
+    // One changed value anywhere is caught.
+    let notes = tenantd::sql::Ident::from_static("clinical_notes");
+    let q = format!(
+        "UPDATE \"{}\".clinical_notes SET body = body || '.' WHERE id = (SELECT id FROM \"{}\".clinical_notes LIMIT 1)",
+        dst.schema.as_str(),
+        dst.schema.as_str()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(q))
+        .execute(&target)
+        .await
+        .unwrap();
+    let (s, d) = (
+        digest(main, &src, &notes).await.unwrap(),
+        digest(second, &dst, &notes).await.unwrap(),
+    );
+    assert_eq!(s.rows, d.rows);
+    assert_ne!(s.checksum, d.checksum);
+
+    // An interrupted copy restarts from an empty table, children first.
+    for table in catalog::tables().rev() {
+        delete_tenant_rows(second, &dst, &table).await.unwrap();
+    }
+    for table in catalog::tables() {
+        copy_table(main, &src, second, &dst, &table).await.unwrap();
+        assert_eq!(
+            digest(main, &src, &table).await.unwrap(),
+            digest(second, &dst, &table).await.unwrap()
+        );
+    }
+    backend(Tier::Schema).destroy(second, &dst).await.unwrap();
+}
