@@ -23,7 +23,8 @@ pub async fn ensure_role(
     role: &Ident,
     password_verifier: Option<&str>,
 ) -> Result<(), DataPlaneError> {
-    let found: Option<(bool,)> = sqlx::query_as(
+    // Some(true): exists with safe NOLOGIN attributes; Some(false): exists otherwise.
+    let safe: Option<bool> = sqlx::query_scalar(
         "SELECT NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls
                      OR rolcanlogin OR NOT rolinherit)
          FROM pg_roles WHERE rolname = $1",
@@ -32,7 +33,7 @@ pub async fn ensure_role(
     .fetch_optional(cluster.admin())
     .await
     .map_err(|e| cluster.err(e))?;
-    if found.is_none() {
+    if safe.is_none() {
         let created = cluster
             .exec(
                 cluster.admin(),
@@ -50,8 +51,8 @@ pub async fn ensure_role(
             Err(e) => return Err(e),
         }
     }
-    let safe_nologin = found == Some((true,)) || found.is_none();
-    if password_verifier.is_none() && safe_nologin {
+    // A role just created is NOLOGIN with safe attributes, like one found that way.
+    if password_verifier.is_none() && safe.unwrap_or(true) {
         return Ok(());
     }
     let alter = Statement::new("ALTER ROLE ")

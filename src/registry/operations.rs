@@ -530,12 +530,7 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE operation_steps SET state = 'pending' WHERE operation_id = $1 AND state = 'running'",
-        )
-        .bind(lease.operation_id)
-        .execute(&mut *tx)
-        .await?;
+        mark_not_started(&mut tx, lease.operation_id).await?;
         sqlx::query(
             "UPDATE operations SET state = 'compensating', failures = 0,
                     error_code = $2, error_message = $3, error_step = $4
@@ -583,12 +578,7 @@ impl Registry {
         .bind(lease.operation_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE operation_steps SET state = 'pending' WHERE operation_id = $1 AND state = 'running'",
-        )
-        .bind(lease.operation_id)
-        .execute(&mut *tx)
-        .await?;
+        mark_not_started(&mut tx, lease.operation_id).await?;
         finish_write(tx, lease.operation_id).await
     }
 }
@@ -606,6 +596,21 @@ async fn mark_started(
     )
     .bind(operation_id)
     .bind(idx)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Puts a step that was marked started but will not run now (cancellation, shutdown) back to
+/// pending, so the operation view never shows a step running that is not.
+async fn mark_not_started(
+    tx: &mut Transaction<'static, Postgres>,
+    operation_id: Uuid,
+) -> Result<(), LeaseError> {
+    sqlx::query(
+        "UPDATE operation_steps SET state = 'pending' WHERE operation_id = $1 AND state = 'running'",
+    )
+    .bind(operation_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
