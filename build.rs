@@ -19,5 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds these at compile time but cannot ask cargo to watch them.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

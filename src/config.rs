@@ -65,6 +65,10 @@ pub struct WorkflowConfig {
     /// How often an idle worker looks for work when no notification arrives.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// How long a write fence waits for application transactions that began before it
+    /// (tier changes). Past it the move is rolled back and the fence lifted.
+    #[serde(default = "default_fence_wait_ms")]
+    pub fence_wait_ms: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -76,6 +80,7 @@ impl Default for WorkflowConfig {
             max_backoff_ms: default_max_backoff_ms(),
             max_failures: default_max_failures(),
             poll_ms: default_poll_ms(),
+            fence_wait_ms: default_fence_wait_ms(),
         }
     }
 }
@@ -83,6 +88,9 @@ impl Default for WorkflowConfig {
 impl WorkflowConfig {
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+    pub fn fence_wait(&self) -> Duration {
+        Duration::from_millis(self.fence_wait_ms)
     }
 }
 
@@ -123,6 +131,10 @@ fn default_max_failures() -> i32 {
 }
 fn default_poll_ms() -> u64 {
     1_000
+}
+
+fn default_fence_wait_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, thiserror::Error)]

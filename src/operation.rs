@@ -64,7 +64,17 @@ pub struct Step {
     pub finished_at: Option<DateTime<Utc>>,
     pub progress_done: i64,
     pub progress_total: i64,
+    /// Per-item progress (e.g. per table), when the step reports it.
+    pub progress_items: Vec<ProgressItem>,
     pub last_error: Option<String>,
+}
+
+/// Progress of one item of a step, e.g. rows copied of one table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgressItem {
+    pub name: String,
+    pub done: i64,
+    pub total: i64,
 }
 
 /// Why an operation did not succeed: a gRPC code, a message and the failing step.
@@ -88,6 +98,8 @@ pub struct Operation {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The workflow's stored state (a versioned envelope), for kind-specific details.
+    pub data: serde_json::Value,
 }
 
 impl Operation {

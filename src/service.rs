@@ -18,7 +18,7 @@ use crate::registry::operations::{NewOperation, OperationFilter};
 use crate::registry::tenants::{TenantChanges, TenantFilter};
 use crate::tenant::{NewTenant, Tenant, TenantRef, TenantState, Tier};
 use crate::workflow::{Workflow, wrap};
-use crate::workflows::{Provision, provision};
+use crate::workflows::{ChangeTier, Provision, change_tier, provision};
 
 /// Longest WaitOperation the server grants.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -60,6 +60,8 @@ pub struct Route {
 pub struct OperationView {
     pub operation: Operation,
     pub tenant: Option<Tenant>,
+    /// A tier change's progress details (source, fence times).
+    pub tier_change: Option<change_tier::State>,
 }
 
 #[derive(Clone)]
@@ -99,16 +101,7 @@ impl Control {
         // A racing duplicate can make our insert fail; the second round then finds its op.
         for _ in 0..2 {
             let mut tx = self.registry().pool().begin().await?;
-            if let Some(rid) = rid
-                && let Some((id, stored)) =
-                    Registry::find_operation_by_request(&mut tx, Provision::KIND, rid).await?
-            {
-                if stored.as_deref() != Some(hash.as_slice()) {
-                    return Err(Error::invalid(
-                        "request_id",
-                        "was already used for a different request",
-                    ));
-                }
+            if let Some(id) = replay(&mut tx, Provision::KIND, rid, &hash).await? {
                 drop(tx);
                 return self.get_operation(id).await;
             }
@@ -149,6 +142,90 @@ impl Control {
             kind: "tenant",
             name: new.slug.as_str().to_owned(),
         })
+    }
+
+    /// Starts moving the tenant to `tier` on `cluster` (default: where it is). Idempotent on
+    /// the request id like [`Self::create_tenant`]; a retry finds its operation even after the
+    /// move is done.
+    pub async fn change_tier(
+        &self,
+        r: &TenantRef,
+        tier: Tier,
+        cluster: Option<String>,
+        request_id: Option<RequestId>,
+    ) -> Result<OperationView> {
+        let tenant = self.registry().get_tenant(r).await?;
+        let cluster = match cluster {
+            Some(c) => {
+                self.deps
+                    .dataplane
+                    .cluster(&c)
+                    .map_err(|_| Error::invalid("cluster", format!("unknown cluster {c:?}")))?;
+                c
+            }
+            None => tenant.placement.cluster.clone(),
+        };
+        let target = change_tier::Side { tier, cluster };
+        let hash = Sha256::digest(
+            serde_json::to_vec(&(tenant.id, &target)).expect("request serialises"),
+        )
+        .to_vec();
+        let rid = request_id.as_ref().map(|r| r.0.as_str());
+        for _ in 0..2 {
+            let mut tx = self.registry().pool().begin().await?;
+            if let Some(id) = replay(&mut tx, ChangeTier::KIND, rid, &hash).await? {
+                drop(tx);
+                return self.get_operation(id).await;
+            }
+            if tenant.state != TenantState::Active {
+                return Err(Error::FailedPrecondition {
+                    reason: format!(
+                        "tenant {} is {}, not active",
+                        tenant.slug,
+                        tenant.state.as_str()
+                    ),
+                    operation: None,
+                });
+            }
+            if tenant.tier == target.tier && tenant.placement.cluster == target.cluster {
+                return Err(Error::FailedPrecondition {
+                    reason: format!(
+                        "tenant {} is already in the {} tier on cluster {}",
+                        tenant.slug, target.tier, target.cluster
+                    ),
+                    operation: None,
+                });
+            }
+            let op_id = Uuid::new_v4();
+            let inserted = Registry::insert_operation(
+                &mut tx,
+                NewOperation {
+                    id: op_id,
+                    kind: ChangeTier::KIND,
+                    tenant_id: tenant.id,
+                    request_id: rid,
+                    request_hash: Some(&hash),
+                    data: wrap(&change_tier::State::new(target.clone())),
+                    steps: ChangeTier::STEPS,
+                },
+            )
+            .await;
+            match inserted {
+                Ok(()) => {
+                    tx.commit().await?;
+                    tracing::info!(tenant_id = %tenant.id, operation_id = %op_id,
+                        from = %tenant.tier, to = %target.tier, cluster = %target.cluster,
+                        "tier change requested");
+                    return self.get_operation(op_id).await;
+                }
+                // The request id was taken meanwhile, maybe by our own retry.
+                Err(Error::AlreadyExists { .. }) if rid.is_some() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable(
+            "request id raced with another request; retry".into(),
+        ))
     }
 
     pub async fn get_tenant(&self, r: &TenantRef) -> Result<Tenant> {
@@ -224,7 +301,7 @@ impl Control {
 
     async fn view(&self, operation: Operation) -> Result<OperationView> {
         let tenant = if operation.state == crate::operation::OperationState::Succeeded
-            && operation.kind == Provision::KIND
+            && matches!(operation.kind.as_str(), Provision::KIND | ChangeTier::KIND)
         {
             self.registry()
                 .find_tenant(&TenantRef::Id(operation.tenant_id))
@@ -232,7 +309,14 @@ impl Control {
         } else {
             None
         };
-        Ok(OperationView { operation, tenant })
+        let tier_change = (operation.kind == ChangeTier::KIND)
+            .then(|| crate::workflow::unwrap(operation.data.clone()).ok())
+            .flatten();
+        Ok(OperationView {
+            operation,
+            tenant,
+            tier_change,
+        })
     }
 
     pub async fn list_operations(
@@ -317,6 +401,27 @@ impl Control {
             }
         });
         Ok(rx)
+    }
+}
+
+/// The operation `request_id` already names for `kind`, if any (AIP-155). The same id with a
+/// different request (another hash) is refused.
+async fn replay(
+    conn: &mut sqlx::PgConnection,
+    kind: &str,
+    request_id: Option<&str>,
+    hash: &[u8],
+) -> Result<Option<Uuid>> {
+    let Some(rid) = request_id else {
+        return Ok(None);
+    };
+    match Registry::find_operation_by_request(conn, kind, rid).await? {
+        Some((id, stored)) if stored.as_deref() == Some(hash) => Ok(Some(id)),
+        Some(_) => Err(Error::invalid(
+            "request_id",
+            "was already used for a different request",
+        )),
+        None => Ok(None),
     }
 }
 

@@ -112,6 +112,10 @@ impl Statement {
     pub fn into_sql(self) -> AssertSqlSafe<String> {
         AssertSqlSafe(self.0)
     }
+    /// For a statement run more than once.
+    pub fn to_sql(&self) -> AssertSqlSafe<String> {
+        AssertSqlSafe(self.0.clone())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

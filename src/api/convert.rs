@@ -11,6 +11,7 @@ use crate::operation::{Operation, OperationState, StepState};
 use crate::registry::tenants::TenantChanges;
 use crate::service::{OperationView, Route};
 use crate::tenant::{self, NewTenant, Slug, Tenant, TenantRef, TenantState, Tier};
+use crate::workflows::change_tier;
 
 pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -212,6 +213,47 @@ impl From<Route> for pb::TenantRoute {
     }
 }
 
+impl From<change_tier::State> for pb::TierChange {
+    fn from(s: change_tier::State) -> Self {
+        let (source_tier, source_cluster) = match &s.source {
+            Some(src) => (tier_to(src.tier), src.cluster.clone()),
+            None => (pb::Tier::Unspecified, String::new()),
+        };
+        pb::TierChange {
+            source_tier: source_tier as i32,
+            source_cluster,
+            target_tier: tier_to(s.target.tier) as i32,
+            target_cluster: s.target.cluster.clone(),
+            fence_time: opt_time(s.fenced_at),
+            unfence_time: opt_time(s.unfenced_at),
+            write_pause_ms: s.write_pause().map_or(0, |d| d.as_millis() as i64),
+            rows_copied: s.rows_copied(),
+        }
+    }
+}
+
+/// A validated ChangeTier request.
+pub struct TierChangeRequest {
+    pub tenant: TenantRef,
+    pub tier: Tier,
+    pub cluster: Option<String>,
+}
+
+impl TryFrom<&pb::ChangeTierRequest> for TierChangeRequest {
+    type Error = Error;
+    fn try_from(r: &pb::ChangeTierRequest) -> Result<Self, Error> {
+        Ok(TierChangeRequest {
+            tenant: TenantRef::parse("tenant", &r.tenant)?,
+            tier: tier_from("tier", r.tier, true)?.expect("required"),
+            cluster: if r.cluster.is_empty() {
+                None
+            } else {
+                Some(tenant::text_field("cluster", &r.cluster, true)?)
+            },
+        })
+    }
+}
+
 impl From<OperationView> for pb::Operation {
     fn from(v: OperationView) -> Self {
         let op: Operation = v.operation;
@@ -243,6 +285,15 @@ impl From<OperationView> for pb::Operation {
                         progress_done: s.progress_done,
                         progress_total: s.progress_total,
                         last_error: s.last_error.unwrap_or_default(),
+                        items: s
+                            .progress_items
+                            .into_iter()
+                            .map(|i| pb::ProgressItem {
+                                name: i.name,
+                                done: i.done,
+                                total: i.total,
+                            })
+                            .collect(),
                     })
                     .collect(),
                 create_time: time(op.created_at),
@@ -250,6 +301,9 @@ impl From<OperationView> for pb::Operation {
                 end_time: opt_time(op.finished_at),
                 cancel_requested: op.cancel_requested,
                 request_id: op.request_id.unwrap_or_default(),
+                details: v
+                    .tier_change
+                    .map(|t| pb::operation_metadata::Details::TierChange(t.into())),
             }),
             result,
         }

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, TenantUpdate};
+use super::convert::{self, TenantUpdate, TierChangeRequest};
 use super::pb;
 use crate::service::{Control, RequestId};
 use crate::tenant::{NewTenant, TenantRef};
@@ -62,6 +62,20 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         let u = TenantUpdate::try_from(request.into_inner())?;
         let tenant = self.control.update_tenant(&u.tenant, u.changes).await?;
         Ok(Response::new(tenant.into()))
+    }
+
+    async fn change_tier(
+        &self,
+        request: Request<pb::ChangeTierRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let r = request.into_inner();
+        let request_id = RequestId::parse(&r.request_id)?;
+        let c = TierChangeRequest::try_from(&r)?;
+        let op = self
+            .control
+            .change_tier(&c.tenant, c.tier, c.cluster, request_id)
+            .await?;
+        Ok(Response::new(op.into()))
     }
 
     async fn resolve_tenant(

@@ -71,6 +71,23 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Move a tenant to another tier (or cluster) and watch the move: per-table copy
+    /// progress, then the write pause the tenant saw.
+    ChangeTier {
+        /// Tenant id or slug.
+        tenant: String,
+        #[arg(long, value_enum)]
+        tier: TierArg,
+        /// Cluster to move to (default: the tenant's current cluster).
+        #[arg(long, default_value = "")]
+        cluster: String,
+        /// Idempotency key; retrying with the same key never starts a second move.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Print the operation and return without watching it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Show a tenant (by id or slug).
     Get { tenant: String },
     /// List tenants.
@@ -152,11 +169,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            if no_wait {
-                print_operation(&op);
-            } else {
-                watch(&mut ops, &op.name).await?;
-            }
+            finish(&mut ops, op, no_wait).await?;
+        }
+        Command::ChangeTier {
+            tenant,
+            tier,
+            cluster,
+            request_id,
+            no_wait,
+        } => {
+            let op = tenants
+                .change_tier(pb::ChangeTierRequest {
+                    tenant,
+                    tier: pb::Tier::from(tier) as i32,
+                    cluster,
+                    request_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            finish(&mut ops, op, no_wait).await?;
         }
         Command::Get { tenant } => {
             let t = tenants
@@ -279,6 +311,36 @@ fn op_name(name: &str) -> String {
     }
 }
 
+/// Prints a just-started operation, or watches it until it is done.
+async fn finish(
+    ops: &mut OperationServiceClient<Channel>,
+    op: pb::Operation,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    if no_wait {
+        print_operation(&op);
+        Ok(())
+    } else {
+        watch(ops, &op.name).await
+    }
+}
+
+/// What the running step is doing: its name, and its progress when it reports any (per item,
+/// e.g. "copy observations 120000/400000 rows, 310000/900000 in all").
+fn step_message(s: &pb::Step) -> String {
+    let current = s.items.iter().find(|i| i.done < i.total);
+    match current {
+        Some(i) => format!(
+            "{} {} {}/{} rows, {}/{} in all",
+            s.name, i.name, i.done, i.total, s.progress_done, s.progress_total
+        ),
+        None if s.progress_total > 0 => {
+            format!("{} {}/{}", s.name, s.progress_done, s.progress_total)
+        }
+        None => s.name.clone(),
+    }
+}
+
 /// Follows an operation with a progress bar: one tick per step, the running step's own
 /// progress in the message.
 async fn watch(ops: &mut OperationServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
@@ -311,10 +373,7 @@ async fn watch(ops: &mut OperationServiceClient<Channel>, name: &str) -> anyhow:
             .iter()
             .find(|s| s.state == pb::StepState::Running as i32);
         bar.set_message(match running {
-            Some(s) if s.progress_total > 0 => {
-                format!("{} {}/{}", s.name, s.progress_done, s.progress_total)
-            }
-            Some(s) => s.name.clone(),
+            Some(s) => step_message(s),
             None => op_state_name(m.state).to_owned(),
         });
         last = Some(op);
@@ -349,6 +408,26 @@ fn print_operation(op: &pb::Operation) {
             String::new()
         };
         println!("  {:<18} {state}{retry}", s.name);
+    }
+    if let Some(pb::operation_metadata::Details::TierChange(t)) = &m.details {
+        println!(
+            "move:        {} on {} -> {} on {}",
+            tier_name(t.source_tier),
+            t.source_cluster,
+            tier_name(t.target_tier),
+            t.target_cluster
+        );
+        if t.rows_copied > 0 {
+            println!("rows copied: {} (verified)", t.rows_copied);
+        }
+        if !t.unfence_time.is_empty() {
+            println!(
+                "write pause: {} ms ({} -> {})",
+                t.write_pause_ms, t.fence_time, t.unfence_time
+            );
+        } else if !t.fence_time.is_empty() {
+            println!("writes fenced since {}", t.fence_time);
+        }
     }
     match &op.result {
         Some(pb::operation::Result::Tenant(t)) => print_tenant(t),

@@ -22,11 +22,22 @@ pub struct Migration {
 
 /// Every tenant-schema migration, in order. `tests::every_file_is_listed` keeps this in step
 /// with the folder.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "healthcare_core",
-    sql: include_str!("../../tenant-migrations/0001_healthcare_core.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "healthcare_core",
+        sql: include_str!("../../tenant-migrations/0001_healthcare_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "write_fence",
+        sql: include_str!("../../tenant-migrations/0002_write_fence.sql"),
+    },
+];
+
+/// The first version with the write fence ([`super::fence`]): data can move only from and to
+/// containers at this version or later.
+pub const FENCE_VERSION: i32 = 2;
 
 /// The tenant-schema version this build provisions.
 pub fn latest_version() -> i32 {
@@ -49,6 +60,32 @@ pub fn tables() -> impl DoubleEndedIterator<Item = Ident> {
 }
 
 const BOOKKEEPING: &str = "tenant_schema_migrations";
+
+/// The tenant-schema version `schema` in the database behind `pool` is at (0 if none).
+pub async fn current_version(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+) -> Result<i32, DataPlaneError> {
+    let (exists,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+    )
+    .bind(schema.as_str())
+    .bind(BOOKKEEPING)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if !exists {
+        return Ok(0);
+    }
+    let stmt = Statement::new("SELECT coalesce(max(version), 0) FROM ")
+        .qualified(schema, &Ident::from_static(BOOKKEEPING));
+    let (version,): (i32,) = sqlx::query_as(stmt.into_sql())
+        .fetch_one(pool)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(version)
+}
 
 fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
@@ -175,8 +212,9 @@ pub async fn seed(
     Ok(r.rows_affected())
 }
 
-/// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, and USAGE on the
-/// schema: the application role's whole access. The bookkeeping table is not granted. When the
+/// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, USAGE on the
+/// schema and SELECT on the write-fence table (the fence trigger runs as the application
+/// role): the role's whole access. The bookkeeping table is not granted. When the
 /// role already holds all of it nothing is written: GRANT on the shared pool tables would
 /// otherwise rewrite their catalog rows (and invalidate every session's cache) per tenant.
 pub async fn grant_tables(
@@ -203,6 +241,29 @@ pub async fn grant_tables(
     .fetch_one(pool)
     .await
     .map_err(|e| cluster.err(e))?;
+    let fences = Ident::from_static(super::fence::TABLE);
+    // None: no fence table (a container below FENCE_VERSION).
+    let fence_granted: Option<bool> = sqlx::query_scalar(
+        "SELECT has_table_privilege($1, c.oid, 'SELECT') FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3",
+    )
+    .bind(role.as_str())
+    .bind(schema.as_str())
+    .bind(fences.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if fence_granted == Some(false) {
+        cluster
+            .exec(
+                pool,
+                Statement::new("GRANT SELECT ON TABLE ")
+                    .qualified(schema, &fences)
+                    .push(" TO ")
+                    .ident(role),
+            )
+            .await?;
+    }
     if granted {
         return Ok(());
     }

@@ -11,6 +11,8 @@
 //! each row's text form (seeds 0 and 1): equal digests mean equal multisets of rows with
 //! overwhelming probability. It is for detecting copy faults, not adversaries.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use sqlx::PgConnection;
 use tokio_stream::StreamExt;
 
@@ -68,13 +70,15 @@ fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
 
 /// Copies the rows of `src.tenant_id` in `table` from `src` into `dst`; returns the number of
 /// rows written. The target table should hold none of the tenant's rows yet (a retry after a
-/// failure starts by emptying it, see [`delete_tenant_rows`]).
+/// failure starts by emptying it, see [`delete_tenant_rows`]). `streamed` counts the rows
+/// passed on so far, for progress reports while a large table is copied.
 pub async fn copy_table(
     src_cluster: &Cluster,
     src: &Container,
     dst_cluster: &Cluster,
     dst: &Container,
     table: &Ident,
+    streamed: &AtomicU64,
 ) -> Result<u64, DataPlaneError> {
     let mut src_conn = src_cluster
         .database(&src.database)
@@ -109,6 +113,8 @@ pub async fn copy_table(
         .copy_out_raw(out.as_str())
         .await
         .map_err(|e| src_cluster.err(e))?;
+    let mut counter = TupleCounter::default();
+    let base = streamed.load(Ordering::Relaxed);
     while let Some(chunk) = source.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -117,6 +123,8 @@ pub async fn copy_table(
                 return Err(src_cluster.err(e));
             }
         };
+        counter.feed(&chunk);
+        streamed.store(base + counter.tuples, Ordering::Relaxed);
         if let Err(e) = sink.send(chunk).await {
             return Err(dst_cluster.err(e));
         }
@@ -125,7 +133,13 @@ pub async fn copy_table(
     sink.finish().await.map_err(|e| dst_cluster.err(e))
 }
 
-/// Deletes the tenant's rows from `table` in `c` (to restart an interrupted copy).
+/// Rows deleted per statement by [`delete_tenant_rows`]: small enough that each transaction is
+/// short (other tenants sharing a pool table are never blocked for long), large enough that
+/// the per-statement overhead does not dominate.
+pub const DELETE_BATCH: i64 = 5_000;
+
+/// Deletes the tenant's rows from `table` in `c`, in batches of [`DELETE_BATCH`], each its own
+/// transaction. Returns the number of rows deleted.
 pub async fn delete_tenant_rows(
     cluster: &Cluster,
     c: &Container,
@@ -133,32 +147,178 @@ pub async fn delete_tenant_rows(
 ) -> Result<u64, DataPlaneError> {
     let stmt = Statement::new("DELETE FROM ")
         .qualified(&c.schema, table)
-        .push(" WHERE tenant_id = $1");
-    sqlx::query(stmt.into_sql())
-        .bind(c.tenant_id)
-        .execute(&cluster.database(&c.database))
-        .await
-        .map(|r| r.rows_affected())
-        .map_err(|e| cluster.err(e))
+        .push(" WHERE tenant_id = $1 AND ctid = ANY (ARRAY (SELECT ctid FROM ")
+        .qualified(&c.schema, table)
+        .push(" WHERE tenant_id = $1 LIMIT $2))");
+    let pool = cluster.database(&c.database);
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(stmt.to_sql())
+            .bind(c.tenant_id)
+            .bind(DELETE_BATCH)
+            .execute(&pool)
+            .await
+            .map_err(|e| cluster.err(e))?
+            .rows_affected();
+        total += n;
+        if n < DELETE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }
 
-/// Row count and content checksum of the tenant's rows in `table`.
+/// Row count and content checksum of the tenant's rows in `table`. The text form of a row
+/// depends on session settings, so they are pinned: two clusters with different defaults
+/// (time zone, date style) must digest equal rows alike.
 pub async fn digest(
     cluster: &Cluster,
     c: &Container,
     table: &Ident,
 ) -> Result<TableDigest, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
+    sqlx::raw_sql(
+        "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+         SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; \
+         SET LOCAL bytea_output = 'hex'",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    // OFFSET 0 keeps the subquery, so each row is rendered once, not once per hash.
     let stmt = Statement::new(
         "SELECT count(*), \
-         coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text || ':' || \
-         coalesce(sum(hashtextextended(t::text, 1)::numeric), 0)::text FROM ",
+         coalesce(sum(hashtextextended(r, 0)::numeric), 0)::text || ':' || \
+         coalesce(sum(hashtextextended(r, 1)::numeric), 0)::text \
+         FROM (SELECT t::text AS r FROM ",
     )
     .qualified(&c.schema, table)
-    .push(" t WHERE tenant_id = $1");
+    .push(" t WHERE tenant_id = $1 OFFSET 0) rows");
     let (rows, checksum): (i64, String) = sqlx::query_as(stmt.into_sql())
         .bind(c.tenant_id)
-        .fetch_one(&cluster.database(&c.database))
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| cluster.err(e))?;
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
     Ok(TableDigest { rows, checksum })
+}
+
+/// Counts the tuples in a binary COPY stream as it passes, whatever the chunk boundaries
+/// (the format: a 19-byte header and its extension, then per tuple an int16 field count and
+/// per field an int32 length and that many bytes; a count of -1 ends the stream).
+#[derive(Debug, Default)]
+struct TupleCounter {
+    part: Part,
+    /// The bytes of the fixed-size part being read.
+    small: Vec<u8>,
+    /// Bytes still to skip (header extension or field data).
+    skip: usize,
+    fields_left: i16,
+    tuples: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    #[default]
+    Header,
+    TupleHead,
+    FieldLen,
+    Done,
+}
+
+impl TupleCounter {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let want = match self.part {
+                Part::Header => 19,
+                Part::TupleHead => 2,
+                Part::FieldLen => 4,
+                Part::Done => return,
+            };
+            let take = (want - self.small.len()).min(data.len());
+            self.small.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.small.len() == want {
+                self.complete();
+                self.small.clear();
+            }
+        }
+    }
+
+    fn complete(&mut self) {
+        let b = &self.small;
+        match self.part {
+            Part::Header => {
+                self.skip = u32::from_be_bytes([b[15], b[16], b[17], b[18]]) as usize;
+                self.part = Part::TupleHead;
+            }
+            Part::TupleHead => match i16::from_be_bytes([b[0], b[1]]) {
+                -1 => self.part = Part::Done,
+                n => {
+                    self.tuples += 1;
+                    self.fields_left = n;
+                    self.part = if n > 0 { Part::FieldLen } else { Part::TupleHead };
+                }
+            },
+            Part::FieldLen => {
+                let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                self.skip = len.max(0) as usize;
+                self.fields_left -= 1;
+                if self.fields_left <= 0 {
+                    self.part = Part::TupleHead;
+                }
+            }
+            Part::Done => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(tuples: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
+        out.extend(0u32.to_be_bytes());
+        out.extend(3u32.to_be_bytes());
+        out.extend(b"ext");
+        for t in tuples {
+            out.extend((t.len() as i16).to_be_bytes());
+            for f in *t {
+                match f {
+                    None => out.extend((-1i32).to_be_bytes()),
+                    Some(v) => {
+                        out.extend((v.len() as i32).to_be_bytes());
+                        out.extend(*v);
+                    }
+                }
+            }
+        }
+        out.extend((-1i16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn counts_tuples_across_any_chunking() {
+        let data = stream(&[
+            &[Some(b"abc"), None, Some(b"")],
+            &[],
+            &[Some(&[0u8; 300])],
+            &[None],
+        ]);
+        for chunk in [1, 2, 3, 7, 19, 64, data.len()] {
+            let mut c = TupleCounter::default();
+            for piece in data.chunks(chunk) {
+                c.feed(piece);
+            }
+            assert_eq!(c.tuples, 4, "chunks of {chunk}");
+            assert_eq!(c.part, Part::Done);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, roles};
+use super::{Cluster, Container, DataPlaneError, TierBackend};
 use crate::sql::{Ident, Statement};
 
 pub fn schema() -> Ident {
@@ -19,8 +19,8 @@ impl TierBackend for DatabaseTier {
         true
     }
 
-    /// Drops the database, forcing any session off, then the role.
-    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    /// Drops the database, forcing any session off.
+    async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
         cluster.forget_database(&c.database).await;
         cluster
             .exec(
@@ -29,7 +29,6 @@ impl TierBackend for DatabaseTier {
                     .ident(&c.database)
                     .push(" WITH (FORCE)"),
             )
-            .await?;
-        roles::drop_role(cluster, &c.role, &[]).await
+            .await
     }
 }

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod copy;
 pub mod database;
+pub mod fence;
 pub mod pool;
 pub mod roles;
 pub mod schema;
@@ -44,6 +45,9 @@ pub enum DataPlaneError {
     Literal(#[from] InvalidLiteral),
     #[error("{0}")]
     Invariant(String),
+    /// The data plane is not in a state the operation can proceed from.
+    #[error("{0}")]
+    Precondition(String),
 }
 
 /// SQLSTATEs worth retrying: connection trouble, serialization failures, deadlocks, lock
@@ -69,7 +73,7 @@ impl From<DataPlaneError> for StepError {
             DataPlaneError::Sql { source, .. } if is_transient(source) => {
                 StepError::Retryable(e.to_string())
             }
-            DataPlaneError::UnknownCluster(_) => {
+            DataPlaneError::UnknownCluster(_) | DataPlaneError::Precondition(_) => {
                 StepError::fatal(tonic::Code::FailedPrecondition, e.to_string())
             }
             _ => StepError::fatal(tonic::Code::Internal, e.to_string()),
@@ -168,15 +172,20 @@ impl Cluster {
             .map_err(|e| self.err(e))
     }
 
+    pub async fn database_exists(&self, database: &Ident) -> Result<bool, DataPlaneError> {
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database.as_str())
+                .fetch_one(&self.admin)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(exists)
+    }
+
     /// Creates `database` if it does not exist and closes it to PUBLIC. Concurrent callers
     /// converge: a duplicate from a racing CREATE DATABASE counts as success.
     pub async fn ensure_database(&self, database: &Ident) -> Result<(), DataPlaneError> {
-        let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
-            .bind(database.as_str())
-            .fetch_optional(&self.admin)
-            .await
-            .map_err(|e| self.err(e))?;
-        if exists.is_none() {
+        if !self.database_exists(database).await? {
             let created = self
                 .exec(
                     &self.admin,
@@ -359,15 +368,37 @@ impl Container {
 }
 
 /// What differs between isolation tiers: whether the tenant has its own login role, and how
-/// its container is destroyed. Creating, migrating, granting and seeding are the same shape in
+/// its container is dropped. Creating, migrating, granting and seeding are the same shape in
 /// every tier once the [`Container`] says where things go.
 #[async_trait]
 pub trait TierBackend: Send + Sync {
     /// Whether the tier gives the tenant its own login role (and so a credential).
     fn own_login_role(&self) -> bool;
 
-    /// Removes everything the tenant has in this tier: rows, container and role.
-    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>;
+    /// Removes the tenant's rows and container in this tier, and its fence there; not its
+    /// role. Idempotent, from any partial state.
+    async fn drop_container(&self, cluster: &Cluster, c: &Container)
+    -> Result<(), DataPlaneError>;
+
+    /// Removes everything the tenant has in this tier. With `keep_role` the role survives
+    /// (another container of the tenant on this cluster uses it) and only loses its access to
+    /// this container's database.
+    async fn destroy(
+        &self,
+        cluster: &Cluster,
+        c: &Container,
+        keep_role: bool,
+    ) -> Result<(), DataPlaneError> {
+        self.drop_container(cluster, c).await?;
+        if !self.own_login_role() {
+            return Ok(());
+        }
+        if keep_role {
+            roles::revoke_database(cluster, &c.role, &c.database).await
+        } else {
+            roles::drop_role(cluster, &c.role, &[&c.database]).await
+        }
+    }
 
     /// Creates the container (database and schema) if it does not exist.
     async fn create(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {

@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, catalog};
-use crate::sql::{Ident, Statement};
+use super::{Cluster, Container, DataPlaneError, TierBackend, catalog, copy, fence};
+use crate::sql::Ident;
 
 pub fn schema() -> Ident {
     Ident::from_static("pool")
@@ -24,31 +24,25 @@ impl TierBackend for PoolTier {
         false
     }
 
-    /// Deletes the tenant's rows, children first, in one transaction. Used to roll back a
-    /// provisioning, when the tenant holds only its reference data.
-    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    /// Deletes the tenant's rows, children first, in short batches so that the other tenants
+    /// sharing these tables are never blocked for long, then lifts its fence. The fence stays
+    /// until the last row is gone: a stale route must not write rows nobody will copy.
+    async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
         let pool = cluster.database(&c.database);
-        let mut tx = pool.begin().await.map_err(|e| cluster.err(e))?;
         for table in catalog::tables().rev() {
             // The pool schema may not exist yet if provisioning failed that early.
-            let stmt = Statement::new("DELETE FROM ")
-                .qualified(&c.schema, &table)
-                .push(" WHERE tenant_id = $1");
-            let exists: Option<(i32,)> =
-                sqlx::query_as("SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2")
-                    .bind(c.schema.as_str())
-                    .bind(table.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| cluster.err(e))?;
-            if exists.is_some() {
-                sqlx::query(stmt.into_sql())
-                    .bind(c.tenant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| cluster.err(e))?;
+            let (exists,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+            )
+            .bind(c.schema.as_str())
+            .bind(table.as_str())
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| cluster.err(e))?;
+            if exists {
+                copy::delete_tenant_rows(cluster, c, &table).await?;
             }
         }
-        tx.commit().await.map_err(|e| cluster.err(e))
+        fence::unfence(cluster, c).await
     }
 }

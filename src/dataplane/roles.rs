@@ -65,21 +65,30 @@ pub async fn ensure_role(
     cluster.exec(cluster.admin(), alter).await
 }
 
-/// Drops `role` after removing its privileges in `databases` (they would block the drop).
+async fn role_exists(cluster: &Cluster, role: &Ident) -> Result<bool, DataPlaneError> {
+    let (exists,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role.as_str())
+            .fetch_one(cluster.admin())
+            .await
+            .map_err(|e| cluster.err(e))?;
+    Ok(exists)
+}
+
+/// Drops `role` after removing its privileges in those of `databases` that still exist (they
+/// would block the drop).
 pub async fn drop_role(
     cluster: &Cluster,
     role: &Ident,
     databases: &[&Ident],
 ) -> Result<(), DataPlaneError> {
-    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role.as_str())
-        .fetch_optional(cluster.admin())
-        .await
-        .map_err(|e| cluster.err(e))?;
-    if exists.is_none() {
+    if !role_exists(cluster, role).await? {
         return Ok(());
     }
     for db in databases {
+        if !cluster.database_exists(db).await? {
+            continue;
+        }
         cluster
             .exec(
                 &cluster.database(db),
@@ -91,6 +100,37 @@ pub async fn drop_role(
         .exec(
             cluster.admin(),
             Statement::new("DROP ROLE IF EXISTS ").ident(role),
+        )
+        .await
+}
+
+/// Takes `database` away from a role that lives on: CONNECT and its per-database settings.
+/// (Privileges on objects inside go with the container.) Idempotent.
+pub async fn revoke_database(
+    cluster: &Cluster,
+    role: &Ident,
+    database: &Ident,
+) -> Result<(), DataPlaneError> {
+    if !role_exists(cluster, role).await? || !cluster.database_exists(database).await? {
+        return Ok(());
+    }
+    cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("REVOKE CONNECT ON DATABASE ")
+                .ident(database)
+                .push(" FROM ")
+                .ident(role),
+        )
+        .await?;
+    cluster
+        .exec(
+            cluster.admin(),
+            Statement::new("ALTER ROLE ")
+                .ident(role)
+                .push(" IN DATABASE ")
+                .ident(database)
+                .push(" RESET ALL"),
         )
         .await
 }

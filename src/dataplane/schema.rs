@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, roles};
+use super::{Cluster, Container, DataPlaneError, TierBackend};
 use crate::sql::Statement;
 
 pub struct SchemaTier;
@@ -15,7 +15,8 @@ impl TierBackend for SchemaTier {
         true
     }
 
-    async fn destroy(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    /// Drops the schema with everything in it (tables, rows, fence).
+    async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
         cluster
             .exec(
                 &cluster.database(&c.database),
@@ -23,7 +24,6 @@ impl TierBackend for SchemaTier {
                     .ident(&c.schema)
                     .push(" CASCADE"),
             )
-            .await?;
-        roles::drop_role(cluster, &c.role, &[&c.database]).await
+            .await
     }
 }

@@ -14,7 +14,7 @@ use sqlx::{Acquire, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::operation::{Operation, OperationError, OperationState, Step};
+use crate::operation::{Operation, OperationError, OperationState, ProgressItem, Step};
 use crate::registry::{Registry, events, sqlstate};
 
 #[derive(sqlx::FromRow)]
@@ -31,12 +31,13 @@ struct OperationRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    data: serde_json::Value,
 }
 
 macro_rules! op_columns {
     () => {
         "id, kind, tenant_id, request_id, state, cancel_requested, error_code, error_message, \
-         error_step, created_at, updated_at, finished_at"
+         error_step, created_at, updated_at, finished_at, data"
     };
 }
 
@@ -50,6 +51,7 @@ struct StepRow {
     finished_at: Option<DateTime<Utc>>,
     progress_done: i64,
     progress_total: i64,
+    progress_items: sqlx::types::Json<Vec<ProgressItem>>,
     last_error: Option<String>,
 }
 
@@ -233,7 +235,7 @@ impl Registry {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let steps: Vec<StepRow> = sqlx::query_as(
             "SELECT operation_id, name, state, attempts, started_at, finished_at,
-                    progress_done, progress_total, last_error
+                    progress_done, progress_total, progress_items, last_error
              FROM operation_steps WHERE operation_id = ANY($1) ORDER BY operation_id, idx",
         )
         .bind(&ids)
@@ -253,6 +255,7 @@ impl Registry {
                             finished_at: s.finished_at,
                             progress_done: s.progress_done,
                             progress_total: s.progress_total,
+                            progress_items: s.progress_items.0.clone(),
                             last_error: s.last_error.clone(),
                         })
                     })
@@ -273,6 +276,7 @@ impl Registry {
                     created_at: r.created_at,
                     updated_at: r.updated_at,
                     finished_at: r.finished_at,
+                    data: r.data,
                 })
             })
             .collect()
@@ -425,22 +429,24 @@ impl Registry {
         finish_write(tx, lease.operation_id).await
     }
 
+    /// Records the running step's progress: its items, and their sums as the step's totals.
     pub async fn step_progress(
         &self,
         lease: &Lease,
         idx: i32,
-        done: i64,
-        total: i64,
+        items: &[ProgressItem],
     ) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
         sqlx::query(
-            "UPDATE operation_steps SET progress_done = $3, progress_total = $4
+            "UPDATE operation_steps SET progress_done = $3, progress_total = $4,
+                    progress_items = $5
              WHERE operation_id = $1 AND idx = $2",
         )
         .bind(lease.operation_id)
         .bind(idx)
-        .bind(done)
-        .bind(total)
+        .bind(items.iter().map(|i| i.done).sum::<i64>())
+        .bind(items.iter().map(|i| i.total).sum::<i64>())
+        .bind(sqlx::types::Json(items))
         .execute(&mut *tx)
         .await?;
         finish_write(tx, lease.operation_id).await

@@ -219,6 +219,33 @@ impl Registry {
         Ok(())
     }
 
+    /// Points the tenant at a new container in `tier` and opens a new routing epoch, in one
+    /// statement: ResolveTenant sees the old placement with the old epoch or the new one with
+    /// the new epoch, never a mix. Idempotent: a tenant already there keeps its epoch.
+    pub async fn switch_placement<'e>(
+        exec: impl PgExecutor<'e>,
+        id: Uuid,
+        tier: Tier,
+        p: &Placement,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tenants SET tier = $2, cluster = $3, database_name = $4, schema_name = $5,
+                    role_name = $6, routing_epoch = routing_epoch + 1, updated_at = now()
+             WHERE id = $1
+               AND (tier, cluster, database_name, schema_name, role_name)
+                   IS DISTINCT FROM ($2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(tier.as_str())
+        .bind(&p.cluster)
+        .bind(&p.database)
+        .bind(&p.schema)
+        .bind(&p.role)
+        .execute(exec)
+        .await?;
+        Ok(())
+    }
+
     /// Marks the tenant active at `schema_version` and opens its first routing epoch.
     /// Idempotent: re-running it leaves the epoch as it is.
     pub async fn activate_tenant<'e>(

@@ -173,15 +173,22 @@ impl<W: Workflow> Run<'_, W> {
             });
             return self.compensate(state, error).await;
         }
+        let roll_forward_from = W::ROLL_FORWARD_FROM.map(|from| {
+            W::STEPS
+                .iter()
+                .position(|s| *s == from)
+                .expect("ROLL_FORWARD_FROM names a step")
+        });
         // Whether step `idx` was already marked started by the previous step's commit.
         let mut marked_started = false;
         for idx in self.claimed.next_step as usize..W::STEPS.len() {
             let name = W::STEPS[idx];
+            let rolling_forward = roll_forward_from.is_some_and(|from| idx >= from);
             if shutdown.is_cancelled() {
                 tracing::info!("shutting down; releasing the operation to another worker");
                 return registry.release_lease(lease).await;
             }
-            if registry.cancel_requested(self.claimed.id).await? {
+            if !rolling_forward && registry.cancel_requested(self.claimed.id).await? {
                 let error = OperationError {
                     code: tonic::Code::Cancelled,
                     message: "operation cancelled by request".into(),
@@ -216,11 +223,14 @@ impl<W: Workflow> Run<'_, W> {
                         "step done"
                     );
                 }
-                Err(StepError::Retryable(msg))
-                    if self.claimed.failures + 1 < self.deps.config.workflow.max_failures =>
+                Err(e)
+                    if rolling_forward
+                        || matches!(e, StepError::Retryable(_))
+                            && self.claimed.failures + 1 < self.deps.config.workflow.max_failures =>
                 {
                     let delay = backoff(self.deps, self.claimed.failures);
-                    tracing::warn!(step = name, error = %msg, retry_in_ms = delay.as_millis() as u64, "step failed; will retry");
+                    let msg = e.to_string();
+                    tracing::warn!(step = name, error = %msg, retry_in_ms = delay.as_millis() as u64, rolling_forward, "step failed; will retry");
                     return registry
                         .step_retry_later(lease, Some(idx as i32), &msg, delay)
                         .await;

@@ -7,7 +7,8 @@
 //!
 //! The engine evaluates `{kind}.before_{step}` before a step runs and `{kind}.after_{step}`
 //! after its side effects but before its done mark is committed: the window a real crash
-//! is most likely to hit. Workflows may evaluate their own names (e.g. a verification step).
+//! is most likely to hit. Workflows may evaluate their own names (e.g. a verification step),
+//! and use a name as a switch with [`armed`] (action `on`) to inject a fault of their own.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -24,6 +25,7 @@ enum Action {
     Error,
     Retry,
     Sleep(u64),
+    On,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,7 @@ fn parse(spec: &str) -> Result<HashMap<String, Entry>, String> {
             "exit" => Action::Exit,
             "error" => Action::Error,
             "retry" => Action::Retry,
+            "on" => Action::On,
             s if s.starts_with("sleep(") && s.ends_with(')') => Action::Sleep(
                 s[6..s.len() - 1]
                     .parse()
@@ -105,7 +108,13 @@ pub async fn hit(name: &str) -> Result<(), StepError> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(())
         }
+        Some(Action::On) => Ok(()),
     }
+}
+
+/// Whether the switch `name` is armed (any action; counts down like [`hit`]).
+pub fn armed(name: &str) -> bool {
+    take(name).is_some()
 }
 
 #[cfg(test)]
@@ -114,7 +123,8 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        let p = parse("a.b=exit; c=retry*2 ;d=sleep(50)").unwrap();
+        let p = parse("a.b=exit; c=retry*2 ;d=sleep(50);e=on*1").unwrap();
+        assert_eq!(p["e"].action, Action::On);
         assert_eq!(p["a.b"].action, Action::Exit);
         assert_eq!(p["c"].remaining, Some(2));
         assert_eq!(p["d"].action, Action::Sleep(50));

@@ -8,7 +8,8 @@
 //!   no transaction spans a step's work;
 //! - only the lease holder writes an operation (every write re-checks the lease token);
 //! - a fatal error or a cancellation runs the workflow's compensation, which must converge
-//!   too, and ends the operation FAILED or CANCELLED;
+//!   too, and ends the operation FAILED or CANCELLED; from a workflow's point of no return
+//!   (`ROLL_FORWARD_FROM`) errors are retried until the steps succeed instead;
 //! - at most one active operation per tenant (a partial unique index in the registry).
 
 pub mod engine;
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::context::Context;
+use crate::operation::ProgressItem;
 use crate::registry::operations::Lease;
 
 /// How a step failed, and so whether to try it again.
@@ -62,6 +64,10 @@ pub trait Workflow: Send + Sync + 'static {
     const KIND: &'static str;
     const STEPS: &'static [&'static str];
     type State: Serialize + DeserializeOwned + Send + Sync;
+    /// The step from which the workflow can only roll forward (e.g. once routing points at
+    /// the new copy): from it on, every error is retried with back-off instead of compensated,
+    /// and cancellation is no longer honoured. `None`: every step can be undone.
+    const ROLL_FORWARD_FROM: Option<&'static str> = None;
 
     /// Runs step `step` (an index into `STEPS`). May update `state`; the new state is
     /// committed together with the step's done mark.
@@ -90,11 +96,12 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
-    /// Reports progress of the running step (shown by WatchOperation and tenantctl).
-    pub async fn progress(&self, done: i64, total: i64) -> Result<(), StepError> {
+    /// Reports progress of the running step, per item (shown by WatchOperation and
+    /// tenantctl).
+    pub async fn progress(&self, items: &[ProgressItem]) -> Result<(), StepError> {
         self.deps
             .registry
-            .step_progress(&self.lease, self.step, done, total)
+            .step_progress(&self.lease, self.step, items)
             .await
             .map_err(|e| StepError::Retryable(e.to_string()))
     }

@@ -1,5 +1,7 @@
 //! The lifecycle workflows, one file each, dispatched by operation kind through one match.
 
+pub mod change_tier;
+pub mod login;
 pub mod provision;
 
 use tokio_util::sync::CancellationToken;
@@ -8,12 +10,14 @@ use crate::context::Context;
 use crate::registry::operations::Claimed;
 use crate::workflow::{Workflow, engine};
 
+pub use change_tier::ChangeTier;
 pub use provision::Provision;
 
 /// Runs a claimed operation with the workflow its kind names.
 pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationToken) {
     match claimed.kind.as_str() {
         Provision::KIND => engine::drive(&Provision, deps, claimed, shutdown).await,
+        ChangeTier::KIND => engine::drive(&ChangeTier, deps, claimed, shutdown).await,
         other => {
             // Written by a newer release: leave it for a replica that knows the kind.
             tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");

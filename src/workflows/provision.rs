@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::dataplane::{Cluster, Container, backend, catalog, roles};
-use crate::keys::EncryptionContext;
+use crate::dataplane::{Cluster, Container, backend, catalog};
 use crate::registry::Registry;
+use crate::workflows::login;
 use crate::tenant::Tier;
 use crate::workflow::{StepContext, StepError, Workflow};
 
@@ -50,16 +50,6 @@ fn container<'a>(
     Ok((cluster, Container::plan(tenant_id, state.tier, cluster)))
 }
 
-/// The encryption context binding a sealed login password to its tenant and role.
-pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
-    [
-        ("purpose".to_owned(), "postgres-login".to_owned()),
-        ("tenant_id".to_owned(), tenant_id.to_string()),
-        ("role".to_owned(), role.to_owned()),
-    ]
-    .into()
-}
-
 impl Workflow for Provision {
     const KIND: &'static str = "provision";
     const STEPS: &'static [&'static str] = &[
@@ -94,21 +84,7 @@ impl Workflow for Provision {
             }
             "grant" => {
                 let verifier = if tier.own_login_role() {
-                    // Seal and store the password before the role can use it, so a crash in
-                    // between leaves a stored credential the next attempt replaces.
-                    let password = roles::generate_password();
-                    let sealed = deps
-                        .keys
-                        .seal(
-                            password.as_bytes(),
-                            &credential_context(cx.tenant_id, c.role.as_str()),
-                        )
-                        .await
-                        .map_err(|e| StepError::Retryable(e.to_string()))?;
-                    deps.registry
-                        .put_credential(cx.tenant_id, c.role.as_str(), &sealed)
-                        .await?;
-                    Some(roles::scram_verifier(&password))
+                    Some(login::verifier(deps, cx.tenant_id, c.role.as_str()).await?.0)
                 } else {
                     None
                 };
@@ -133,7 +109,7 @@ impl Workflow for Provision {
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
         let deps = cx.deps;
         let (cluster, c) = container(deps, cx.tenant_id, state)?;
-        backend(state.tier).destroy(cluster, &c).await?;
+        backend(state.tier).destroy(cluster, &c, false).await?;
         let mut tx = deps
             .registry
             .pool()

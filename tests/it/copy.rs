@@ -72,7 +72,7 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
     .unwrap();
 
     for table in catalog::tables() {
-        let copied = copy_table(main, &src, second, &dst, &table).await.unwrap();
+        let copied = copy_table(main, &src, second, &dst, &table, &Default::default()).await.unwrap();
         let (s, d) = (
             digest(main, &src, &table).await.unwrap(),
             digest(second, &dst, &table).await.unwrap(),
@@ -117,11 +117,11 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         delete_tenant_rows(second, &dst, &table).await.unwrap();
     }
     for table in catalog::tables() {
-        copy_table(main, &src, second, &dst, &table).await.unwrap();
+        copy_table(main, &src, second, &dst, &table, &Default::default()).await.unwrap();
         assert_eq!(
             digest(main, &src, &table).await.unwrap(),
             digest(second, &dst, &table).await.unwrap()
         );
     }
-    backend(Tier::Schema).destroy(second, &dst).await.unwrap();
+    backend(Tier::Schema).destroy(second, &dst, false).await.unwrap();
 }

@@ -178,6 +178,7 @@ impl TestEnv {
                 max_backoff_ms: 1_000,
                 max_failures: 5,
                 poll_ms: 100,
+                fence_wait_ms: 5_000,
             },
             keys: KeysConfig::Local {
                 master_key_file: dir.join("master.key"),
@@ -312,7 +313,7 @@ pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBu
     let w = &config.workflow;
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\nregistry_url = \"{}\"\n\n[workflow]\nworkers = {}\nlease_ms = {}\n\
-         backoff_ms = {}\nmax_backoff_ms = {}\nmax_failures = {}\npoll_ms = {}\n\n\
+         backoff_ms = {}\nmax_backoff_ms = {}\nmax_failures = {}\npoll_ms = {}\nfence_wait_ms = {}\n\n\
          [keys]\nprovider = \"local\"\nmaster_key_file = \"{}\"\n\n\
          [objects]\nprovider = \"local\"\ndir = \"{}\"\n",
         config.registry_url,
@@ -322,6 +323,7 @@ pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBu
         w.max_backoff_ms,
         w.max_failures,
         w.poll_ms,
+        w.fence_wait_ms,
         master_key_file.display(),
         objects_dir.display()
     );

@@ -12,7 +12,8 @@ async fn rls_flags(cluster: &str, db: &str, schema: &str) -> Vec<(String, bool, 
         "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
                 (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'tenant_schema_migrations'
+         WHERE n.nspname = $1 AND c.relkind = 'r'
+           AND c.relname NOT IN ('tenant_schema_migrations', 'tenant_write_fences')
          ORDER BY 1",
     )
     .bind(schema)
@@ -182,7 +183,7 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
                 key_id,
                 ciphertext: sealed.clone(),
             },
-            &tenantd::workflows::provision::credential_context(t.id.parse().unwrap(), &own),
+            &tenantd::workflows::login::credential_context(t.id.parse().unwrap(), &own),
         )
         .await
         .unwrap();

@@ -1,0 +1,158 @@
+//! The write fence: while a tenant's data moves between containers, its application sessions
+//! may read but not write it.
+//!
+//! A fence is a row in the container's `tenant_write_fences` table (tenant-schema version 2).
+//! A statement-level trigger on every tenant table refuses INSERT, UPDATE and DELETE by an
+//! application session whose `app.tenant_id` is fenced, with SQLSTATE [`SQLSTATE`]; sessions
+//! of the tables' owner (tenantd's own copy and cleanup) pass. Other tenants are never
+//! affected: the fence names one tenant.
+//!
+//! Committing the fence row is not enough on its own: a transaction that wrote before the
+//! fence committed (or that holds a snapshot taken before it, in REPEATABLE READ) can still
+//! commit rows a copy started now would miss. [`wait_for_writers`] therefore waits until every
+//! application transaction in the container's database that began before the fence has
+//! ended, and gives up after a deadline rather than wait forever on an idle-in-transaction
+//! session.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Cluster, Container, DataPlaneError};
+use crate::sql::{Ident, Statement};
+
+/// The fence table, created by tenant-schema migration 2.
+pub const TABLE: &str = "tenant_write_fences";
+
+/// What a fenced write fails with: documented for applications as "retry after resolving the
+/// tenant's route again".
+pub const SQLSTATE: &str = "TF001";
+
+fn table() -> Ident {
+    Ident::from_static(TABLE)
+}
+
+/// Whether the container still has a fence table (its schema or database may be gone).
+async fn has_table(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
+    if !cluster.database_exists(&c.database).await? {
+        return Ok(false);
+    }
+    let (exists,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+    )
+    .bind(c.schema.as_str())
+    .bind(TABLE)
+    .fetch_one(&cluster.database(&c.database))
+    .await
+    .map_err(|e| cluster.err(e))?;
+    Ok(exists)
+}
+
+/// Fences the tenant's writes in `c` on behalf of `operation_id`. Idempotent.
+pub async fn fence(
+    cluster: &Cluster,
+    c: &Container,
+    operation_id: Uuid,
+) -> Result<(), DataPlaneError> {
+    let stmt = Statement::new("INSERT INTO ")
+        .qualified(&c.schema, &table())
+        .push(" (tenant_id, operation_id) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING");
+    sqlx::query(stmt.into_sql())
+        .bind(c.tenant_id)
+        .bind(operation_id)
+        .execute(&cluster.database(&c.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
+}
+
+/// Lifts the tenant's fence in `c`. Idempotent, also once the container is gone.
+pub async fn unfence(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    if !has_table(cluster, c).await? {
+        return Ok(());
+    }
+    let stmt = Statement::new("DELETE FROM ")
+        .qualified(&c.schema, &table())
+        .push(" WHERE tenant_id = $1");
+    sqlx::query(stmt.into_sql())
+        .bind(c.tenant_id)
+        .execute(&cluster.database(&c.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
+}
+
+/// Whether the tenant is fenced in `c`.
+pub async fn is_fenced(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
+    if !has_table(cluster, c).await? {
+        return Ok(false);
+    }
+    let stmt = Statement::new("SELECT EXISTS (SELECT 1 FROM ")
+        .qualified(&c.schema, &table())
+        .push(" WHERE tenant_id = $1)");
+    let (fenced,): (bool,) = sqlx::query_as(stmt.into_sql())
+        .bind(c.tenant_id)
+        .fetch_one(&cluster.database(&c.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(fenced)
+}
+
+/// Application transactions in `database` that began before `before` and have written or hold
+/// a snapshot. Sessions whose login role is a member of ours (maintenance) are not fenced and
+/// so not waited for; neither is a READ COMMITTED transaction idle between statements, whose
+/// next statement will see the fence.
+const IN_FLIGHT: &str = "SELECT pid FROM pg_stat_activity
+     WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+       AND xact_start < $2
+       AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+       AND NOT pg_has_role(usesysid, current_user, 'MEMBER')
+     ORDER BY pid";
+
+/// Waits until every application transaction in `c`'s database that began before now (call
+/// it after the fence committed) has ended. Fails with [`DataPlaneError::Precondition`] after
+/// `timeout`, naming the sessions still running.
+pub async fn wait_for_writers(
+    cluster: &Cluster,
+    c: &Container,
+    timeout: Duration,
+) -> Result<(), DataPlaneError> {
+    let admin = cluster.admin();
+    let (allowed, now): (bool, DateTime<Utc>) = sqlx::query_as(
+        "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), statement_timestamp()",
+    )
+    .fetch_one(admin)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if !allowed {
+        return Err(DataPlaneError::Precondition(format!(
+            "cluster {}: the admin role needs pg_read_all_stats to see in-flight transactions",
+            cluster.name
+        )));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids: Vec<(i32,)> = sqlx::query_as(IN_FLIGHT)
+            .bind(c.database.as_str())
+            .bind(now)
+            .fetch_all(admin)
+            .await
+            .map_err(|e| cluster.err(e))?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let pids: Vec<String> = pids.iter().map(|p| p.0.to_string()).collect();
+            return Err(DataPlaneError::Precondition(format!(
+                "cluster {}: {} transaction(s) that began before the write fence still run \
+                 after {} ms (pids {})",
+                cluster.name,
+                pids.len(),
+                timeout.as_millis(),
+                pids.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,443 @@
+//! Tier changes (promotion and demotion, and moves between clusters):
+//! preflight → create_target → fence → copy → verify → switch → unfence → cleanup.
+//!
+//! - `preflight` records where the tenant is (the registry is authoritative: this operation
+//!   holds the tenant's one active-operation slot, so its placement cannot change under us),
+//!   and refuses unless the tenant is active, the target container is free and both ends are
+//!   at the same tenant-schema version, with the write fence (version 2 or later).
+//! - `create_target` creates and migrates the target container, fences the tenant there at
+//!   once (nothing may write it before routing points at it), then grants the application
+//!   role. A tenant that already has its own login role keeps its password.
+//! - `fence` fences the tenant's writes in the source and waits out the transactions that
+//!   began before the fence ([`crate::dataplane::fence`]). From here reads go on, writes get
+//!   SQLSTATE TF001.
+//! - `copy` streams every table, parents first, by binary COPY, reporting rows per table.
+//! - `verify` compares row count and content checksum of every table on both ends.
+//! - `switch` points the registry at the target and bumps the routing epoch in one statement.
+//!   This is the point of no return (`ROLL_FORWARD_FROM`): later steps are retried until they
+//!   succeed, and cancellation is no longer honoured.
+//! - `unfence` lifts the fence on the target: the write pause ends.
+//! - `cleanup` removes the source (pool: batched deletes; schema, database: drop). The source
+//!   stays fenced until it is gone, so a client on a stale route cannot write there.
+//!
+//! Compensation (any failure before the switch) drops the target and unfences the source.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::dataplane::copy::{self, TableDigest};
+use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, fence};
+use crate::operation::ProgressItem;
+use crate::registry::Registry;
+use crate::sql::{Ident, Statement};
+use crate::tenant::{TenantRef, TenantState, Tier};
+use crate::workflow::{StepContext, StepError, Workflow, failpoint};
+use crate::workflows::login;
+
+pub struct ChangeTier;
+
+/// One end of the move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Side {
+    pub tier: Tier,
+    pub cluster: String,
+}
+
+/// A verified table: its row count and checksum, equal on both ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifiedTable {
+    pub table: String,
+    pub rows: i64,
+    pub checksum: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub target: Side,
+    /// Set by `preflight`, from the registry.
+    #[serde(default)]
+    pub source: Option<Side>,
+    #[serde(default)]
+    pub schema_version: Option<i32>,
+    #[serde(default)]
+    pub fenced_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub unfenced_at: Option<DateTime<Utc>>,
+    /// Set by `verify`.
+    #[serde(default)]
+    pub verified: Vec<VerifiedTable>,
+}
+
+impl State {
+    pub fn new(target: Side) -> Self {
+        State {
+            target,
+            source: None,
+            schema_version: None,
+            fenced_at: None,
+            unfenced_at: None,
+            verified: Vec::new(),
+        }
+    }
+
+    /// How long the tenant could not write, once its writes are allowed again.
+    pub fn write_pause(&self) -> Option<Duration> {
+        Some((self.unfenced_at? - self.fenced_at?).to_std().unwrap_or_default())
+    }
+
+    pub fn rows_copied(&self) -> i64 {
+        self.verified.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// The failpoint switch that damages the target after the copy, so tests can prove that
+/// verification catches a bad copy and rolls the move back.
+pub const CORRUPT_TARGET: &str = "change_tier.corrupt_target";
+
+/// Both ends of the move, resolved to clusters and containers.
+struct Ends<'a> {
+    src_cluster: &'a Cluster,
+    src: Container,
+    dst_cluster: &'a Cluster,
+    dst: Container,
+    /// The tenant's own role is the same role on both ends (same cluster, both tiers have
+    /// one): removing either end must leave it in place.
+    shared_role: bool,
+}
+
+fn ends<'a>(deps: &'a Context, tenant_id: Uuid, state: &State) -> Result<Ends<'a>, StepError> {
+    let source = state
+        .source
+        .as_ref()
+        .ok_or_else(|| StepError::fatal(tonic::Code::Internal, "step ran before preflight"))?;
+    let src_cluster = deps.dataplane.cluster(&source.cluster)?;
+    let dst_cluster = deps.dataplane.cluster(&state.target.cluster)?;
+    Ok(Ends {
+        src_cluster,
+        src: Container::plan(tenant_id, source.tier, src_cluster),
+        dst_cluster,
+        dst: Container::plan(tenant_id, state.target.tier, dst_cluster),
+        shared_role: source.cluster == state.target.cluster
+            && backend(source.tier).own_login_role()
+            && backend(state.target.tier).own_login_role(),
+    })
+}
+
+fn precondition(message: String) -> StepError {
+    StepError::fatal(tonic::Code::FailedPrecondition, message)
+}
+
+impl Workflow for ChangeTier {
+    const KIND: &'static str = "change_tier";
+    const STEPS: &'static [&'static str] = &[
+        "preflight",
+        "create_target",
+        "fence",
+        "copy",
+        "verify",
+        "switch",
+        "unfence",
+        "cleanup",
+    ];
+    const ROLL_FORWARD_FROM: Option<&'static str> = Some("switch");
+    type State = State;
+
+    async fn run_step(
+        &self,
+        cx: &StepContext<'_>,
+        step: usize,
+        state: &mut State,
+    ) -> Result<(), StepError> {
+        let deps = cx.deps;
+        if Self::STEPS[step] == "preflight" {
+            return preflight(cx, state).await;
+        }
+        let e = ends(deps, cx.tenant_id, state)?;
+        match Self::STEPS[step] {
+            "create_target" => {
+                let version = state.schema_version.ok_or_else(|| {
+                    StepError::fatal(tonic::Code::Internal, "no schema version recorded")
+                })?;
+                let tier = backend(e.dst.tier);
+                tier.create(e.dst_cluster, &e.dst).await?;
+                let db = e.dst_cluster.database(&e.dst.database);
+                catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
+                fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
+                let verifier = if tier.own_login_role() {
+                    Some(login::verifier(deps, cx.tenant_id, e.dst.role.as_str()).await?.0)
+                } else {
+                    None
+                };
+                tier.grant(e.dst_cluster, &e.dst, verifier.as_deref())
+                    .await?;
+            }
+            "fence" => {
+                fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
+                state.fenced_at = Some(Utc::now());
+                fence::wait_for_writers(
+                    e.src_cluster,
+                    &e.src,
+                    deps.config.workflow.fence_wait(),
+                )
+                .await?;
+            }
+            "copy" => copy_tables(cx, &e).await?,
+            "verify" => state.verified = verify(&e).await?,
+            "switch" => {
+                Registry::switch_placement(
+                    deps.registry.pool(),
+                    cx.tenant_id,
+                    e.dst.tier,
+                    &e.dst.placement(),
+                )
+                .await?;
+                tracing::info!(tier = %e.dst.tier, cluster = %e.dst.cluster, "routing switched");
+            }
+            "unfence" => {
+                fence::unfence(e.dst_cluster, &e.dst).await?;
+                state.unfenced_at = Some(Utc::now());
+                if let Some(pause) = state.write_pause() {
+                    tracing::info!(write_pause_ms = pause.as_millis() as u64, "writes allowed again");
+                }
+            }
+            "cleanup" => {
+                backend(e.src.tier)
+                    .destroy(e.src_cluster, &e.src, e.shared_role)
+                    .await?;
+                if !backend(e.dst.tier).own_login_role() {
+                    Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
+                }
+            }
+            other => unreachable!("change_tier has no step {other}"),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
+        let deps = cx.deps;
+        if state.source.is_none() {
+            return Ok(()); // preflight changes nothing
+        }
+        let e = ends(deps, cx.tenant_id, state)?;
+        // Never drop the copy routing points at (the engine rolls forward past the switch;
+        // this guards against a bug there).
+        let tenant = deps
+            .registry
+            .get_tenant(&TenantRef::Id(cx.tenant_id))
+            .await?;
+        if tenant.tier == e.dst.tier && tenant.placement == e.dst.placement() {
+            return Err(StepError::Retryable(
+                "routing already points at the target; refusing to drop it".into(),
+            ));
+        }
+        backend(e.dst.tier)
+            .destroy(e.dst_cluster, &e.dst, e.shared_role)
+            .await?;
+        fence::unfence(e.src_cluster, &e.src).await?;
+        if !backend(e.src.tier).own_login_role() {
+            // The only credential is the one create_target made for the target's role.
+            Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
+    let deps = cx.deps;
+    let tenant = deps
+        .registry
+        .get_tenant(&TenantRef::Id(cx.tenant_id))
+        .await?;
+    if tenant.state != TenantState::Active {
+        return Err(precondition(format!(
+            "tenant {} is {}, not active",
+            tenant.slug,
+            tenant.state.as_str()
+        )));
+    }
+    let source = Side {
+        tier: tenant.tier,
+        cluster: tenant.placement.cluster.clone(),
+    };
+    if source == state.target {
+        return Err(precondition(format!(
+            "tenant {} is already in the {} tier on cluster {}",
+            tenant.slug, source.tier, source.cluster
+        )));
+    }
+    let src_cluster = deps.dataplane.cluster(&source.cluster)?;
+    let dst_cluster = deps.dataplane.cluster(&state.target.cluster)?;
+    let src = Container::plan(cx.tenant_id, source.tier, src_cluster);
+    let placed = Container::from_placement(cx.tenant_id, tenant.tier, &tenant.placement)?;
+    if src.placement() != placed.placement() {
+        return Err(precondition(format!(
+            "tenant {} is placed at {:?}, not where its tier puts it ({:?}); the cluster \
+             configuration changed",
+            tenant.slug,
+            placed.placement(),
+            src.placement()
+        )));
+    }
+    let dst = Container::plan(cx.tenant_id, state.target.tier, dst_cluster);
+    let version =
+        catalog::current_version(src_cluster, &src_cluster.database(&src.database), &src.schema)
+            .await?;
+    if version < catalog::FENCE_VERSION {
+        return Err(precondition(format!(
+            "tenant {} is at tenant-schema version {version}, which has no write fence; \
+             migrate it to version {} or later first",
+            tenant.slug,
+            catalog::FENCE_VERSION
+        )));
+    }
+    target_is_free(dst_cluster, &dst, version).await?;
+    state.source = Some(source);
+    state.schema_version = Some(version);
+    Ok(())
+}
+
+/// The target container must not exist yet (the pool: must hold none of the tenant's rows
+/// and be at the source's version).
+async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Result<(), StepError> {
+    let taken = |what: String| precondition(format!("target {what} on cluster {}", cluster.name));
+    match dst.tier {
+        Tier::Database => {
+            if cluster.database_exists(&dst.database).await? {
+                return Err(taken(format!("database {} already exists", dst.database)));
+            }
+        }
+        Tier::Schema | Tier::Pool => {
+            if !cluster.database_exists(&dst.database).await? {
+                return Ok(());
+            }
+            let db = cluster.database(&dst.database);
+            let (schema_exists,): (bool,) =
+                sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                    .bind(dst.schema.as_str())
+                    .fetch_one(&db)
+                    .await
+                    .map_err(|e| cluster.err(e))?;
+            if !schema_exists {
+                return Ok(());
+            }
+            if dst.tier == Tier::Schema {
+                return Err(taken(format!("schema {} already exists", dst.schema)));
+            }
+            let at = catalog::current_version(cluster, &db, &dst.schema).await?;
+            if at != 0 && at != version {
+                return Err(taken(format!(
+                    "pool is at tenant-schema version {at}, the tenant at {version}"
+                )));
+            }
+            for table in catalog::tables() {
+                if at != 0 && count_rows(cluster, dst, &table).await? > 0 {
+                    return Err(taken(format!("pool already holds rows of this tenant in {table}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies every table, parents first. A retry starts from an empty target (children first),
+/// so a copy interrupted half-way never leaves duplicates.
+async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError> {
+    for table in catalog::tables().rev() {
+        copy::delete_tenant_rows(e.dst_cluster, &e.dst, &table).await?;
+    }
+    let mut items = Vec::new();
+    for table in catalog::tables() {
+        let total = count_rows(e.src_cluster, &e.src, &table).await?;
+        items.push(ProgressItem {
+            name: table.as_str().to_owned(),
+            done: 0,
+            total,
+        });
+    }
+    cx.progress(&items).await?;
+    for (i, table) in catalog::tables().enumerate() {
+        let streamed = AtomicU64::new(0);
+        let copy = copy::copy_table(e.src_cluster, &e.src, e.dst_cluster, &e.dst, &table, &streamed);
+        tokio::pin!(copy);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.tick().await;
+        let copied = loop {
+            tokio::select! {
+                r = &mut copy => break r?,
+                _ = tick.tick() => {
+                    items[i].done = streamed.load(Ordering::Relaxed) as i64;
+                    cx.progress(&items).await?;
+                }
+            }
+        };
+        items[i].done = copied as i64;
+        cx.progress(&items).await?;
+        tracing::info!(table = %table, rows = copied, "table copied");
+    }
+    if failpoint::armed(CORRUPT_TARGET) {
+        corrupt(e.dst_cluster, &e.dst).await?;
+    }
+    Ok(())
+}
+
+async fn count_rows(cluster: &Cluster, c: &Container, table: &Ident) -> Result<i64, DataPlaneError> {
+    let stmt = Statement::new("SELECT count(*) FROM ")
+        .qualified(&c.schema, table)
+        .push(" WHERE tenant_id = $1");
+    let (n,): (i64,) = sqlx::query_as(stmt.into_sql())
+        .bind(c.tenant_id)
+        .fetch_one(&cluster.database(&c.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(n)
+}
+
+/// Changes one copied row (test fault injection, behind [`CORRUPT_TARGET`]).
+async fn corrupt(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    tracing::warn!("failpoint: corrupting one row of the target");
+    let table = Ident::from_static("appointment_types");
+    let stmt = Statement::new("UPDATE ")
+        .qualified(&c.schema, &table)
+        .push(" SET name = name || ' (corrupted)' WHERE tenant_id = $1 AND code = (SELECT min(code) FROM ")
+        .qualified(&c.schema, &table)
+        .push(" WHERE tenant_id = $1)");
+    sqlx::query(stmt.into_sql())
+        .bind(c.tenant_id)
+        .execute(&cluster.database(&c.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
+}
+
+/// Digests every table on both ends (concurrently) and fails on the first difference.
+async fn verify(e: &Ends<'_>) -> Result<Vec<VerifiedTable>, StepError> {
+    let mut verified = Vec::new();
+    for table in catalog::tables() {
+        let (src, dst) = tokio::try_join!(
+            copy::digest(e.src_cluster, &e.src, &table),
+            copy::digest(e.dst_cluster, &e.dst, &table),
+        )?;
+        if src != dst {
+            return Err(StepError::fatal(
+                tonic::Code::Aborted,
+                format!(
+                    "verification failed for table {table}: source has {} rows (checksum {}), \
+                     target {} rows (checksum {}); the move was rolled back",
+                    src.rows, src.checksum, dst.rows, dst.checksum
+                ),
+            ));
+        }
+        let TableDigest { rows, checksum } = src;
+        verified.push(VerifiedTable {
+            table: table.as_str().to_owned(),
+            rows,
+            checksum,
+        });
+    }
+    Ok(verified)
+}

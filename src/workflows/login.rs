@@ -1,0 +1,51 @@
+//! A tenant's own login password: created once, sealed by the key provider and kept in the
+//! registry, then reused by every container of the tenant that has its own role (a tier
+//! change to another cluster recreates the role there with the same password, so the
+//! application's credential survives the move).
+
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::dataplane::roles;
+use crate::keys::EncryptionContext;
+use crate::workflow::StepError;
+
+/// The encryption context binding a sealed login password to its tenant and role.
+pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
+    [
+        ("purpose".to_owned(), "postgres-login".to_owned()),
+        ("tenant_id".to_owned(), tenant_id.to_string()),
+        ("role".to_owned(), role.to_owned()),
+    ]
+    .into()
+}
+
+/// A SCRAM verifier for the tenant's password for `role`: the stored one if there is one,
+/// else a new random password, sealed and stored before its verifier is handed out (so a
+/// crash in between leaves a stored credential the next attempt reuses). Returns whether the
+/// credential was created now.
+pub async fn verifier(
+    deps: &Context,
+    tenant_id: Uuid,
+    role: &str,
+) -> Result<(String, bool), StepError> {
+    let context = credential_context(tenant_id, role);
+    let key_error = |e: crate::keys::KeyError| StepError::Retryable(e.to_string());
+    if let Some(sealed) = deps.registry.get_credential(tenant_id, role).await? {
+        let password = deps.keys.open(&sealed, &context).await.map_err(key_error)?;
+        let password = String::from_utf8(password).map_err(|_| {
+            StepError::fatal(tonic::Code::Internal, "stored credential is not UTF-8")
+        })?;
+        return Ok((roles::scram_verifier(&password), false));
+    }
+    let password = roles::generate_password();
+    let sealed = deps
+        .keys
+        .seal(password.as_bytes(), &context)
+        .await
+        .map_err(key_error)?;
+    deps.registry
+        .put_credential(tenant_id, role, &sealed)
+        .await?;
+    Ok((roles::scram_verifier(&password), true))
+}
