@@ -166,10 +166,9 @@ impl Control {
             None => tenant.placement.cluster.clone(),
         };
         let target = change_tier::Side { tier, cluster };
-        let hash = Sha256::digest(
-            serde_json::to_vec(&(tenant.id, &target)).expect("request serialises"),
-        )
-        .to_vec();
+        let hash =
+            Sha256::digest(serde_json::to_vec(&(tenant.id, &target)).expect("request serialises"))
+                .to_vec();
         let rid = request_id.as_ref().map(|r| r.0.as_str());
         for _ in 0..2 {
             let mut tx = self.registry().pool().begin().await?;

@@ -263,7 +263,11 @@ impl TupleCounter {
                 n => {
                     self.tuples += 1;
                     self.fields_left = n;
-                    self.part = if n > 0 { Part::FieldLen } else { Part::TupleHead };
+                    self.part = if n > 0 {
+                        Part::FieldLen
+                    } else {
+                        Part::TupleHead
+                    };
                 }
             },
             Part::FieldLen => {

@@ -51,18 +51,23 @@ pub enum DataPlaneError {
 }
 
 /// SQLSTATEs worth retrying: connection trouble, serialization failures, deadlocks, lock
-/// timeouts, shutdowns and resource exhaustion.
+/// timeouts, shutdowns, resource exhaustion and concurrent catalog updates.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08")
-                || c.starts_with("53")
-                || matches!(
-                    c.as_ref(),
-                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
-                )
-        }),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || matches!(
+                        c.as_ref(),
+                        "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+                    )
+            })
+            // Two sessions changing one catalog row at once (e.g. concurrent GRANTs on the
+            // shared database's ACL): XX000, but the retry succeeds.
+            || db.message().contains("tuple concurrently updated")
+        }
         _ => false,
     }
 }
@@ -377,8 +382,7 @@ pub trait TierBackend: Send + Sync {
 
     /// Removes the tenant's rows and container in this tier, and its fence there; not its
     /// role. Idempotent, from any partial state.
-    async fn drop_container(&self, cluster: &Cluster, c: &Container)
-    -> Result<(), DataPlaneError>;
+    async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>;
 
     /// Removes everything the tenant has in this tier. With `keep_role` the role survives
     /// (another container of the tenant on this cluster uses it) and only loses its access to

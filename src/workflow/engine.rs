@@ -226,7 +226,8 @@ impl<W: Workflow> Run<'_, W> {
                 Err(e)
                     if rolling_forward
                         || matches!(e, StepError::Retryable(_))
-                            && self.claimed.failures + 1 < self.deps.config.workflow.max_failures =>
+                            && self.claimed.failures + 1
+                                < self.deps.config.workflow.max_failures =>
                 {
                     let delay = backoff(self.deps, self.claimed.failures);
                     let msg = e.to_string();

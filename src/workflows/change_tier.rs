@@ -87,7 +87,11 @@ impl State {
 
     /// How long the tenant could not write, once its writes are allowed again.
     pub fn write_pause(&self) -> Option<Duration> {
-        Some((self.unfenced_at? - self.fenced_at?).to_std().unwrap_or_default())
+        Some(
+            (self.unfenced_at? - self.fenced_at?)
+                .to_std()
+                .unwrap_or_default(),
+        )
     }
 
     pub fn rows_copied(&self) -> i64 {
@@ -169,7 +173,11 @@ impl Workflow for ChangeTier {
                 catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
                 let verifier = if tier.own_login_role() {
-                    Some(login::verifier(deps, cx.tenant_id, e.dst.role.as_str()).await?.0)
+                    Some(
+                        login::verifier(deps, cx.tenant_id, e.dst.role.as_str())
+                            .await?
+                            .0,
+                    )
                 } else {
                     None
                 };
@@ -179,12 +187,8 @@ impl Workflow for ChangeTier {
             "fence" => {
                 fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
                 state.fenced_at = Some(Utc::now());
-                fence::wait_for_writers(
-                    e.src_cluster,
-                    &e.src,
-                    deps.config.workflow.fence_wait(),
-                )
-                .await?;
+                fence::wait_for_writers(e.src_cluster, &e.src, deps.config.workflow.fence_wait())
+                    .await?;
             }
             "copy" => copy_tables(cx, &e).await?,
             "verify" => state.verified = verify(&e).await?,
@@ -202,7 +206,10 @@ impl Workflow for ChangeTier {
                 fence::unfence(e.dst_cluster, &e.dst).await?;
                 state.unfenced_at = Some(Utc::now());
                 if let Some(pause) = state.write_pause() {
-                    tracing::info!(write_pause_ms = pause.as_millis() as u64, "writes allowed again");
+                    tracing::info!(
+                        write_pause_ms = pause.as_millis() as u64,
+                        "writes allowed again"
+                    );
                 }
             }
             "cleanup" => {
@@ -284,9 +291,12 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         )));
     }
     let dst = Container::plan(cx.tenant_id, state.target.tier, dst_cluster);
-    let version =
-        catalog::current_version(src_cluster, &src_cluster.database(&src.database), &src.schema)
-            .await?;
+    let version = catalog::current_version(
+        src_cluster,
+        &src_cluster.database(&src.database),
+        &src.schema,
+    )
+    .await?;
     if version < catalog::FENCE_VERSION {
         return Err(precondition(format!(
             "tenant {} is at tenant-schema version {version}, which has no write fence; \
@@ -336,7 +346,9 @@ async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Res
             }
             for table in catalog::tables() {
                 if at != 0 && count_rows(cluster, dst, &table).await? > 0 {
-                    return Err(taken(format!("pool already holds rows of this tenant in {table}")));
+                    return Err(taken(format!(
+                        "pool already holds rows of this tenant in {table}"
+                    )));
                 }
             }
         }
@@ -362,7 +374,14 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
     cx.progress(&items).await?;
     for (i, table) in catalog::tables().enumerate() {
         let streamed = AtomicU64::new(0);
-        let copy = copy::copy_table(e.src_cluster, &e.src, e.dst_cluster, &e.dst, &table, &streamed);
+        let copy = copy::copy_table(
+            e.src_cluster,
+            &e.src,
+            e.dst_cluster,
+            &e.dst,
+            &table,
+            &streamed,
+        );
         tokio::pin!(copy);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.tick().await;
@@ -385,7 +404,11 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
     Ok(())
 }
 
-async fn count_rows(cluster: &Cluster, c: &Container, table: &Ident) -> Result<i64, DataPlaneError> {
+async fn count_rows(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+) -> Result<i64, DataPlaneError> {
     let stmt = Statement::new("SELECT count(*) FROM ")
         .qualified(&c.schema, table)
         .push(" WHERE tenant_id = $1");

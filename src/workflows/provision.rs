@@ -12,9 +12,9 @@ use uuid::Uuid;
 use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, catalog};
 use crate::registry::Registry;
-use crate::workflows::login;
 use crate::tenant::Tier;
 use crate::workflow::{StepContext, StepError, Workflow};
+use crate::workflows::login;
 
 pub struct Provision;
 
@@ -84,7 +84,11 @@ impl Workflow for Provision {
             }
             "grant" => {
                 let verifier = if tier.own_login_role() {
-                    Some(login::verifier(deps, cx.tenant_id, c.role.as_str()).await?.0)
+                    Some(
+                        login::verifier(deps, cx.tenant_id, c.role.as_str())
+                            .await?
+                            .0,
+                    )
                 } else {
                     None
                 };

@@ -6,34 +6,7 @@ use tenantd::dataplane::{Container, DataPlane, backend, catalog};
 use tenantd::tenant::Tier;
 use uuid::Uuid;
 
-use crate::harness::{TestEnv, admin};
-
-/// Fills every tenant table for `tenant` in the pool with `n` patients' worth of rows.
-async fn fill_pool(tenant: Uuid, n: i32) {
-    let pool = admin("main", "tenants").await;
-    let sql = "
-        INSERT INTO pool.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
-        SELECT $1, 'mrn-' || g, 'Given' || g, 'Family''s ' || g, date '1950-01-01' + g,
-               (ARRAY['female','male','other','unknown'])[1 + g % 4],
-               CASE WHEN g % 3 = 0 THEN NULL ELSE 'p' || g || '@example.org' END
-        FROM generate_series(1, $2) g;
-        INSERT INTO pool.encounters (tenant_id, patient_id, kind, started_at, reason)
-        SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', E'tab\\there, newline\\n, quote \"'
-        FROM pool.patients WHERE tenant_id = $1;
-        INSERT INTO pool.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
-        SELECT tenant_id, patient_id, id, '8867-4', 72.5, '/min', now() FROM pool.encounters WHERE tenant_id = $1;
-        INSERT INTO pool.clinical_notes (tenant_id, patient_id, author, body)
-        SELECT tenant_id, id, 'dr-who', repeat('note ', 50) || 'ünïcödé ✓' FROM pool.patients WHERE tenant_id = $1;
-        INSERT INTO pool.appointments (tenant_id, patient_id, type_code, starts_at)
-        SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM pool.patients WHERE tenant_id = $1;
-        INSERT INTO pool.audit_events (tenant_id, actor, action, entity, details)
-        SELECT $1, 'dr-who', 'read', 'patient', jsonb_build_object('n', g) FROM generate_series(1, $2) g;";
-    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let q = sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).bind(tenant);
-        let q = if stmt.contains("$2") { q.bind(n) } else { q };
-        q.execute(&pool).await.unwrap();
-    }
-}
+use crate::harness::{Place, TestEnv, admin, fill};
 
 #[tokio::test]
 async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
@@ -50,8 +23,8 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         .id
         .parse()
         .unwrap();
-    fill_pool(a, 300).await;
-    fill_pool(b, 50).await;
+    fill(&Place::pool("main"), a, 300).await;
+    fill(&Place::pool("main"), b, 50).await;
 
     let dataplane = DataPlane::new(&env.config.clusters).unwrap();
     let (main, second) = (
@@ -72,7 +45,9 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
     .unwrap();
 
     for table in catalog::tables() {
-        let copied = copy_table(main, &src, second, &dst, &table, &Default::default()).await.unwrap();
+        let copied = copy_table(main, &src, second, &dst, &table, &Default::default())
+            .await
+            .unwrap();
         let (s, d) = (
             digest(main, &src, &table).await.unwrap(),
             digest(second, &dst, &table).await.unwrap(),
@@ -117,11 +92,16 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         delete_tenant_rows(second, &dst, &table).await.unwrap();
     }
     for table in catalog::tables() {
-        copy_table(main, &src, second, &dst, &table, &Default::default()).await.unwrap();
+        copy_table(main, &src, second, &dst, &table, &Default::default())
+            .await
+            .unwrap();
         assert_eq!(
             digest(main, &src, &table).await.unwrap(),
             digest(second, &dst, &table).await.unwrap()
         );
     }
-    backend(Tier::Schema).destroy(second, &dst, false).await.unwrap();
+    backend(Tier::Schema)
+        .destroy(second, &dst, false)
+        .await
+        .unwrap();
 }

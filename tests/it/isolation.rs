@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use tenantd::api::pb;
 
-use crate::harness::{TestEnv, admin, admin_conn};
+use crate::harness::{TestEnv, admin, admin_conn, sqlstate};
 
 struct Placed {
     id: Uuid,
@@ -61,13 +61,6 @@ async fn app_session(t: &Placed, tenant: Option<Uuid>) -> PgConnection {
             .unwrap();
     }
     conn
-}
-
-fn sqlstate(e: &sqlx::Error) -> String {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .map(|c| c.into_owned())
-        .unwrap_or_default()
 }
 
 async fn count(conn: &mut PgConnection, sql: &'static str) -> i64 {

@@ -2,6 +2,7 @@
 //! for crash tests) and is driven through gRPC; outcomes are checked in the data plane.
 
 mod bad_input;
+mod change_tier;
 mod copy;
 mod crash;
 mod engine;
