@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "write_fence",
         sql: include_str!("../../tenant-migrations/0002_write_fence.sql"),
     },
+    Migration {
+        version: 3,
+        name: "foreign_key_indexes",
+        sql: include_str!("../../tenant-migrations/0003_foreign_key_indexes.sql"),
+    },
 ];
 
 /// The first version with the write fence ([`super::fence`]): data can move only from and to

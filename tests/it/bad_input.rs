@@ -252,3 +252,67 @@ async fn lookups_and_updates_validate_their_arguments() {
     }
     env.wait(&op.name).await;
 }
+
+#[tokio::test]
+async fn invalid_tier_changes_name_the_field_and_change_nothing() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("steady", pb::Tier::Pool, "").await;
+    let ask = |tenant: &str, tier: i32, cluster: &str, request_id: &str| pb::ChangeTierRequest {
+        tenant: tenant.into(),
+        tier,
+        cluster: cluster.into(),
+        request_id: request_id.into(),
+    };
+    let schema = pb::Tier::Schema as i32;
+    for (request, code, field) in [
+        (ask(&t.slug, 0, "", ""), Code::InvalidArgument, "tier"),
+        (ask(&t.slug, 42, "", ""), Code::InvalidArgument, "tier"),
+        (
+            ask("x\"; --", schema, "", ""),
+            Code::InvalidArgument,
+            "tenant",
+        ),
+        (
+            ask(&t.slug, schema, "nowhere", ""),
+            Code::InvalidArgument,
+            "cluster",
+        ),
+        (
+            ask(&t.slug, schema, "", "bad id!"),
+            Code::InvalidArgument,
+            "request_id",
+        ),
+        (ask("no-such-clinic", schema, "", ""), Code::NotFound, ""),
+        (
+            ask(&t.slug, pb::Tier::Pool as i32, "", ""),
+            Code::FailedPrecondition,
+            "",
+        ),
+    ] {
+        let e = env.tenants.change_tier(request.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), bad_field(&e).as_str()),
+            (code, field),
+            "{request:?}: {e:?}"
+        );
+    }
+    let ops = env
+        .ops
+        .list_operations(pb::ListOperationsRequest {
+            tenant: t.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ops.operations.len(), 1, "only the provisioning");
+    let now = env
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: t.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((now.tier, now.routing_epoch), (t.tier, t.routing_epoch));
+}

@@ -1,0 +1,544 @@
+//! Tier-change throughput and impact: one tenant holding N rows (default 1,000,000, or
+//! `TENANTD_BENCH_ROWS`) across the healthcare tables is promoted pool → schema, then
+//! schema → database, on an embedded, durable (fsync on) PostgreSQL. For each move it prints
+//!
+//! - the copy step's MB/s, and the ratio to a `psql \copy (SELECT … WHERE tenant_id = …) TO
+//!   STDOUT | psql \copy … FROM STDIN` pipeline run in the same process on the same data into
+//!   identical tables (≥ 1.0 means tenantd is at least as fast);
+//! - the write pause (fence → unfence) and what it is made of;
+//! - the p99 latency of other pool tenants' queries (a read and a write per transaction)
+//!   during the move's cleanup, against their p99 before the move (≤ 2.0 is the target).
+//!
+//! Run: `cargo bench --bench change_tier`
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use tenantd::api::pb;
+use tenantd::api::pb::operation_service_client::OperationServiceClient;
+use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::dataplane::catalog;
+use tenantd::sql::Ident;
+
+const NEIGHBOURS: usize = 4;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rows: i64 = std::env::var("TENANTD_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let state_dir = std::env::temp_dir().join(format!("tenantd-bench-tier-{}", std::process::id()));
+    let stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(tenantd::server::run(
+        stack.config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let channel = loop {
+        match tonic::transport::Channel::from_shared(addr.clone())?
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut bench = Bench {
+        tenants: TenantServiceClient::new(channel.clone()),
+        ops: OperationServiceClient::new(channel),
+        shared_url: stack.postgres.url("tenants"),
+        url: Box::new({
+            let pg = stack.postgres.url("postgres");
+            let base = pg
+                .strip_suffix("/postgres")
+                .expect("url ends in the database")
+                .to_owned();
+            move |db: &str| format!("{base}/{db}")
+        }),
+    };
+
+    let big = bench.provision("big", pb::Tier::Pool).await?;
+    let mut neighbours = Vec::new();
+    for i in 0..NEIGHBOURS {
+        neighbours.push(
+            bench
+                .provision(&format!("neighbour-{i}"), pb::Tier::Pool)
+                .await?,
+        );
+    }
+    let shared = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&bench.shared_url)
+        .await?;
+    println!(
+        "filling: {rows} rows for the moving tenant, {} for each of {NEIGHBOURS} neighbours",
+        rows / 50
+    );
+    let started = Instant::now();
+    fill(&shared, "pool", big, rows).await?;
+    for n in &neighbours {
+        fill(&shared, "pool", *n, rows / 50).await?;
+    }
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&shared).await?;
+    println!("filled in {:.1} s", started.elapsed().as_secs_f64());
+
+    let load = Load::start(shared.clone(), neighbours.clone());
+    let mut report = Vec::new();
+    for (tier, scratch_db) in [
+        (pb::Tier::Schema, "tenants"),
+        (pb::Tier::Database, "bench_psql"),
+    ] {
+        let placed = bench.placement(big).await?;
+        let mb = tenant_megabytes(&shared, &placed.schema, big).await?;
+        let psql = bench
+            .psql_pipeline(&placed.database, &placed.schema, scratch_db, big)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let baseline = load.p99_since(Utc::now() - chrono::Duration::seconds(2));
+        let from = placed.schema.clone();
+        let op = bench.change_tier(big, tier).await?;
+        // The neighbours' load keeps running through the second after the cleanup started.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        report.push(Row::new(&from, tier, mb, psql, &op, &load, baseline)?);
+    }
+    load.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    println!();
+    println!(
+        "{:<16} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "move",
+        "MB",
+        "copy s",
+        "psql s",
+        "MB/s",
+        "vs psql",
+        "pause ms",
+        "verify ms",
+        "p99 base",
+        "p99 clean",
+        "ratio"
+    );
+    for r in &report {
+        r.print();
+    }
+    println!();
+    println!(
+        "vs psql: psql pipeline time / tenantd copy step time (target >= 1.0). \
+         ratio: neighbours' p99 during cleanup / before the move (target <= 2.0)."
+    );
+    println!(
+        "The write pause spans fence -> copy -> verify -> switch -> unfence: it is bounded by \
+         the tenant's size over copy + verify throughput, not by tenantd overhead."
+    );
+
+    shutdown.cancel();
+    let _ = server.await;
+    tokio::task::spawn_blocking(move || drop(stack)).await?;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    Ok(())
+}
+
+struct Bench {
+    tenants: TenantServiceClient<tonic::transport::Channel>,
+    ops: OperationServiceClient<tonic::transport::Channel>,
+    shared_url: String,
+    url: Box<dyn Fn(&str) -> String>,
+}
+
+impl Bench {
+    async fn provision(&mut self, slug: &str, tier: pb::Tier) -> anyhow::Result<Uuid> {
+        let op = self
+            .tenants
+            .create_tenant(pb::CreateTenantRequest {
+                slug: slug.into(),
+                tier: tier as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let op = self.wait(op.name).await?;
+        match op.result {
+            Some(pb::operation::Result::Tenant(t)) => Ok(t.id.parse()?),
+            other => anyhow::bail!("provisioning {slug} failed: {other:?}"),
+        }
+    }
+
+    async fn placement(&mut self, tenant: Uuid) -> anyhow::Result<pb::Placement> {
+        let t = self
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await?
+            .into_inner();
+        t.placement
+            .ok_or_else(|| anyhow::anyhow!("tenant has no placement"))
+    }
+
+    async fn wait(&mut self, name: String) -> anyhow::Result<pb::Operation> {
+        loop {
+            let op = self
+                .ops
+                .wait_operation(pb::WaitOperationRequest {
+                    name: name.clone(),
+                    timeout_seconds: 60,
+                })
+                .await?
+                .into_inner();
+            if op.done {
+                return Ok(op);
+            }
+        }
+    }
+
+    async fn change_tier(&mut self, tenant: Uuid, tier: pb::Tier) -> anyhow::Result<pb::Operation> {
+        let op = self
+            .tenants
+            .change_tier(pb::ChangeTierRequest {
+                tenant: tenant.to_string(),
+                tier: tier as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let op = self.wait(op.name).await?;
+        anyhow::ensure!(
+            matches!(op.result, Some(pb::operation::Result::Tenant(_))),
+            "tier change failed: {op:?}"
+        );
+        Ok(op)
+    }
+
+    /// Times `psql \copy … TO STDOUT | psql \copy … FROM STDIN`, table by table in foreign-key
+    /// order, into a scratch container migrated exactly like tenantd's targets; then drops it.
+    async fn psql_pipeline(
+        &self,
+        from_db: &str,
+        from_schema: &str,
+        scratch_db: &str,
+        tenant: Uuid,
+    ) -> anyhow::Result<Duration> {
+        let scratch_schema = "bench_psql";
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&(self.url)("postgres"))
+            .await?;
+        if scratch_db != from_db {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {scratch_db}")))
+                .execute(&admin)
+                .await?;
+        }
+        let scratch = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&(self.url)(scratch_db))
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA {scratch_schema}"
+        )))
+        .execute(&scratch)
+        .await?;
+        let cluster = tenantd::dataplane::DataPlane::new(&[tenantd::config::ClusterConfig {
+            name: "bench".into(),
+            admin_url: (self.url)(scratch_db),
+            public_host: None,
+            public_port: None,
+            shared_database: scratch_db.into(),
+        }])
+        .map_err(anyhow::Error::msg)?;
+        let cluster = cluster.cluster("bench")?;
+        catalog::migrate(
+            cluster,
+            &scratch,
+            &Ident::from_static(scratch_schema),
+            catalog::latest_version(),
+        )
+        .await?;
+        let (src_url, dst_url) = ((self.url)(from_db), (self.url)(scratch_db));
+        let started = Instant::now();
+        for table in catalog::TABLES {
+            let out = format!(
+                "\\copy (SELECT * FROM \"{from_schema}\".{table} WHERE tenant_id = '{tenant}') TO STDOUT"
+            );
+            let into = format!("\\copy {scratch_schema}.{table} FROM STDIN");
+            let (src_url, dst_url) = (src_url.clone(), dst_url.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let mut reader = Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-d",
+                        &src_url,
+                        "-c",
+                        &out,
+                    ])
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                let writer = Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-d",
+                        &dst_url,
+                        "-c",
+                        &into,
+                    ])
+                    .stdin(reader.stdout.take().expect("piped"))
+                    .stdout(Stdio::null())
+                    .status()?;
+                anyhow::ensure!(reader.wait()?.success() && writer.success(), "psql failed");
+                Ok(())
+            })
+            .await??;
+        }
+        let elapsed = started.elapsed();
+        scratch.close().await;
+        if scratch_db != from_db {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {scratch_db} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await?;
+        } else {
+            let shared = PgPoolOptions::new().connect(&self.shared_url).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA {scratch_schema} CASCADE"
+            )))
+            .execute(&shared)
+            .await?;
+        }
+        Ok(elapsed)
+    }
+}
+
+/// Inserts about `rows` rows for `tenant` across the tenant tables in `schema`.
+async fn fill(pool: &PgPool, schema: &str, tenant: Uuid, rows: i64) -> anyhow::Result<()> {
+    let patients = (rows / 10).max(1);
+    let sql = format!(
+        "INSERT INTO S.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
+         SELECT $1, 'mrn-' || g, 'Given' || g, 'Family ' || (g % 997), date '1940-01-01' + g % 20000,
+                (ARRAY['female','male','other','unknown'])[1 + g % 4], 'p' || g || '@example.org'
+         FROM generate_series(1, {patients}) g;
+         INSERT INTO S.encounters (tenant_id, patient_id, kind, started_at, reason)
+         SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', 'routine check-up'
+         FROM S.patients WHERE tenant_id = $1;
+         INSERT INTO S.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
+         SELECT e.tenant_id, e.patient_id, e.id, c, 60 + random() * 40, '/min', now()
+         FROM S.encounters e, unnest(ARRAY['8867-4', '8310-5', '9279-1']) c WHERE e.tenant_id = $1;
+         INSERT INTO S.clinical_notes (tenant_id, patient_id, encounter_id, author, body)
+         SELECT tenant_id, patient_id, id, 'dr-who', repeat('Patient seen, stable. ', 8)
+         FROM S.encounters WHERE tenant_id = $1;
+         INSERT INTO S.appointments (tenant_id, patient_id, type_code, starts_at)
+         SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM S.patients WHERE tenant_id = $1;
+         INSERT INTO S.audit_events (tenant_id, actor, action, entity, entity_id)
+         SELECT tenant_id, 'dr-who', a, 'patient', id
+         FROM S.patients, unnest(ARRAY['read', 'update', 'print']) a WHERE tenant_id = $1;"
+    )
+    .replace("S.", &format!("\"{schema}\"."));
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+            .bind(tenant)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The tenant's data volume: the bytes of its rows' text form, over every table.
+async fn tenant_megabytes(pool: &PgPool, schema: &str, tenant: Uuid) -> anyhow::Result<f64> {
+    let mut bytes = 0i64;
+    for table in catalog::TABLES {
+        let q = format!(
+            "SELECT coalesce(sum(octet_length(t::text)), 0)::bigint FROM \"{schema}\".{table} t WHERE tenant_id = $1"
+        );
+        let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(tenant)
+            .fetch_one(pool)
+            .await?;
+        bytes += b;
+    }
+    Ok(bytes as f64 / 1e6)
+}
+
+/// Other tenants' work while the moves run: one transaction after another, each a read and
+/// a write as the pool application role, with its latency and end time recorded.
+/// When a transaction ended, and how long it took.
+type Sample = (DateTime<Utc>, Duration);
+
+struct Load {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: CancellationToken,
+}
+
+impl Load {
+    fn start(pool: PgPool, tenants: Vec<Uuid>) -> Load {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (s, st) = (samples.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !st.is_cancelled() {
+                let tenant = tenants[i % tenants.len()];
+                i += 1;
+                let started = Instant::now();
+                let r: Result<(), sqlx::Error> = async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SET LOCAL ROLE tenantd_pool_app")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                        .bind(tenant.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "SELECT id, given_name, family_name FROM pool.patients
+                         WHERE family_name = $1 ORDER BY given_name LIMIT 20",
+                    )
+                    .bind(format!("Family {}", i % 997))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO pool.audit_events (tenant_id, actor, action, entity)
+                         VALUES ($1, 'bench', 'read', 'patient')",
+                    )
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(e) = r {
+                    assert!(st.is_cancelled(), "neighbour transaction failed: {e}");
+                    return;
+                }
+                s.lock().unwrap().push((Utc::now(), started.elapsed()));
+            }
+        });
+        Load { samples, stop }
+    }
+
+    fn p99_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> (Duration, usize) {
+        let mut v: Vec<Duration> = self
+            .samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|s| s.1)
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return (Duration::ZERO, 0);
+        }
+        let idx = ((v.len() as f64 - 1.0) * 0.99).round() as usize;
+        (v[idx], v.len())
+    }
+
+    fn p99_since(&self, from: DateTime<Utc>) -> (Duration, usize) {
+        self.p99_between(from, Utc::now())
+    }
+}
+
+struct Row {
+    name: String,
+    mb: f64,
+    copy: Duration,
+    psql: Duration,
+    pause_ms: i64,
+    verify: Duration,
+    baseline: (Duration, usize),
+    cleanup: (Duration, usize),
+    cleanup_time: Duration,
+    copying: (Duration, usize),
+}
+
+fn step_window(op: &pb::Operation, name: &str) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let step = op
+        .metadata
+        .as_ref()
+        .and_then(|m| m.steps.iter().find(|s| s.name == name))
+        .ok_or_else(|| anyhow::anyhow!("no step {name}"))?;
+    Ok((step.start_time.parse()?, step.end_time.parse()?))
+}
+
+impl Row {
+    fn new(
+        from: &str,
+        tier: pb::Tier,
+        mb: f64,
+        psql: Duration,
+        op: &pb::Operation,
+        load: &Load,
+        baseline: (Duration, usize),
+    ) -> anyhow::Result<Row> {
+        let span = |(a, b): (DateTime<Utc>, DateTime<Utc>)| (b - a).to_std().unwrap_or_default();
+        let (clean_from, clean_to) = step_window(op, "cleanup")?;
+        // At least a second from the cleanup's start, so that a quick DROP is measured with
+        // its aftermath and enough samples for a p99.
+        let window_to = clean_to.max(clean_from + chrono::Duration::seconds(1));
+        let pause_ms = match op.metadata.as_ref().and_then(|m| m.details.clone()) {
+            Some(pb::operation_metadata::Details::TierChange(t)) => t.write_pause_ms,
+            None => 0,
+        };
+        let from = if from == "pool" { "pool" } else { "schema" };
+        Ok(Row {
+            name: format!(
+                "{from}->{}",
+                tier.as_str_name()
+                    .trim_start_matches("TIER_")
+                    .to_lowercase()
+            ),
+            mb,
+            copy: span(step_window(op, "copy")?),
+            psql,
+            pause_ms,
+            verify: span(step_window(op, "verify")?),
+            baseline,
+            cleanup: load.p99_between(clean_from, window_to),
+            copying: load.p99_between(step_window(op, "copy")?.0, step_window(op, "verify")?.1),
+            cleanup_time: span((clean_from, clean_to)),
+        })
+    }
+
+    fn print(&self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{:<16} {:>8.1} {:>9.2} {:>9.2} {:>8.1} {:>10.2} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>7.2}",
+            self.name,
+            self.mb,
+            self.copy.as_secs_f64(),
+            self.psql.as_secs_f64(),
+            self.mb / self.copy.as_secs_f64(),
+            self.psql.as_secs_f64() / self.copy.as_secs_f64(),
+            self.pause_ms,
+            ms(self.verify),
+            ms(self.baseline.0),
+            ms(self.cleanup.0),
+            ms(self.cleanup.0) / ms(self.baseline.0).max(1e-3),
+        );
+        println!(
+            "{:<16} (cleanup took {:.0} ms; p99 over {} transactions before, {} from cleanup start; \
+             p99 while copying and verifying {:.2} ms)",
+            "",
+            ms(self.cleanup_time),
+            self.baseline.1,
+            self.cleanup.1,
+            ms(self.copying.0)
+        );
+    }
+}
