@@ -105,42 +105,27 @@ async fn main() -> anyhow::Result<()> {
             .psql_pipeline(&placed.database, &placed.schema, scratch_db, big)
             .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let baseline = load.p99_since(Utc::now() - chrono::Duration::seconds(2));
+        let before = (Utc::now() - chrono::Duration::seconds(2), Utc::now());
         let from = placed.schema.clone();
         let op = bench.change_tier(big, tier).await?;
         // The neighbours' load keeps running through the second after the cleanup started.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        report.push(Row::new(&from, tier, mb, psql, &op, &load, baseline)?);
+        report.push(Report::new(&from, tier, mb, psql, &op, &load, before)?);
     }
     load.stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     println!();
-    println!(
-        "{:<16} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
-        "move",
-        "MB",
-        "copy s",
-        "psql s",
-        "MB/s",
-        "vs psql",
-        "pause ms",
-        "verify ms",
-        "p99 base",
-        "p99 clean",
-        "ratio"
-    );
     for r in &report {
         r.print();
     }
-    println!();
     println!(
-        "vs psql: psql pipeline time / tenantd copy step time (target >= 1.0). \
-         ratio: neighbours' p99 during cleanup / before the move (target <= 2.0)."
+        "Neighbours: {NEIGHBOURS} other pool tenants, one transaction after another, each a read \
+         query (patients by name) and a write (an audit event) as the pool application role."
     );
     println!(
-        "The write pause spans fence -> copy -> verify -> switch -> unfence: it is bounded by \
-         the tenant's size over copy + verify throughput, not by tenantd overhead."
+        "The write pause spans fence -> copy -> verify -> switch -> unfence: it grows with the \
+         tenant's size (copy and verify throughput), see docs/tier-changes.md."
     );
 
     shutdown.cancel();
@@ -375,15 +360,18 @@ async fn tenant_megabytes(pool: &PgPool, schema: &str, tenant: Uuid) -> anyhow::
     Ok(bytes as f64 / 1e6)
 }
 
-/// Other tenants' work while the moves run: one transaction after another, each a read and
-/// a write as the pool application role, with its latency and end time recorded.
-/// When a transaction ended, and how long it took.
-type Sample = (DateTime<Utc>, Duration);
+/// Other tenants' work while the moves run: one transaction after another, each a read query
+/// and a write as the pool application role. For each: when it ended, how long the read
+/// query took, how long the whole transaction took (with its commit).
+type Sample = (DateTime<Utc>, Duration, Duration);
 
 struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: CancellationToken,
 }
+
+/// A p99 and the number of samples it was taken over.
+type P99 = (Duration, usize);
 
 impl Load {
     fn start(pool: PgPool, tenants: Vec<Uuid>) -> Load {
@@ -396,7 +384,7 @@ impl Load {
                 let tenant = tenants[i % tenants.len()];
                 i += 1;
                 let started = Instant::now();
-                let r: Result<(), sqlx::Error> = async {
+                let r: Result<Duration, sqlx::Error> = async {
                     let mut tx = pool.begin().await?;
                     sqlx::query("SET LOCAL ROLE tenantd_pool_app")
                         .execute(&mut *tx)
@@ -405,6 +393,7 @@ impl Load {
                         .bind(tenant.to_string())
                         .execute(&mut *tx)
                         .await?;
+                    let query = Instant::now();
                     sqlx::query(
                         "SELECT id, given_name, family_name FROM pool.patients
                          WHERE family_name = $1 ORDER BY given_name LIMIT 20",
@@ -412,6 +401,7 @@ impl Load {
                     .bind(format!("Family {}", i % 997))
                     .fetch_all(&mut *tx)
                     .await?;
+                    let query = query.elapsed();
                     sqlx::query(
                         "INSERT INTO pool.audit_events (tenant_id, actor, action, entity)
                          VALUES ($1, 'bench', 'read', 'patient')",
@@ -419,52 +409,60 @@ impl Load {
                     .bind(tenant)
                     .execute(&mut *tx)
                     .await?;
-                    tx.commit().await
+                    tx.commit().await?;
+                    Ok(query)
                 }
                 .await;
-                if let Err(e) = r {
-                    assert!(st.is_cancelled(), "neighbour transaction failed: {e}");
-                    return;
+                match r {
+                    Ok(query) => s
+                        .lock()
+                        .unwrap()
+                        .push((Utc::now(), query, started.elapsed())),
+                    Err(e) => {
+                        assert!(st.is_cancelled(), "neighbour transaction failed: {e}");
+                        return;
+                    }
                 }
-                s.lock().unwrap().push((Utc::now(), started.elapsed()));
             }
         });
         Load { samples, stop }
     }
 
-    fn p99_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> (Duration, usize) {
-        let mut v: Vec<Duration> = self
-            .samples
-            .lock()
-            .unwrap()
+    /// p99 of read queries and of whole transactions that ended in `[from, to]`.
+    fn p99s(&self, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> (P99, P99) {
+        let samples = self.samples.lock().unwrap();
+        let window: Vec<&Sample> = samples
             .iter()
-            .filter(|(at, _)| *at >= from && *at <= to)
-            .map(|s| s.1)
+            .filter(|(at, _, _)| *at >= from && *at <= to)
             .collect();
-        v.sort();
-        if v.is_empty() {
-            return (Duration::ZERO, 0);
-        }
-        let idx = ((v.len() as f64 - 1.0) * 0.99).round() as usize;
-        (v[idx], v.len())
-    }
-
-    fn p99_since(&self, from: DateTime<Utc>) -> (Duration, usize) {
-        self.p99_between(from, Utc::now())
+        let p99 = |mut v: Vec<Duration>| -> P99 {
+            v.sort();
+            match v.len() {
+                0 => (Duration::ZERO, 0),
+                n => (v[((n as f64 - 1.0) * 0.99).round() as usize], n),
+            }
+        };
+        (
+            p99(window.iter().map(|s| s.1).collect()),
+            p99(window.iter().map(|s| s.2).collect()),
+        )
     }
 }
 
-struct Row {
+/// What one move measured.
+struct Report {
     name: String,
     mb: f64,
     copy: Duration,
     psql: Duration,
     pause_ms: i64,
     verify: Duration,
-    baseline: (Duration, usize),
-    cleanup: (Duration, usize),
     cleanup_time: Duration,
-    copying: (Duration, usize),
+    /// (read query, transaction) p99s before the move, while copying and verifying, and from
+    /// the cleanup's start.
+    before: (P99, P99),
+    copying: (P99, P99),
+    cleanup: (P99, P99),
 }
 
 fn step_window(op: &pb::Operation, name: &str) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
@@ -476,7 +474,15 @@ fn step_window(op: &pb::Operation, name: &str) -> anyhow::Result<(DateTime<Utc>,
     Ok((step.start_time.parse()?, step.end_time.parse()?))
 }
 
-impl Row {
+fn span((a, b): (DateTime<Utc>, DateTime<Utc>)) -> Duration {
+    (b - a).to_std().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Report {
     fn new(
         from: &str,
         tier: pb::Tier,
@@ -484,61 +490,69 @@ impl Row {
         psql: Duration,
         op: &pb::Operation,
         load: &Load,
-        baseline: (Duration, usize),
-    ) -> anyhow::Result<Row> {
-        let span = |(a, b): (DateTime<Utc>, DateTime<Utc>)| (b - a).to_std().unwrap_or_default();
-        let (clean_from, clean_to) = step_window(op, "cleanup")?;
+        before: (DateTime<Utc>, DateTime<Utc>),
+    ) -> anyhow::Result<Report> {
+        let cleanup = step_window(op, "cleanup")?;
         // At least a second from the cleanup's start, so that a quick DROP is measured with
         // its aftermath and enough samples for a p99.
-        let window_to = clean_to.max(clean_from + chrono::Duration::seconds(1));
+        let after = (
+            cleanup.0,
+            cleanup.1.max(cleanup.0 + chrono::Duration::seconds(1)),
+        );
         let pause_ms = match op.metadata.as_ref().and_then(|m| m.details.clone()) {
             Some(pb::operation_metadata::Details::TierChange(t)) => t.write_pause_ms,
             None => 0,
         };
         let from = if from == "pool" { "pool" } else { "schema" };
-        Ok(Row {
-            name: format!(
-                "{from}->{}",
-                tier.as_str_name()
-                    .trim_start_matches("TIER_")
-                    .to_lowercase()
-            ),
+        let to = tier
+            .as_str_name()
+            .trim_start_matches("TIER_")
+            .to_lowercase();
+        Ok(Report {
+            name: format!("{from} -> {to}"),
             mb,
             copy: span(step_window(op, "copy")?),
             psql,
             pause_ms,
             verify: span(step_window(op, "verify")?),
-            baseline,
-            cleanup: load.p99_between(clean_from, window_to),
-            copying: load.p99_between(step_window(op, "copy")?.0, step_window(op, "verify")?.1),
-            cleanup_time: span((clean_from, clean_to)),
+            cleanup_time: span(cleanup),
+            before: load.p99s(before),
+            copying: load.p99s((step_window(op, "copy")?.0, step_window(op, "verify")?.1)),
+            cleanup: load.p99s(after),
         })
     }
 
     fn print(&self) {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let copy = self.copy.as_secs_f64();
+        println!("{}: {:.1} MB of tenant rows", self.name, self.mb);
         println!(
-            "{:<16} {:>8.1} {:>9.2} {:>9.2} {:>8.1} {:>10.2} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>7.2}",
-            self.name,
-            self.mb,
-            self.copy.as_secs_f64(),
+            "  copy        {copy:.2} s = {:.1} MB/s; psql \\copy pipeline {:.2} s; \
+             ratio {:.2} (target >= 1.0)",
+            self.mb / copy,
             self.psql.as_secs_f64(),
-            self.mb / self.copy.as_secs_f64(),
-            self.psql.as_secs_f64() / self.copy.as_secs_f64(),
-            self.pause_ms,
-            ms(self.verify),
-            ms(self.baseline.0),
-            ms(self.cleanup.0),
-            ms(self.cleanup.0) / ms(self.baseline.0).max(1e-3),
+            self.psql.as_secs_f64() / copy
         );
         println!(
-            "{:<16} (cleanup took {:.0} ms; p99 over {} transactions before, {} from cleanup start; \
-             p99 while copying and verifying {:.2} ms)",
-            "",
-            ms(self.cleanup_time),
-            self.baseline.1,
-            self.cleanup.1,
-            ms(self.copying.0)
+            "  write pause {} ms (copy {:.0} ms, verify {:.0} ms; target < 1000 ms for 1M rows)",
+            self.pause_ms,
+            ms(self.copy),
+            ms(self.verify)
         );
+        println!("  cleanup     {:.0} ms", ms(self.cleanup_time));
+        for (what, pick) in [("read query", 0usize), ("write txn ", 1usize)] {
+            let get = |p: &(P99, P99)| if pick == 0 { p.0 } else { p.1 };
+            let (b, c, d) = (get(&self.before), get(&self.copying), get(&self.cleanup));
+            println!(
+                "  neighbours' {what} p99: before {:.2} ms (n={}), copying {:.2} ms, \
+                 cleanup {:.2} ms (n={}): cleanup/before {:.2}{}",
+                ms(b.0),
+                b.1,
+                ms(c.0),
+                ms(d.0),
+                d.1,
+                ms(d.0) / ms(b.0).max(1e-3),
+                if pick == 0 { " (target <= 2.0)" } else { "" }
+            );
+        }
     }
 }
