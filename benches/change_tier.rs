@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench --bench change_tier`
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,28 +37,11 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let state_dir = std::env::temp_dir().join(format!("tenantd-bench-tier-{}", std::process::id()));
-    let stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", listener.local_addr()?);
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(tenantd::server::run(
-        stack.config.clone(),
-        listener,
-        shutdown.clone(),
-    ));
-    let channel = loop {
-        match tonic::transport::Channel::from_shared(addr.clone())?
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let running = common::start("change-tier").await?;
+    let stack = &running.stack;
     let mut bench = Bench {
-        tenants: TenantServiceClient::new(channel.clone()),
-        ops: OperationServiceClient::new(channel),
+        tenants: running.tenants.clone(),
+        ops: running.ops.clone(),
         shared_url: stack.postgres.url("tenants"),
         url: Box::new({
             let pg = stack.postgres.url("postgres");
@@ -128,11 +113,7 @@ async fn main() -> anyhow::Result<()> {
          tenant's size (copy and verify throughput), see docs/tier-changes.md."
     );
 
-    shutdown.cancel();
-    let _ = server.await;
-    tokio::task::spawn_blocking(move || drop(stack)).await?;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    Ok(())
+    running.stop().await
 }
 
 struct Bench {

@@ -5,13 +5,11 @@
 //!
 //! Run: `cargo bench --bench provision`
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use tenantd::api::pb;
-use tenantd::api::pb::operation_service_client::OperationServiceClient;
-use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -24,27 +22,8 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let state_dir = std::env::temp_dir().join(format!("tenantd-bench-{}", std::process::id()));
-    let stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", listener.local_addr()?);
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(tenantd::server::run(
-        stack.config.clone(),
-        listener,
-        shutdown.clone(),
-    ));
-    let channel = loop {
-        match tonic::transport::Channel::from_shared(addr.clone())?
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let mut tenants = TenantServiceClient::new(channel.clone());
-    let mut ops = OperationServiceClient::new(channel);
+    let running = common::start("provision").await?;
+    let (mut tenants, mut ops) = (running.tenants.clone(), running.ops.clone());
 
     println!("provisioning {n} tenants per tier, one at a time (embedded PostgreSQL, fsync on)");
     println!(
@@ -93,9 +72,5 @@ async fn main() -> anyhow::Result<()> {
             ms(p95) / target_ms
         );
     }
-    shutdown.cancel();
-    let _ = server.await;
-    tokio::task::spawn_blocking(move || drop(stack)).await?;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    Ok(())
+    running.stop().await
 }

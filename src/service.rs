@@ -79,6 +79,15 @@ impl Control {
         &self.deps.registry
     }
 
+    /// A cluster named in a request, if configured.
+    fn known_cluster(&self, name: &str) -> Result<String> {
+        self.deps
+            .dataplane
+            .cluster(name)
+            .map(|c| c.name.clone())
+            .map_err(|_| Error::invalid("cluster", format!("unknown cluster {name:?}")))
+    }
+
     /// Starts provisioning. The tenant row and its operation commit together; the same
     /// request id with the same request returns the first operation, whatever races.
     pub async fn create_tenant(
@@ -87,13 +96,7 @@ impl Control {
         request_id: Option<RequestId>,
     ) -> Result<OperationView> {
         let cluster = match &new.cluster {
-            Some(c) => {
-                self.deps
-                    .dataplane
-                    .cluster(c)
-                    .map_err(|_| Error::invalid("cluster", format!("unknown cluster {c:?}")))?;
-                c.clone()
-            }
+            Some(c) => self.known_cluster(c)?,
             None => self.deps.config.default_cluster().to_owned(),
         };
         let hash = Sha256::digest(serde_json::to_vec(&new).expect("request serialises")).to_vec();
@@ -156,13 +159,7 @@ impl Control {
     ) -> Result<OperationView> {
         let tenant = self.registry().get_tenant(r).await?;
         let cluster = match cluster {
-            Some(c) => {
-                self.deps
-                    .dataplane
-                    .cluster(&c)
-                    .map_err(|_| Error::invalid("cluster", format!("unknown cluster {c:?}")))?;
-                c
-            }
+            Some(c) => self.known_cluster(&c)?,
             None => tenant.placement.cluster.clone(),
         };
         let target = change_tier::Side { tier, cluster };

@@ -75,12 +75,7 @@ pub async fn unfence(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneEr
     let stmt = Statement::new("DELETE FROM ")
         .qualified(&c.schema, &table())
         .push(" WHERE tenant_id = $1");
-    sqlx::query(stmt.into_sql())
-        .bind(c.tenant_id)
-        .execute(&cluster.database(&c.database))
-        .await
-        .map_err(|e| cluster.err(e))?;
-    Ok(())
+    cluster.exec_for_tenant(c, stmt).await.map(|_| ())
 }
 
 /// Whether the tenant is fenced in `c`.

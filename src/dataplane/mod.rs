@@ -187,6 +187,21 @@ impl Cluster {
         Ok(exists)
     }
 
+    /// Runs `stmt` in `c`'s database with `$1` bound to the tenant id; returns the rows
+    /// affected.
+    pub async fn exec_for_tenant(
+        &self,
+        c: &Container,
+        stmt: Statement,
+    ) -> Result<u64, DataPlaneError> {
+        sqlx::query(stmt.into_sql())
+            .bind(c.tenant_id)
+            .execute(&self.database(&c.database))
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| self.err(e))
+    }
+
     /// Creates `database` if it does not exist and closes it to PUBLIC. Concurrent callers
     /// converge: a duplicate from a racing CREATE DATABASE counts as success.
     pub async fn ensure_database(&self, database: &Ident) -> Result<(), DataPlaneError> {

@@ -167,22 +167,12 @@ impl Workflow for ChangeTier {
                 let version = state.schema_version.ok_or_else(|| {
                     StepError::fatal(tonic::Code::Internal, "no schema version recorded")
                 })?;
-                let tier = backend(e.dst.tier);
-                tier.create(e.dst_cluster, &e.dst).await?;
+                backend(e.dst.tier).create(e.dst_cluster, &e.dst).await?;
                 let db = e.dst_cluster.database(&e.dst.database);
                 catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
+                // Fenced before the role can reach it: nothing writes the target early.
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
-                let verifier = if tier.own_login_role() {
-                    Some(
-                        login::verifier(deps, cx.tenant_id, e.dst.role.as_str())
-                            .await?
-                            .0,
-                    )
-                } else {
-                    None
-                };
-                tier.grant(e.dst_cluster, &e.dst, verifier.as_deref())
-                    .await?;
+                login::grant(deps, e.dst_cluster, &e.dst).await?;
             }
             "fence" => {
                 fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
@@ -429,12 +419,7 @@ async fn corrupt(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>
         .push(" SET name = name || ' (corrupted)' WHERE tenant_id = $1 AND code = (SELECT min(code) FROM ")
         .qualified(&c.schema, &table)
         .push(" WHERE tenant_id = $1)");
-    sqlx::query(stmt.into_sql())
-        .bind(c.tenant_id)
-        .execute(&cluster.database(&c.database))
-        .await
-        .map_err(|e| cluster.err(e))?;
-    Ok(())
+    cluster.exec_for_tenant(c, stmt).await.map(|_| ())
 }
 
 /// Digests every table on both ends (concurrently) and fails on the first difference.

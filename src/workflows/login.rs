@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::dataplane::roles;
+use crate::dataplane::{Cluster, Container, backend, roles};
 use crate::keys::EncryptionContext;
 use crate::workflow::StepError;
 
@@ -20,15 +20,22 @@ pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
     .into()
 }
 
+/// Grants the container's application role its access; a tier with its own login role gets
+/// the tenant's password ([`verifier`]).
+pub async fn grant(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
+    let tier = backend(c.tier);
+    let verifier = if tier.own_login_role() {
+        Some(verifier(deps, c.tenant_id, c.role.as_str()).await?)
+    } else {
+        None
+    };
+    Ok(tier.grant(cluster, c, verifier.as_deref()).await?)
+}
+
 /// A SCRAM verifier for the tenant's password for `role`: the stored one if there is one,
 /// else a new random password, sealed and stored before its verifier is handed out (so a
-/// crash in between leaves a stored credential the next attempt reuses). Returns whether the
-/// credential was created now.
-pub async fn verifier(
-    deps: &Context,
-    tenant_id: Uuid,
-    role: &str,
-) -> Result<(String, bool), StepError> {
+/// crash in between leaves a stored credential the next attempt reuses).
+pub async fn verifier(deps: &Context, tenant_id: Uuid, role: &str) -> Result<String, StepError> {
     let context = credential_context(tenant_id, role);
     let key_error = |e: crate::keys::KeyError| StepError::Retryable(e.to_string());
     if let Some(sealed) = deps.registry.get_credential(tenant_id, role).await? {
@@ -36,7 +43,7 @@ pub async fn verifier(
         let password = String::from_utf8(password).map_err(|_| {
             StepError::fatal(tonic::Code::Internal, "stored credential is not UTF-8")
         })?;
-        return Ok((roles::scram_verifier(&password), false));
+        return Ok(roles::scram_verifier(&password));
     }
     let password = roles::generate_password();
     let sealed = deps
@@ -47,5 +54,5 @@ pub async fn verifier(
     deps.registry
         .put_credential(tenant_id, role, &sealed)
         .await?;
-    Ok((roles::scram_verifier(&password), true))
+    Ok(roles::scram_verifier(&password))
 }

@@ -82,18 +82,7 @@ impl Workflow for Provision {
                     catalog::migrate(cluster, &db, &c.schema, catalog::latest_version()).await?;
                 state.schema_version = Some(version);
             }
-            "grant" => {
-                let verifier = if tier.own_login_role() {
-                    Some(
-                        login::verifier(deps, cx.tenant_id, c.role.as_str())
-                            .await?
-                            .0,
-                    )
-                } else {
-                    None
-                };
-                tier.grant(cluster, &c, verifier.as_deref()).await?;
-            }
+            "grant" => login::grant(deps, cluster, &c).await?,
             "seed" => {
                 let db = cluster.database(&c.database);
                 state.seeded_rows =
