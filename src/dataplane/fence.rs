@@ -105,6 +105,23 @@ const IN_FLIGHT: &str = "SELECT pid FROM pg_stat_activity
        AND NOT pg_has_role(usesysid, current_user, 'MEMBER')
      ORDER BY pid";
 
+/// Whether our admin role can see other roles' transactions (superuser or
+/// `pg_read_all_stats`), which [`wait_for_writers`] needs.
+pub async fn can_see_writers(cluster: &Cluster) -> Result<(), DataPlaneError> {
+    let (allowed,): (bool,) =
+        sqlx::query_as("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')")
+            .fetch_one(cluster.admin())
+            .await
+            .map_err(|e| cluster.err(e))?;
+    if !allowed {
+        return Err(DataPlaneError::Precondition(format!(
+            "cluster {}: the admin role needs pg_read_all_stats to see in-flight transactions",
+            cluster.name
+        )));
+    }
+    Ok(())
+}
+
 /// Waits until every application transaction in `c`'s database that began before now (call
 /// it after the fence committed) has ended. Fails with [`DataPlaneError::Precondition`] after
 /// `timeout`, naming the sessions still running.
@@ -113,19 +130,12 @@ pub async fn wait_for_writers(
     c: &Container,
     timeout: Duration,
 ) -> Result<(), DataPlaneError> {
+    can_see_writers(cluster).await?;
     let admin = cluster.admin();
-    let (allowed, now): (bool, DateTime<Utc>) = sqlx::query_as(
-        "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), statement_timestamp()",
-    )
-    .fetch_one(admin)
-    .await
-    .map_err(|e| cluster.err(e))?;
-    if !allowed {
-        return Err(DataPlaneError::Precondition(format!(
-            "cluster {}: the admin role needs pg_read_all_stats to see in-flight transactions",
-            cluster.name
-        )));
-    }
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT statement_timestamp()")
+        .fetch_one(admin)
+        .await
+        .map_err(|e| cluster.err(e))?;
     let deadline = Instant::now() + timeout;
     loop {
         let pids: Vec<(i32,)> = sqlx::query_as(IN_FLIGHT)

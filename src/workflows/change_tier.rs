@@ -4,7 +4,8 @@
 //! - `preflight` records where the tenant is (the registry is authoritative: this operation
 //!   holds the tenant's one active-operation slot, so its placement cannot change under us),
 //!   and refuses unless the tenant is active, the target container is free and both ends are
-//!   at the same tenant-schema version, with the write fence (version 2 or later).
+//!   at the same tenant-schema version, with the write fence (version 2 or later), and the
+//!   source cluster's admin role can see the transactions the fence must wait for.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
 //!   role. A tenant that already has its own login role keeps its password.
@@ -296,6 +297,7 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         )));
     }
     target_is_free(dst_cluster, &dst, version).await?;
+    fence::can_see_writers(src_cluster).await?;
     state.source = Some(source);
     state.schema_version = Some(version);
     Ok(())
