@@ -5,6 +5,7 @@
 //! (one per lifecycle change) over the `dataplane` (tiers, catalog, roles) and `keys`.
 
 pub mod api;
+pub mod archive;
 pub mod blobs;
 pub mod config;
 pub mod context;
