@@ -173,16 +173,7 @@ impl Control {
                 drop(tx);
                 return self.get_operation(id).await;
             }
-            if tenant.state != TenantState::Active {
-                return Err(Error::FailedPrecondition {
-                    reason: format!(
-                        "tenant {} is {}, not active",
-                        tenant.slug,
-                        tenant.state.as_str()
-                    ),
-                    operation: None,
-                });
-            }
+            tenant.ensure_active()?;
             if tenant.tier == target.tier && tenant.placement.cluster == target.cluster {
                 return Err(Error::FailedPrecondition {
                     reason: format!(
@@ -258,16 +249,7 @@ impl Control {
 
     pub async fn resolve_tenant(&self, r: &TenantRef) -> Result<Route> {
         let tenant = self.registry().get_tenant(r).await?;
-        if tenant.state != TenantState::Active {
-            return Err(Error::FailedPrecondition {
-                reason: format!(
-                    "tenant {} is {}, not active",
-                    tenant.slug,
-                    tenant.state.as_str()
-                ),
-                operation: None,
-            });
-        }
+        tenant.ensure_active()?;
         let cluster = self
             .deps
             .dataplane

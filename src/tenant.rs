@@ -212,6 +212,23 @@ pub struct Tenant {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Tenant {
+    /// FAILED_PRECONDITION unless the tenant is active (routable, movable).
+    pub fn ensure_active(&self) -> Result<(), Error> {
+        if self.state == TenantState::Active {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition {
+            reason: format!(
+                "tenant {} is {}, not active",
+                self.slug,
+                self.state.as_str()
+            ),
+            operation: None,
+        })
+    }
+}
+
 /// Where a tenant's data lives. Database/schema/role are empty until provisioning reserves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {

@@ -36,7 +36,7 @@ use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, fen
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::sql::{Ident, Statement};
-use crate::tenant::{TenantRef, TenantState, Tier};
+use crate::tenant::{TenantRef, Tier};
 use crate::workflow::{StepContext, StepError, Workflow, failpoint};
 use crate::workflows::login;
 
@@ -251,13 +251,7 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         .registry
         .get_tenant(&TenantRef::Id(cx.tenant_id))
         .await?;
-    if tenant.state != TenantState::Active {
-        return Err(precondition(format!(
-            "tenant {} is {}, not active",
-            tenant.slug,
-            tenant.state.as_str()
-        )));
-    }
+    tenant.ensure_active()?;
     let source = Side {
         tier: tenant.tier,
         cluster: tenant.placement.cluster.clone(),
