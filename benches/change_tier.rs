@@ -134,10 +134,20 @@ impl Bench {
             })
             .await?
             .into_inner();
+        let (_, tenant) = self.succeeded(op, "provisioning").await?;
+        Ok(tenant.id.parse()?)
+    }
+
+    /// Waits for `op`; it must have succeeded with a tenant.
+    async fn succeeded(
+        &mut self,
+        op: pb::Operation,
+        what: &str,
+    ) -> anyhow::Result<(pb::Operation, pb::Tenant)> {
         let op = self.wait(op.name).await?;
-        match op.result {
-            Some(pb::operation::Result::Tenant(t)) => Ok(t.id.parse()?),
-            other => anyhow::bail!("provisioning {slug} failed: {other:?}"),
+        match &op.result {
+            Some(pb::operation::Result::Tenant(t)) => Ok((op.clone(), t.clone())),
+            other => anyhow::bail!("{what} failed: {other:?}"),
         }
     }
 
@@ -179,12 +189,7 @@ impl Bench {
             })
             .await?
             .into_inner();
-        let op = self.wait(op.name).await?;
-        anyhow::ensure!(
-            matches!(op.result, Some(pb::operation::Result::Tenant(_))),
-            "tier change failed: {op:?}"
-        );
-        Ok(op)
+        Ok(self.succeeded(op, "tier change").await?.0)
     }
 
     /// Times `psql \copy … TO STDOUT | psql \copy … FROM STDIN`, table by table in foreign-key

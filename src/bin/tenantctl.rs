@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
@@ -47,6 +47,17 @@ impl From<TierArg> for pb::Tier {
     }
 }
 
+/// How a command that starts an operation behaves.
+#[derive(Args)]
+struct Start {
+    /// Idempotency key; retrying with the same key never starts a second operation.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// Print the operation and return without watching it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Provision a tenant and watch the operation until it is done.
@@ -64,12 +75,8 @@ enum Command {
         /// Cluster to place the tenant on (default: the first configured).
         #[arg(long, default_value = "")]
         cluster: String,
-        /// Idempotency key; retrying with the same key never creates a second tenant.
-        #[arg(long, default_value = "")]
-        request_id: String,
-        /// Print the operation and return without watching it.
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        start: Start,
     },
     /// Move a tenant to another tier (or cluster) and watch the move: per-table copy
     /// progress, then the write pause the tenant saw.
@@ -81,12 +88,8 @@ enum Command {
         /// Cluster to move to (default: the tenant's current cluster).
         #[arg(long, default_value = "")]
         cluster: String,
-        /// Idempotency key; retrying with the same key never starts a second move.
-        #[arg(long, default_value = "")]
-        request_id: String,
-        /// Print the operation and return without watching it.
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        start: Start,
     },
     /// Show a tenant (by id or slug).
     Get { tenant: String },
@@ -153,8 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             plan,
             labels,
             cluster,
-            request_id,
-            no_wait,
+            start,
         } => {
             let op = tenants
                 .create_tenant(pb::CreateTenantRequest {
@@ -164,31 +166,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tier: pb::Tier::from(tier) as i32,
                     labels: labels.into_iter().collect::<HashMap<_, _>>(),
                     cluster,
-                    request_id,
+                    request_id: start.request_id,
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            finish(&mut ops, op, no_wait).await?;
+            finish(&mut ops, op, start.no_wait).await?;
         }
         Command::ChangeTier {
             tenant,
             tier,
             cluster,
-            request_id,
-            no_wait,
+            start,
         } => {
             let op = tenants
                 .change_tier(pb::ChangeTierRequest {
                     tenant,
                     tier: pb::Tier::from(tier) as i32,
                     cluster,
-                    request_id,
+                    request_id: start.request_id,
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            finish(&mut ops, op, no_wait).await?;
+            finish(&mut ops, op, start.no_wait).await?;
         }
         Command::Get { tenant } => {
             let t = tenants
