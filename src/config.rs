@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "default_listen")]
@@ -24,9 +24,12 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Where tenant artefacts (exports) are stored.
     pub objects: ObjectsConfig,
+    /// Shared AWS client settings for the `aws_kms` key provider and the `s3` object store.
+    #[serde(default)]
+    pub aws: AwsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Registry name of the cluster: `[a-z][a-z0-9-]*`.
@@ -45,7 +48,7 @@ pub struct ClusterConfig {
     pub shared_database: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowConfig {
     /// Operations one replica runs at once.
@@ -94,18 +97,75 @@ impl WorkflowConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeysConfig {
-    /// Secrets sealed with AES-256-GCM under a 32-byte master key kept in a file (mode 0600).
+    /// Secrets sealed with AES-256-GCM under a 32-byte master key kept in a file (mode 0600);
+    /// tenant keys and the signing key live in the registry, wrapped by that master key.
     Local { master_key_file: PathBuf },
+    /// AWS KMS (or a KMS-compatible service at `aws.endpoint_url`).
+    AwsKms {
+        /// Tenant keys get the alias `<alias_prefix><tenant id>`.
+        #[serde(default = "default_alias_prefix")]
+        alias_prefix: String,
+        /// Symmetric key (id, ARN or alias) that seals data-plane credentials. Created with
+        /// this alias on first start if the alias does not exist.
+        #[serde(default = "default_service_key")]
+        service_key: String,
+        /// Asymmetric ECC_NIST_P256 key (id, ARN or alias) that signs export manifests and
+        /// deletion proofs. Created with this alias on first start if it does not exist.
+        #[serde(default = "default_signing_key")]
+        signing_key: String,
+    },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ObjectsConfig {
     /// Objects as files under a local directory.
     Local { dir: PathBuf },
+    /// An S3 bucket (or an S3-compatible service at `endpoint_url`).
+    S3 {
+        bucket: String,
+        /// Key prefix for everything tenantd stores, e.g. `tenantd/` (optional).
+        #[serde(default)]
+        prefix: String,
+        /// Overrides `aws.endpoint_url` for S3 only.
+        #[serde(default)]
+        endpoint_url: Option<String>,
+        /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible
+        /// services and emulators.
+        #[serde(default)]
+        force_path_style: bool,
+    },
+}
+
+/// AWS client settings. Credentials come from the standard chain (environment, web
+/// identity, ECS/EC2 roles, the shared files); `credentials_file` and `profile` narrow it to
+/// one shared-credentials file, e.g. a key pair for an S3-compatible service. Secrets never
+/// go in this file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint of a KMS/S3-compatible service instead of AWS (e.g. `http://127.0.0.1:5000`).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+fn default_alias_prefix() -> String {
+    "alias/tenantd/".to_owned()
+}
+fn default_service_key() -> String {
+    "alias/tenantd-service".to_owned()
+}
+fn default_signing_key() -> String {
+    "alias/tenantd-signing".to_owned()
 }
 
 fn default_listen() -> SocketAddr {
@@ -256,5 +316,43 @@ mod tests {
         assert_eq!(c.default_cluster(), "main");
         assert_eq!(c.clusters[0].shared_database, "tenants");
         assert_eq!(c.workflow.workers, 4);
+    }
+
+    #[test]
+    fn parses_aws_providers() {
+        let c: Config = toml::from_str(
+            r#"
+            registry_url = "postgres://r@localhost/registry"
+            [[clusters]]
+            name = "main"
+            admin_url = "postgres://a@localhost/postgres"
+            [keys]
+            provider = "aws_kms"
+            [objects]
+            provider = "s3"
+            bucket = "exports"
+            prefix = "tenantd/"
+            force_path_style = true
+            [aws]
+            region = "eu-central-1"
+            endpoint_url = "http://127.0.0.1:5000"
+            "#,
+        )
+        .unwrap();
+        match &c.keys {
+            KeysConfig::AwsKms { alias_prefix, .. } => assert_eq!(alias_prefix, "alias/tenantd/"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.objects,
+            ObjectsConfig::S3 {
+                force_path_style: true,
+                ..
+            }
+        ));
+        assert_eq!(c.aws.region.as_deref(), Some("eu-central-1"));
+        // What the test harness writes for `tenantd serve` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{c:?}"));
     }
 }

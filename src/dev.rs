@@ -79,6 +79,7 @@ pub async fn start(
         objects: ObjectsConfig::Local {
             dir: state_dir.join("objects"),
         },
+        aws: Default::default(),
     };
     Ok(DevStack {
         postgres,

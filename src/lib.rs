@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod aws;
 pub mod blobs;
 pub mod config;
 pub mod context;

@@ -12,11 +12,13 @@ use crate::api::pb;
 use crate::api::tenants::TenantApi;
 use crate::blobs::ObjectStore;
 use crate::blobs::local::LocalDir;
+use crate::blobs::s3::S3Store;
 use crate::config::{Config, KeysConfig, ObjectsConfig};
 use crate::context::Context;
 use crate::dataplane::DataPlane;
-use crate::keys::KeyProvider;
-use crate::keys::local::LocalKeys;
+use crate::keys::KeyService;
+use crate::keys::aws::AwsKms;
+use crate::keys::local::{LocalKeys, LocalKms};
 use crate::registry::Registry;
 use crate::registry::clusters::ClusterRow;
 use crate::registry::events::OperationEvents;
@@ -41,16 +43,10 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     config
         .validate()
         .map_err(|e| ServerError::Config(e.to_string()))?;
-    let keys: Arc<dyn KeyProvider> = match &config.keys {
-        KeysConfig::Local { master_key_file } => {
-            Arc::new(LocalKeys::open_or_create(master_key_file)?)
-        }
-    };
-    let objects: Arc<dyn ObjectStore> = match &config.objects {
-        ObjectsConfig::Local { dir } => Arc::new(LocalDir::open(dir)?),
-    };
     let registry = Registry::connect(&config.registry_url).await?;
     registry.migrate().await?;
+    let keys = key_service(&config, registry.pool()).await?;
+    let objects = object_store(&config).await?;
     let dataplane = DataPlane::new(&config.clusters).map_err(ServerError::Config)?;
     for c in dataplane.clusters() {
         registry
@@ -68,6 +64,52 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         keys,
         objects,
         config: Arc::new(config),
+    })
+}
+
+/// The key service the configuration names. The local one keeps its keys in the registry.
+pub async fn key_service(
+    config: &Config,
+    registry: &sqlx::PgPool,
+) -> Result<Arc<dyn KeyService>, ServerError> {
+    Ok(match &config.keys {
+        KeysConfig::Local { master_key_file } => Arc::new(LocalKms::new(
+            LocalKeys::open_or_create(master_key_file)?,
+            registry.clone(),
+        )),
+        KeysConfig::AwsKms {
+            alias_prefix,
+            service_key,
+            signing_key,
+        } => {
+            let sdk = crate::aws::sdk_config(&config.aws).await;
+            Arc::new(AwsKms::connect(&sdk, alias_prefix, service_key, signing_key).await?)
+        }
+    })
+}
+
+/// The object store the configuration names.
+pub async fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>, ServerError> {
+    Ok(match &config.objects {
+        ObjectsConfig::Local { dir } => Arc::new(LocalDir::open(dir)?),
+        ObjectsConfig::S3 {
+            bucket,
+            prefix,
+            endpoint_url,
+            force_path_style,
+        } => {
+            let sdk = crate::aws::sdk_config(&config.aws).await;
+            Arc::new(
+                S3Store::connect(
+                    &sdk,
+                    bucket,
+                    prefix,
+                    endpoint_url.as_deref(),
+                    *force_path_style,
+                )
+                .await?,
+            )
+        }
     })
 }
 

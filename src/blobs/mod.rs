@@ -1,14 +1,21 @@
 //! Object storage for tenant artefacts (exports, manifests): a small trait with a
-//! local-directory implementation for the embedded default. An S3 implementation plugs in
-//! behind the same trait and must pass the same suite (`suite` below).
+//! local-directory implementation for the embedded default ([`local::LocalDir`]) and S3
+//! ([`s3::S3Store`]). Both pass the shared [`suite`]; the S3 one runs it against moto.
+//!
+//! Large objects are written through an [`Upload`] (S3 multipart): bytes go out in parts while
+//! they are produced, and the object appears only when the upload completes. An upload that
+//! is neither completed nor aborted (the writer crashed) stays incomplete and invisible until
+//! [`ObjectStore::abort_uploads`] clears it.
 //!
 //! Keys are validated here, once: `/`-separated segments of `[A-Za-z0-9._-]`, no empty, `.`
 //! or `..` segment, at most 1024 bytes. A key can therefore never escape a store's root or a
 //! tenant's prefix.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
+use tokio::io::AsyncRead;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -67,11 +74,36 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &ObjectKey) -> Result<Vec<ObjectInfo>, BlobError>;
     /// Removes the object; removing a missing object succeeds (deletion is idempotent).
     async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError>;
+    /// Reads an object as a stream.
+    async fn read(&self, key: &ObjectKey) -> Result<Box<dyn AsyncRead + Send + Unpin>, BlobError>;
+    /// Starts a streaming upload to `key`.
+    async fn begin_upload(&self, key: &ObjectKey) -> Result<Box<dyn Upload>, BlobError>;
+    /// The keys of incomplete uploads under `prefix`.
+    async fn incomplete_uploads(&self, prefix: &ObjectKey) -> Result<Vec<ObjectKey>, BlobError>;
+    /// Aborts every incomplete upload under `prefix`, returning how many there were.
+    async fn abort_uploads(&self, prefix: &ObjectKey) -> Result<usize, BlobError>;
+}
+
+/// A streaming upload: [`Upload::write`] as often as needed, then complete or abort.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends bytes; the store buffers them into parts.
+    async fn write(&mut self, data: &[u8]) -> Result<(), BlobError>;
+    /// Makes the object visible with everything written.
+    async fn complete(self: Box<Self>) -> Result<ObjectInfo, BlobError>;
+    async fn abort(self: Box<Self>) -> Result<(), BlobError>;
+}
+
+impl ObjectKey {
+    /// `self/<rest>`: a key below this one.
+    pub fn join(&self, rest: &str) -> Result<ObjectKey, BlobError> {
+        ObjectKey::new(format!("{}/{rest}", self.0))
+    }
 }
 
 /// The shared suite every [`ObjectStore`] implementation must pass.
-#[cfg(test)]
-pub(crate) mod suite {
+#[doc(hidden)]
+pub mod suite {
     use super::*;
 
     fn key(s: &str) -> ObjectKey {
@@ -111,6 +143,81 @@ pub(crate) mod suite {
         store.delete(&a).await.unwrap();
         assert!(matches!(store.get(&a).await, Err(BlobError::NotFound(_))));
         assert_eq!(store.list(&key("tenants/t1")).await.unwrap().len(), 1);
+        assert!(matches!(
+            store.read(&a).await.map(|_| ()),
+            Err(BlobError::NotFound(_))
+        ));
+        for k in ["tenants/t1/manifest.json", "tenants/t2/manifest.json"] {
+            store.delete(&key(k)).await.unwrap();
+        }
+    }
+
+    /// Streaming uploads: several parts in, one object out; aborted and abandoned uploads
+    /// leave no object, and `abort_uploads` clears the abandoned ones.
+    pub async fn streams_uploads(store: &dyn ObjectStore) {
+        use tokio::io::AsyncReadExt;
+        let big = key("tenants/t9/exports/e1/dump");
+        // 12 MiB of a pattern in 1 MiB writes: more than one S3 part.
+        let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut up = store.begin_upload(&big).await.unwrap();
+        for _ in 0..12 {
+            up.write(&chunk).await.unwrap();
+        }
+        assert!(matches!(store.get(&big).await, Err(BlobError::NotFound(_))));
+        let info = up.complete().await.unwrap();
+        assert_eq!(info.size, 12 * chunk.len() as u64);
+        let mut read = Vec::new();
+        store
+            .read(&big)
+            .await
+            .unwrap()
+            .read_to_end(&mut read)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 12 * chunk.len());
+        assert!(read.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+
+        let aborted = key("tenants/t9/exports/e2/dump");
+        let mut up = store.begin_upload(&aborted).await.unwrap();
+        up.write(b"partial").await.unwrap();
+        up.abort().await.unwrap();
+        assert!(matches!(
+            store.get(&aborted).await,
+            Err(BlobError::NotFound(_))
+        ));
+
+        // A writer that vanishes leaves an incomplete upload, visible only as such.
+        let abandoned = key("tenants/t9/exports/e3/dump");
+        let mut up = store.begin_upload(&abandoned).await.unwrap();
+        up.write(&chunk).await.unwrap();
+        drop(up);
+        let prefix = key("tenants/t9/exports/e3");
+        assert_eq!(
+            store.incomplete_uploads(&prefix).await.unwrap(),
+            vec![abandoned.clone()]
+        );
+        assert!(
+            store
+                .incomplete_uploads(&key("tenants/t9/exports/e1"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.abort_uploads(&prefix).await.unwrap(), 1);
+        assert!(store.incomplete_uploads(&prefix).await.unwrap().is_empty());
+        assert!(matches!(
+            store.get(&abandoned).await,
+            Err(BlobError::NotFound(_))
+        ));
+        let listed: Vec<ObjectKey> = store
+            .list(&key("tenants/t9"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(listed, vec![big.clone()]);
+        store.delete(&big).await.unwrap();
     }
 
     #[test]

@@ -16,7 +16,9 @@ use uuid::Uuid;
 use tenantd::api::pb;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
-use tenantd::config::{ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig};
+use tenantd::config::{
+    AwsConfig, ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig,
+};
 use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tenantd::sql::Ident;
 
@@ -93,9 +95,20 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// A fresh registry and an in-process tenantd serving on 127.0.0.1:0.
+    /// A fresh registry and an in-process tenantd serving on 127.0.0.1:0, with the local key
+    /// service and object store.
     pub async fn start() -> TestEnv {
         let (config, dir) = Self::config().await;
+        Self::start_with(config, dir).await
+    }
+
+    /// Like [`TestEnv::start`], with AWS KMS and S3 (moto) instead of the local providers.
+    pub async fn start_aws() -> TestEnv {
+        let (config, dir) = Self::config_aws().await;
+        Self::start_with(config, dir).await
+    }
+
+    pub async fn start_with(config: Config, dir: PathBuf) -> TestEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -186,6 +199,29 @@ impl TestEnv {
             objects: ObjectsConfig::Local {
                 dir: dir.join("objects"),
             },
+            aws: Default::default(),
+        };
+        (config, dir)
+    }
+
+    /// [`TestEnv::config`] with KMS and S3 on moto: keys under aliases and a bucket of this
+    /// environment's own.
+    pub async fn config_aws() -> (Config, PathBuf) {
+        let (mut config, dir) = Self::config().await;
+        let id = &Uuid::new_v4().simple().to_string()[..12];
+        config.aws = aws_config(&dir);
+        config.keys = KeysConfig::AwsKms {
+            alias_prefix: format!("alias/it-{id}/"),
+            service_key: format!("alias/it-{id}-service"),
+            signing_key: format!("alias/it-{id}-signing"),
+        };
+        let bucket = format!("it-{id}");
+        create_bucket(&config.aws, &bucket).await;
+        config.objects = ObjectsConfig::S3 {
+            bucket,
+            prefix: "tenantd/".into(),
+            endpoint_url: None,
+            force_path_style: true,
         };
         (config, dir)
     }
@@ -274,7 +310,24 @@ impl TestEnv {
     pub fn master_key(&self) -> PathBuf {
         match &self.config.keys {
             KeysConfig::Local { master_key_file } => master_key_file.clone(),
+            KeysConfig::AwsKms { .. } => panic!("this environment uses AWS KMS"),
         }
+    }
+
+    /// The key service and object store this environment's tenantd uses.
+    pub async fn keys(&self) -> std::sync::Arc<dyn tenantd::keys::KeyService> {
+        // The in-process server may still be migrating the registry.
+        let registry = tenantd::registry::Registry::connect(&self.config.registry_url)
+            .await
+            .unwrap();
+        registry.migrate().await.unwrap();
+        tenantd::server::key_service(&self.config, &self.registry)
+            .await
+            .unwrap()
+    }
+
+    pub async fn objects(&self) -> std::sync::Arc<dyn tenantd::blobs::ObjectStore> {
+        tenantd::server::object_store(&self.config).await.unwrap()
     }
 }
 
@@ -299,6 +352,79 @@ pub async fn connect(addr: &str) -> Channel {
     }
 }
 
+/// A moto_server (AWS emulator) for the test run, on loopback, stopped with the test process.
+/// The command is `$TENANTD_MOTO_SERVER` or `moto_server` (scripts/setup installs it).
+pub fn moto() -> &'static str {
+    static MOTO: OnceLock<String> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let program =
+            std::env::var("TENANTD_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let mut cmd = Command::new(&program);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // The spawning thread must outlive the child (PDEATHSIG follows the thread), so a
+        // thread of its own spawns it and waits for it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(()));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        rx.recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot start {program} (run scripts/setup): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        format!("http://127.0.0.1:{port}")
+    })
+}
+
+/// AWS settings pointing at moto, with a throwaway credentials file in `dir`.
+pub fn aws_config(dir: &std::path::Path) -> AwsConfig {
+    let credentials = dir.join("aws-credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto().to_owned()),
+        profile: None,
+        credentials_file: Some(credentials),
+    }
+}
+
+pub async fn create_bucket(aws: &AwsConfig, bucket: &str) {
+    let sdk = tenantd::aws::sdk_config(aws).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(bucket).send().await.unwrap();
+}
+
 /// tenantd as a child process on `port`, with the given failpoints.
 pub struct Process {
     pub child: Child,
@@ -313,35 +439,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Writes `config` as TOML for `tenantd serve`.
+/// Writes `config` as TOML for `tenantd serve`, listening on `port`.
 pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBuf {
-    let KeysConfig::Local { master_key_file } = &config.keys;
-    let ObjectsConfig::Local { dir: objects_dir } = &config.objects;
-    let w = &config.workflow;
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\nregistry_url = \"{}\"\n\n[workflow]\nworkers = {}\nlease_ms = {}\n\
-         backoff_ms = {}\nmax_backoff_ms = {}\nmax_failures = {}\npoll_ms = {}\nfence_wait_ms = {}\n\n\
-         [keys]\nprovider = \"local\"\nmaster_key_file = \"{}\"\n\n\
-         [objects]\nprovider = \"local\"\ndir = \"{}\"\n",
-        config.registry_url,
-        w.workers,
-        w.lease_ms,
-        w.backoff_ms,
-        w.max_backoff_ms,
-        w.max_failures,
-        w.poll_ms,
-        w.fence_wait_ms,
-        master_key_file.display(),
-        objects_dir.display()
-    );
-    for c in &config.clusters {
-        text.push_str(&format!(
-            "\n[[clusters]]\nname = \"{}\"\nadmin_url = \"{}\"\nshared_database = \"{}\"\n",
-            c.name, c.admin_url, c.shared_database
-        ));
-    }
+    let mut config = config.clone();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let path = dir.join(format!("tenantd-{port}.toml"));
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     path
 }
 
@@ -563,7 +666,6 @@ impl AppConnector {
     /// A session for `tenant` and the routing epoch it was resolved at.
     pub async fn connect(&mut self, tenant: Uuid) -> Result<(PgConnection, i64), String> {
         use sqlx::ConnectOptions;
-        use tenantd::keys::KeyProvider;
         let route = self
             .tenants
             .resolve_tenant(pb::ResolveTenantRequest {
@@ -590,7 +692,6 @@ impl AppConnector {
                     &tenantd::keys::Sealed { key_id, ciphertext },
                     &tenantd::workflows::login::credential_context(tenant, &route.role),
                 )
-                .await
                 .map_err(|e| e.to_string())?;
             (route.role.clone(), String::from_utf8(password).unwrap())
         };

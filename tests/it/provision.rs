@@ -1,7 +1,6 @@
 //! Provisioning in every tier, end to end, checked in the data plane.
 
 use tenantd::api::pb;
-use tenantd::keys::KeyProvider;
 use tenantd::keys::local::LocalKeys;
 
 use crate::harness::{TestEnv, admin, footprint};
@@ -185,7 +184,6 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
             },
             &tenantd::workflows::login::credential_context(t.id.parse().unwrap(), &own),
         )
-        .await
         .unwrap();
     let password = String::from_utf8(password).unwrap();
     assert!(
