@@ -58,3 +58,31 @@ impl From<sqlx::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::keys::KeyError> for Error {
+    fn from(e: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError;
+        match e {
+            KeyError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            KeyError::NotFound(name) => Error::not_found("key", name),
+            KeyError::Unusable { .. } | KeyError::Undecryptable | KeyError::BadSignature => {
+                Error::FailedPrecondition {
+                    reason: e.to_string(),
+                    operation: None,
+                }
+            }
+            KeyError::Config(_) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::blobs::BlobError> for Error {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        use crate::blobs::BlobError;
+        match e {
+            BlobError::NotFound(name) => Error::not_found("object", name),
+            BlobError::Io(_) => Error::Unavailable(e.to_string()),
+            BlobError::InvalidKey(_) => Error::Internal(e.to_string()),
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::exports::ExportApi;
 use crate::api::operations::OperationApi;
 use crate::api::pb;
 use crate::api::tenants::TenantApi;
@@ -121,6 +122,10 @@ pub async fn run(
     let deps = context(config).await?;
     let events = OperationEvents::start(deps.registry.pool().clone(), shutdown.child_token());
     let workers = crate::workflow::engine::start(deps.clone(), events.clone(), shutdown.clone());
+    // Tenants from before per-tenant keys get theirs, as workflows like any other change.
+    if let Err(e) = crate::workflows::tenant_key::enqueue_backfill(&deps).await {
+        tracing::warn!(error = %e, "key backfill not enqueued; will retry at next start");
+    }
     let control = Control::new(deps, events);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -129,6 +134,9 @@ pub async fn run(
         .await;
     health
         .set_serving::<pb::operation_service_server::OperationServiceServer<OperationApi>>()
+        .await;
+    health
+        .set_serving::<pb::export_service_server::ExportServiceServer<ExportApi>>()
         .await;
     // v1 and v1alpha: grpcurl and other clients still differ in which they ask for.
     let reflection = || {
@@ -158,7 +166,10 @@ pub async fn run(
             TenantApi::new(control.clone()),
         ))
         .add_service(pb::operation_service_server::OperationServiceServer::new(
-            OperationApi::new(control),
+            OperationApi::new(control.clone()),
+        ))
+        .add_service(pb::export_service_server::ExportServiceServer::new(
+            ExportApi::new(control),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;

@@ -208,6 +208,9 @@ pub struct Tenant {
     pub placement: Placement,
     pub schema_version: i32,
     pub routing_epoch: i64,
+    /// The tenant's key in the key service; `None` until provisioning (or the key backfill)
+    /// created it.
+    pub key_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -8,10 +8,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use super::pb;
 use crate::error::Error;
 use crate::operation::{Operation, OperationState, StepState};
+use crate::registry::exports::ExportState;
 use crate::registry::tenants::TenantChanges;
-use crate::service::{OperationView, Route};
+use crate::service::{ExportView, OperationView, Route};
 use crate::tenant::{self, NewTenant, Slug, Tenant, TenantRef, TenantState, Tier};
 use crate::workflows::change_tier;
+use uuid::Uuid;
 
 pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -189,6 +191,7 @@ impl From<Tenant> for pb::Tenant {
             }),
             schema_version: t.schema_version,
             routing_epoch: t.routing_epoch,
+            key_id: t.key_id.unwrap_or_default(),
             create_time: time(t.created_at),
             update_time: time(t.updated_at),
         }
@@ -254,6 +257,52 @@ impl TryFrom<&pb::ChangeTierRequest> for TierChangeRequest {
     }
 }
 
+/// `exports/{uuid}` (or the bare uuid) → the export id.
+pub fn export_id(field: &str, name: &str) -> Result<Uuid, Error> {
+    let id = name.strip_prefix("exports/").unwrap_or(name);
+    Uuid::parse_str(id)
+        .map_err(|_| Error::invalid(field, "must be exports/{uuid} as returned by the API"))
+}
+
+impl From<ExportView> for pb::Export {
+    fn from(v: ExportView) -> Self {
+        let e = v.export;
+        pb::Export {
+            name: format!("exports/{}", e.id),
+            tenant_id: e.tenant_id.to_string(),
+            state: match e.state {
+                ExportState::Running => pb::ExportState::Running,
+                ExportState::Complete => pb::ExportState::Complete,
+                ExportState::Failed => pb::ExportState::Failed,
+            } as i32,
+            object_uri: v.object_uri,
+            manifest_uri: v.manifest_uri,
+            size_bytes: e.size_bytes.unwrap_or(0).max(0) as u64,
+            sha256: e.sha256.unwrap_or_default(),
+            plaintext_sha256: e.plaintext_sha256.unwrap_or_default(),
+            tables: e
+                .tables
+                .into_iter()
+                .map(|t| pb::TableRowCount {
+                    table: t.table,
+                    rows: t.rows,
+                })
+                .collect(),
+            snapshot_time: e.snapshot_at.map(time).unwrap_or_default(),
+            key_id: e.key_id.unwrap_or_default(),
+            schema_version: e.schema_version.unwrap_or(0),
+            source_tier: e
+                .tier
+                .parse::<Tier>()
+                .map(tier_to)
+                .unwrap_or(pb::Tier::Unspecified) as i32,
+            operation: format!("operations/{}", e.operation_id),
+            create_time: time(e.created_at),
+            complete_time: e.completed_at.map(time).unwrap_or_default(),
+        }
+    }
+}
+
 impl From<OperationView> for pb::Operation {
     fn from(v: OperationView) -> Self {
         let op: Operation = v.operation;
@@ -264,6 +313,7 @@ impl From<OperationView> for pb::Operation {
                 step: e.step.clone().unwrap_or_default(),
             })),
             (_, Some(t)) => Some(pb::operation::Result::Tenant(t.into())),
+            _ if v.export.is_some() => v.export.map(|e| pb::operation::Result::Export(e.into())),
             _ => None,
         };
         pb::Operation {

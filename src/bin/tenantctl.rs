@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use tenantd::api::pb;
+use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 
@@ -105,6 +106,38 @@ enum Command {
     /// Operations: get, list, watch, wait, cancel.
     #[command(subcommand)]
     Operation(OperationCommand),
+    /// Exports: create, list, show, and download (verified and decrypted).
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Print the public key that signs export manifests (PEM), to pin it for `export get`
+    /// and for offline checks with openssl.
+    SigningKey,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Export a tenant (encrypted with its own key) and watch the operation.
+    Create {
+        /// Tenant id or slug.
+        tenant: String,
+        #[command(flatten)]
+        start: Start,
+    },
+    /// List a tenant's exports.
+    List { tenant: String },
+    /// Show an export.
+    Show { name: String },
+    /// Download an export: verify the manifest's signature, the archive's checksums, decrypt,
+    /// and write the SQL (restore it with `psql -f`). Nothing is written unless all checks
+    /// pass.
+    Get {
+        name: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The signing public key (PEM) to trust; without it the server's key is used.
+        #[arg(long)]
+        public_key: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach tenantd at {}", cli.addr))?;
     let mut tenants = TenantServiceClient::new(channel.clone());
+    let mut exports = ExportServiceClient::new(channel.clone());
     let mut ops = OperationServiceClient::new(channel);
     match cli.command {
         Command::Create {
@@ -254,6 +288,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("credential:  {}", r.credential_ref);
             }
         }
+        Command::Export(cmd) => export_command(&mut exports, &mut ops, cmd).await?,
+        Command::SigningKey => {
+            let key = exports
+                .get_signing_key(pb::GetSigningKeyRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            eprintln!("key id: {} ({})", key.key_id, key.algorithm);
+            print!("{}", key.public_key_pem);
+        }
         Command::Operation(cmd) => match cmd {
             OperationCommand::Get { name } => {
                 let op = ops
@@ -302,6 +346,188 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+async fn export_command(
+    exports: &mut ExportServiceClient<Channel>,
+    ops: &mut OperationServiceClient<Channel>,
+    cmd: ExportCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        ExportCommand::Create { tenant, start } => {
+            let op = exports
+                .export_tenant(pb::ExportTenantRequest {
+                    tenant,
+                    request_id: start.request_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            finish(ops, op, start.no_wait).await?;
+        }
+        ExportCommand::List { tenant } => {
+            let mut page_token = String::new();
+            loop {
+                let page = exports
+                    .list_exports(pb::ListExportsRequest {
+                        tenant: tenant.clone(),
+                        page_size: 100,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for e in &page.exports {
+                    println!(
+                        "{:<46} {:<9} {:>12} bytes  snapshot {}",
+                        e.name,
+                        export_state_name(e.state),
+                        e.size_bytes,
+                        e.snapshot_time
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+        }
+        ExportCommand::Show { name } => {
+            let e = exports
+                .get_export(pb::GetExportRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_export(&e);
+        }
+        ExportCommand::Get {
+            name,
+            out,
+            public_key,
+        } => download(exports, &name, &out, public_key.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// Streams an export, checks it end to end and writes the SQL to `out` (via a temporary file
+/// renamed into place only when every check passed).
+async fn download(
+    exports: &mut ExportServiceClient<Channel>,
+    name: &str,
+    out: &std::path::Path,
+    public_key: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tenantd::archive::ArchiveReader;
+    use tenantd::archive::manifest::Manifest;
+    let pem = match public_key {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            eprintln!(
+                "note: trusting the signing key the server reports; pin it with --public-key"
+            );
+            exports
+                .get_signing_key(pb::GetSigningKeyRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .public_key_pem
+        }
+    };
+    let spki = tenantd::keys::public_key_from_pem(&pem)?;
+    let mut stream = exports
+        .read_export(pb::ReadExportRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let Some(pb::ReadExportResponse {
+        part: Some(pb::read_export_response::Part::Header(header)),
+    }) = stream.message().await.map_err(status)?
+    else {
+        bail!("tenantd sent no export header");
+    };
+    let manifest = Manifest::verified(&header.manifest, &header.signature, &spki)?;
+    let wanted = name.strip_prefix("exports/").unwrap_or(name);
+    if manifest.export_id != wanted {
+        bail!(
+            "tenantd sent the manifest of export {}, not {wanted}",
+            manifest.export_id
+        );
+    }
+    let data_key: [u8; 32] = header
+        .data_key
+        .as_slice()
+        .try_into()
+        .context("data key is not 32 bytes")?;
+    let mut reader = ArchiveReader::for_manifest(&manifest, &data_key)?;
+    let partial = out.with_extension("partial");
+    let result = async {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?,
+        );
+        while let Some(msg) = stream.message().await.map_err(status)? {
+            if let Some(pb::read_export_response::Part::Chunk(chunk)) = msg.part {
+                file.write_all(&reader.write(&chunk)?)?;
+            }
+        }
+        file.write_all(&reader.finish_checked(&manifest)?)?;
+        file.into_inner()?.sync_all()?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!(
+            "export {name} failed verification; nothing written"
+        )));
+    }
+    std::fs::rename(&partial, out)?;
+    println!("signature:   verified ({})", manifest.signing_key_id);
+    println!(
+        "archive:     {} bytes, sha256 {} verified",
+        manifest.ciphertext.bytes, manifest.ciphertext.sha256
+    );
+    println!(
+        "sql:         {} bytes, sha256 {} verified -> {}",
+        manifest.plaintext.bytes,
+        manifest.plaintext.sha256,
+        out.display()
+    );
+    for t in &manifest.tables {
+        println!("  {:<20} {:>12} rows", t.table, t.rows);
+    }
+    Ok(())
+}
+
+fn print_export(e: &pb::Export) {
+    println!("export:      {} ({})", e.name, export_state_name(e.state));
+    println!("tenant:      {}", e.tenant_id);
+    println!("object:      {}", e.object_uri);
+    println!("manifest:    {}", e.manifest_uri);
+    println!("size:        {} bytes, sha256 {}", e.size_bytes, e.sha256);
+    println!(
+        "snapshot:    {} (schema version {}, {} tier)",
+        e.snapshot_time,
+        e.schema_version,
+        tier_name(e.source_tier)
+    );
+    println!("key:         {}", e.key_id);
+    for t in &e.tables {
+        println!("  {:<20} {:>12} rows", t.table, t.rows);
+    }
+}
+
+fn export_state_name(s: i32) -> &'static str {
+    match pb::ExportState::try_from(s) {
+        Ok(pb::ExportState::Running) => "running",
+        Ok(pb::ExportState::Complete) => "complete",
+        Ok(pb::ExportState::Failed) => "failed",
+        _ => "unknown",
+    }
 }
 
 fn op_name(name: &str) -> String {
@@ -432,6 +658,7 @@ fn print_operation(op: &pb::Operation) {
     }
     match &op.result {
         Some(pb::operation::Result::Tenant(t)) => print_tenant(t),
+        Some(pb::operation::Result::Export(e)) => print_export(e),
         Some(pb::operation::Result::Error(e)) => println!(
             "error:       {} (code {}, step {})",
             e.message, e.code, e.step

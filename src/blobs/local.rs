@@ -176,6 +176,10 @@ impl ObjectStore for LocalDir {
         remove_if_exists(&self.path(key)).await
     }
 
+    fn uri(&self, key: &ObjectKey) -> String {
+        format!("file://{}", self.path(key).display())
+    }
+
     async fn read(&self, key: &ObjectKey) -> Result<Box<dyn AsyncRead + Send + Unpin>, BlobError> {
         let f = tokio::fs::File::open(self.path(key))
             .await

@@ -74,6 +74,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &ObjectKey) -> Result<Vec<ObjectInfo>, BlobError>;
     /// Removes the object; removing a missing object succeeds (deletion is idempotent).
     async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError>;
+    /// Where `key` is, for people: `s3://bucket/prefix/key` or `file:///dir/key`.
+    fn uri(&self, key: &ObjectKey) -> String;
     /// Reads an object as a stream.
     async fn read(&self, key: &ObjectKey) -> Result<Box<dyn AsyncRead + Send + Unpin>, BlobError>;
     /// Starts a streaming upload to `key`.

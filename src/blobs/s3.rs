@@ -267,6 +267,10 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    fn uri(&self, key: &ObjectKey) -> String {
+        format!("s3://{}/{}", self.bucket, self.full(key))
+    }
+
     async fn read(&self, key: &ObjectKey) -> Result<Box<dyn AsyncRead + Send + Unpin>, BlobError> {
         match self
             .client

@@ -240,6 +240,12 @@ pub async fn delete_tenant_rows(
     Ok(total)
 }
 
+/// Session settings that fix the text form of values (for digests and text dumps), for the
+/// current transaction.
+pub const PINNED_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; \
+     SET LOCAL bytea_output = 'hex'";
+
 /// Row count and content checksum of the tenant's rows in `table`. The text form of a row
 /// depends on session settings, so they are pinned: two clusters with different defaults
 /// (time zone, date style) must digest equal rows alike.
@@ -250,14 +256,10 @@ pub async fn digest(
 ) -> Result<TableDigest, DataPlaneError> {
     let err = |e| cluster.err(e);
     let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
-    sqlx::raw_sql(
-        "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
-         SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; \
-         SET LOCAL bytea_output = 'hex'",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(err)?;
+    sqlx::raw_sql(PINNED_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     // OFFSET 0 keeps the subquery, so each row is rendered once, not once per hash.
     let stmt = Statement::new(
         "SELECT count(*), \

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod copy;
 pub mod database;
+pub mod dump;
 pub mod fence;
 pub mod pool;
 pub mod roles;

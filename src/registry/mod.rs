@@ -13,6 +13,7 @@
 pub mod clusters;
 pub mod credentials;
 pub mod events;
+pub mod exports;
 pub mod operations;
 pub mod tenants;
 

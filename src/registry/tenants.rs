@@ -25,6 +25,7 @@ struct TenantRow {
     role_name: Option<String>,
     schema_version: i32,
     routing_epoch: i64,
+    key_id: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -33,7 +34,7 @@ struct TenantRow {
 macro_rules! columns {
     () => {
         "id, slug, display_name, plan, labels, tier, state, cluster, database_name, \
-         schema_name, role_name, schema_version, routing_epoch, created_at, updated_at"
+         schema_name, role_name, schema_version, routing_epoch, key_id, created_at, updated_at"
     };
 }
 
@@ -56,6 +57,7 @@ impl TryFrom<TenantRow> for Tenant {
             },
             schema_version: r.schema_version,
             routing_epoch: r.routing_epoch,
+            key_id: r.key_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -263,6 +265,34 @@ impl Registry {
         .execute(exec)
         .await?;
         Ok(())
+    }
+
+    /// Records the tenant's key in the key service.
+    pub async fn set_tenant_key<'e>(
+        exec: impl PgExecutor<'e>,
+        id: Uuid,
+        key_id: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE tenants SET key_id = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(key_id)
+            .execute(exec)
+            .await?;
+        Ok(())
+    }
+
+    /// Active tenants without a key and without a running operation: what the key backfill
+    /// still has to do.
+    pub async fn tenants_without_key(&self) -> Result<Vec<Uuid>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT t.id FROM tenants t
+             WHERE t.key_id IS NULL AND t.state = 'active'
+               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.tenant_id = t.id
+                               AND o.state IN ('pending', 'running', 'compensating'))
+             ORDER BY t.created_at",
+        )
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Marks a tenant whose provisioning was rolled back; frees its slug.

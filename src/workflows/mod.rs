@@ -1,8 +1,10 @@
 //! The lifecycle workflows, one file each, dispatched by operation kind through one match.
 
 pub mod change_tier;
+pub mod export;
 pub mod login;
 pub mod provision;
+pub mod tenant_key;
 
 use tokio_util::sync::CancellationToken;
 
@@ -11,13 +13,17 @@ use crate::registry::operations::Claimed;
 use crate::workflow::{Workflow, engine};
 
 pub use change_tier::ChangeTier;
+pub use export::Export;
 pub use provision::Provision;
+pub use tenant_key::KeyBackfill;
 
 /// Runs a claimed operation with the workflow its kind names.
 pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationToken) {
     match claimed.kind.as_str() {
         Provision::KIND => engine::drive(&Provision, deps, claimed, shutdown).await,
         ChangeTier::KIND => engine::drive(&ChangeTier, deps, claimed, shutdown).await,
+        Export::KIND => engine::drive(&Export, deps, claimed, shutdown).await,
+        KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
         other => {
             // Written by a newer release: leave it for a replica that knows the kind.
             tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");

@@ -1,20 +1,23 @@
-//! Provisioning: reserve → create container → migrate → grant → seed → activate.
+//! Provisioning: reserve → create key → create container → migrate → grant → seed →
+//! activate.
 //!
 //! The tenant row (state `provisioning`) and this operation are created in one transaction by
 //! CreateTenant. Every step is idempotent: container names derive from the tenant id, DDL is
 //! create-if-missing, the migrator records what it applied, grants are repeatable, the seed
-//! skips existing rows. Compensation destroys whatever exists of the container and marks the
-//! tenant `failed`, which frees its slug.
+//! skips existing rows, the tenant key is found by its alias. Compensation destroys whatever
+//! exists of the container, schedules the deletion of the tenant key and marks the tenant
+//! `failed`, which frees its slug.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, catalog};
+use crate::error::Error;
 use crate::registry::Registry;
 use crate::tenant::Tier;
 use crate::workflow::{StepContext, StepError, Workflow};
-use crate::workflows::login;
+use crate::workflows::{login, tenant_key};
 
 pub struct Provision;
 
@@ -54,6 +57,7 @@ impl Workflow for Provision {
     const KIND: &'static str = "provision";
     const STEPS: &'static [&'static str] = &[
         "reserve",
+        "create_key",
         "create_container",
         "migrate",
         "grant",
@@ -74,6 +78,9 @@ impl Workflow for Provision {
         match Self::STEPS[step] {
             "reserve" => {
                 Registry::set_placement(deps.registry.pool(), cx.tenant_id, &c.placement()).await?;
+            }
+            "create_key" => {
+                tenant_key::ensure(deps, cx.tenant_id).await?;
             }
             "create_container" => tier.create(cluster, &c).await?,
             "migrate" => {
@@ -103,6 +110,18 @@ impl Workflow for Provision {
         let deps = cx.deps;
         let (cluster, c) = container(deps, cx.tenant_id, state)?;
         backend(state.tier).destroy(cluster, &c, false).await?;
+        // No data was ever encrypted under it; the key service keeps its waiting period.
+        if let Some(key) = deps
+            .keys
+            .tenant_key(cx.tenant_id)
+            .await
+            .map_err(Error::from)?
+        {
+            deps.keys
+                .schedule_key_deletion(&key.key_id, 7)
+                .await
+                .map_err(Error::from)?;
+        }
         let mut tx = deps
             .registry
             .pool()

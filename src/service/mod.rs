@@ -2,6 +2,10 @@
 //! into these calls and encode the answers; all registry and data-plane work happens here or
 //! in workflows.
 
+mod exports;
+
+pub use exports::{ExportRead, ExportView};
+
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -60,6 +64,8 @@ pub struct Route {
 pub struct OperationView {
     pub operation: Operation,
     pub tenant: Option<Tenant>,
+    /// An export operation's export, once it completed.
+    pub export: Option<ExportView>,
     /// A tier change's progress details (source, fence times).
     pub tier_change: Option<change_tier::State>,
 }
@@ -166,34 +172,60 @@ impl Control {
         let hash =
             Sha256::digest(serde_json::to_vec(&(tenant.id, &target)).expect("request serialises"))
                 .to_vec();
-        let rid = request_id.as_ref().map(|r| r.0.as_str());
+        let id = self
+            .start::<ChangeTier>(
+                &tenant,
+                request_id.as_ref(),
+                &hash,
+                |_| change_tier::State::new(target.clone()),
+                || {
+                    tenant.ensure_active()?;
+                    if tenant.tier == target.tier && tenant.placement.cluster == target.cluster {
+                        return Err(Error::FailedPrecondition {
+                            reason: format!(
+                                "tenant {} is already in the {} tier on cluster {}",
+                                tenant.slug, target.tier, target.cluster
+                            ),
+                            operation: None,
+                        });
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        self.get_operation(id).await
+    }
+
+    /// Starts workflow `W` for `tenant`, or returns the operation `request_id` already names
+    /// (AIP-155, compared by `hash` of the request). `check` decides, inside the transaction
+    /// that inserts the operation, whether the tenant may start it; `state` builds the
+    /// workflow's state from the new operation's id. Returns the operation id.
+    pub(crate) async fn start<W: Workflow>(
+        &self,
+        tenant: &Tenant,
+        request_id: Option<&RequestId>,
+        hash: &[u8],
+        state: impl Fn(Uuid) -> W::State,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<Uuid> {
+        let rid = request_id.map(|r| r.0.as_str());
         for _ in 0..2 {
             let mut tx = self.registry().pool().begin().await?;
-            if let Some(id) = replay(&mut tx, ChangeTier::KIND, rid, &hash).await? {
-                drop(tx);
-                return self.get_operation(id).await;
+            if let Some(id) = replay(&mut tx, W::KIND, rid, hash).await? {
+                return Ok(id);
             }
-            tenant.ensure_active()?;
-            if tenant.tier == target.tier && tenant.placement.cluster == target.cluster {
-                return Err(Error::FailedPrecondition {
-                    reason: format!(
-                        "tenant {} is already in the {} tier on cluster {}",
-                        tenant.slug, target.tier, target.cluster
-                    ),
-                    operation: None,
-                });
-            }
+            check()?;
             let op_id = Uuid::new_v4();
             let inserted = Registry::insert_operation(
                 &mut tx,
                 NewOperation {
                     id: op_id,
-                    kind: ChangeTier::KIND,
+                    kind: W::KIND,
                     tenant_id: tenant.id,
                     request_id: rid,
-                    request_hash: Some(&hash),
-                    data: wrap(&change_tier::State::new(target.clone())),
-                    steps: ChangeTier::STEPS,
+                    request_hash: Some(hash),
+                    data: wrap(&state(op_id)),
+                    steps: W::STEPS,
                 },
             )
             .await;
@@ -201,9 +233,8 @@ impl Control {
                 Ok(()) => {
                     tx.commit().await?;
                     tracing::info!(tenant_id = %tenant.id, operation_id = %op_id,
-                        from = %tenant.tier, to = %target.tier, cluster = %target.cluster,
-                        "tier change requested");
-                    return self.get_operation(op_id).await;
+                        kind = W::KIND, "operation started");
+                    return Ok(op_id);
                 }
                 // The request id was taken meanwhile, maybe by our own retry.
                 Err(Error::AlreadyExists { .. }) if rid.is_some() => continue,
@@ -287,12 +318,20 @@ impl Control {
         } else {
             None
         };
+        let export = if operation.state == crate::operation::OperationState::Succeeded
+            && operation.kind == crate::workflows::Export::KIND
+        {
+            self.find_export(operation.id).await?
+        } else {
+            None
+        };
         let tier_change = (operation.kind == ChangeTier::KIND)
             .then(|| crate::workflow::unwrap(operation.data.clone()).ok())
             .flatten();
         Ok(OperationView {
             operation,
             tenant,
+            export,
             tier_change,
         })
     }

@@ -1,0 +1,371 @@
+//! One tenant's data as a plain SQL dump (format: docs/export.md), read in one REPEATABLE
+//! READ, READ ONLY snapshot while the tenant keeps working: no fence, no lock beyond the
+//! ACCESS SHARE every reader takes.
+//!
+//! The DDL is rebuilt from the catalog the way pg_dump does it: tables with columns,
+//! defaults, NOT NULL and CHECK constraints first; then each table's rows as a
+//! `COPY … FROM stdin` block holding this tenant's rows only (`WHERE tenant_id = …` in every
+//! tier, so a pool table never leaks a neighbour); then primary keys, unique constraints,
+//! indexes and foreign keys. Row-level security, policies, triggers and tenantd's own
+//! bookkeeping tables are not tenant data and are left out. Objects land in schema `public`
+//! of the database the dump is restored into.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::archive::manifest::TableRows;
+use crate::dataplane::copy::PINNED_SETTINGS;
+use crate::dataplane::{Cluster, Container, DataPlaneError, catalog};
+use crate::sql::{Ident, Statement};
+
+/// Plaintext is handed on in pieces of about this size (COPY yields one message per row).
+const BATCH: usize = 256 * 1024;
+
+/// What the dump header records besides the data.
+pub struct DumpInfo<'a> {
+    pub tenant_slug: &'a str,
+    pub export_id: &'a str,
+    pub schema_version: i32,
+}
+
+pub struct DumpSummary {
+    pub tables: Vec<TableRows>,
+    pub snapshot_at: DateTime<Utc>,
+}
+
+struct Column {
+    name: Ident,
+    sql_type: String,
+    not_null: bool,
+    default: Option<String>,
+}
+
+struct Table {
+    name: Ident,
+    columns: Vec<Column>,
+    checks: Vec<(Ident, String)>,
+    keys: Vec<(Ident, String)>,
+    foreign_keys: Vec<(Ident, String)>,
+    indexes: Vec<String>,
+}
+
+/// Sends plaintext on in batches.
+struct Out<'a> {
+    tx: &'a mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Out<'_> {
+    async fn push(&mut self, data: &[u8]) -> Result<(), DataPlaneError> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), DataPlaneError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH + 64 * 1024));
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| DataPlaneError::Invariant("export pipeline stopped".into()))
+    }
+}
+
+/// Dumps the tenant in `c` into `out`.
+pub async fn dump(
+    cluster: &Cluster,
+    c: &Container,
+    info: &DumpInfo<'_>,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> Result<DumpSummary, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql(PINNED_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    // Unqualified names in catalog output (foreign key targets) then mean the tenant's
+    // tables; the RLS setting makes policies (if the role is subject to them) show this
+    // tenant's rows, which the WHERE clause selects anyway.
+    let setup = Statement::new("SET LOCAL search_path TO ")
+        .ident(&c.schema)
+        .push("; SELECT set_config('app.tenant_id', ")
+        .literal(&c.tenant_id.to_string())?
+        .push(", true)");
+    sqlx::raw_sql(setup.into_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    // The first statement fixes the snapshot; now() is its start.
+    let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+    let tables = read_tables(cluster, &mut tx, &c.schema).await?;
+
+    let mut out = Out {
+        tx: out,
+        buf: Vec::with_capacity(BATCH + 64 * 1024),
+    };
+    out.push(preamble(c, info, snapshot_at).as_bytes()).await?;
+    for t in &tables {
+        out.push(create_table(t).as_bytes()).await?;
+    }
+    let mut counts = Vec::new();
+    for t in &tables {
+        let rows = copy_rows(cluster, &mut tx, c, t, &mut out).await?;
+        counts.push(TableRows {
+            table: t.name.as_str().to_owned(),
+            rows,
+        });
+    }
+    out.push(post_data(&tables).as_bytes()).await?;
+    out.push(b"--\n-- tenantd export complete\n--\n").await?;
+    out.flush().await?;
+    tx.commit().await.map_err(err)?;
+    Ok(DumpSummary {
+        tables: counts,
+        snapshot_at,
+    })
+}
+
+fn preamble(c: &Container, info: &DumpInfo<'_>, snapshot_at: DateTime<Utc>) -> String {
+    format!(
+        "--\n\
+         -- tenantd export {export}\n\
+         -- tenant {tenant} ({slug}), {tier} tier, schema version {version}\n\
+         -- snapshot {snapshot}\n\
+         -- format tenantd-sql/1: restore into an empty database with psql -f\n\
+         --\n\n\
+         SET statement_timeout = 0;\n\
+         SET lock_timeout = 0;\n\
+         SET idle_in_transaction_session_timeout = 0;\n\
+         SET client_encoding = 'UTF8';\n\
+         SET standard_conforming_strings = on;\n\
+         SELECT pg_catalog.set_config('search_path', 'public', false);\n\
+         SET check_function_bodies = false;\n\
+         SET xmloption = content;\n\
+         SET client_min_messages = warning;\n\
+         SET row_security = off;\n\
+         SET TimeZone = 'UTC';\n\
+         SET DateStyle = 'ISO, YMD';\n\
+         SET IntervalStyle = 'postgres';\n\n",
+        export = info.export_id,
+        tenant = c.tenant_id,
+        slug = info.tenant_slug,
+        tier = c.tier,
+        version = info.schema_version,
+        snapshot = snapshot_at.to_rfc3339(),
+    )
+}
+
+fn create_table(t: &Table) -> String {
+    let mut lines: Vec<String> = t
+        .columns
+        .iter()
+        .map(|col| {
+            let mut line = format!("    {} {}", col.name, col.sql_type);
+            if let Some(d) = &col.default {
+                line.push_str(&format!(" DEFAULT {d}"));
+            }
+            if col.not_null {
+                line.push_str(" NOT NULL");
+            }
+            line
+        })
+        .collect();
+    for (name, def) in &t.checks {
+        lines.push(format!("    CONSTRAINT {name} {def}"));
+    }
+    format!(
+        "--\n-- Name: {table}; Type: TABLE\n--\n\nCREATE TABLE public.{table} (\n{body}\n);\n\n",
+        table = t.name,
+        body = lines.join(",\n")
+    )
+}
+
+fn post_data(tables: &[Table]) -> String {
+    let mut s = String::from("--\n-- Constraints and indexes\n--\n\n");
+    for t in tables {
+        for (name, def) in &t.keys {
+            s.push_str(&format!(
+                "ALTER TABLE ONLY public.{} ADD CONSTRAINT {name} {def};\n",
+                t.name
+            ));
+        }
+    }
+    for t in tables {
+        for index in &t.indexes {
+            s.push_str(index);
+            s.push_str(";\n");
+        }
+    }
+    for t in tables {
+        for (name, def) in &t.foreign_keys {
+            s.push_str(&format!(
+                "ALTER TABLE ONLY public.{} ADD CONSTRAINT {name} {def};\n",
+                t.name
+            ));
+        }
+    }
+    s.push('\n');
+    s
+}
+
+async fn copy_rows(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    c: &Container,
+    t: &Table,
+    out: &mut Out<'_>,
+) -> Result<u64, DataPlaneError> {
+    let names: Vec<String> = t.columns.iter().map(|col| col.name.to_string()).collect();
+    let names = names.join(", ");
+    out.push(
+        format!(
+            "--\n-- Data for Name: {table}; Type: TABLE DATA\n--\n\nCOPY public.{table} ({names}) FROM stdin;\n",
+            table = t.name
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut stmt = Statement::new("COPY (SELECT ");
+    for (i, col) in t.columns.iter().enumerate() {
+        if i > 0 {
+            stmt = stmt.push(", ");
+        }
+        stmt = stmt.ident(&col.name);
+    }
+    let stmt = stmt
+        .push(" FROM ")
+        .qualified(&c.schema, &t.name)
+        .push(" WHERE tenant_id = ")
+        .literal(&c.tenant_id.to_string())?
+        .push(") TO STDOUT");
+    let mut rows = 0u64;
+    let mut stream = conn
+        .copy_out_raw(stmt.as_str())
+        .await
+        .map_err(|e| cluster.err(e))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| cluster.err(e))?;
+        // Text COPY escapes newlines inside values: one '\n' per row.
+        rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        out.push(&chunk).await?;
+    }
+    drop(stream);
+    out.push(b"\\.\n\n").await?;
+    Ok(rows)
+}
+
+/// The tenant tables present in `schema` (parents first), with their DDL from the catalog.
+async fn read_tables(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    schema: &Ident,
+) -> Result<Vec<Table>, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let present: Vec<(String, sqlx::postgres::types::Oid)> = sqlx::query_as(
+        "SELECT c.relname::text, c.oid FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
+    )
+    .bind(schema.as_str())
+    .bind(catalog::TABLES)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    let mut tables = Vec::new();
+    for name in catalog::TABLES {
+        let Some((_, oid)) = present.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let columns: Vec<(String, String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    pg_get_expr(d.adbin, d.adrelid)
+             FROM pg_attribute a
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+        )
+        .bind(oid)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+        let constraints: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT conname::text, contype::text, pg_get_constraintdef(oid, true)
+             FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'p', 'u', 'f')
+             ORDER BY contype DESC, conname",
+        )
+        .bind(oid)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+        let indexes: Vec<(String, bool, String)> = sqlx::query_as(
+            "SELECT i.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid)
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+             WHERE x.indrelid = $1 AND NOT EXISTS (
+                 SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid
+                   AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u', 'x'))
+             ORDER BY i.relname",
+        )
+        .bind(oid)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+        let table = Ident::new(*name)?;
+        let mut t = Table {
+            columns: columns
+                .into_iter()
+                .map(|(name, sql_type, not_null, default)| {
+                    Ok(Column {
+                        name: Ident::new(name)?,
+                        sql_type,
+                        not_null,
+                        default,
+                    })
+                })
+                .collect::<Result<_, DataPlaneError>>()?,
+            checks: Vec::new(),
+            keys: Vec::new(),
+            foreign_keys: Vec::new(),
+            indexes: Vec::new(),
+            name: table,
+        };
+        for (name, kind, def) in constraints {
+            let name = Ident::new(name)?;
+            match kind.as_str() {
+                "c" => t.checks.push((name, def)),
+                "f" => t.foreign_keys.push((name, def)),
+                _ => t.keys.push((name, def)),
+            }
+        }
+        for (name, unique, def) in indexes {
+            // pg_get_indexdef always qualifies the table with the source schema; keep the
+            // method and columns, name the restored table.
+            let using = def.find(" USING ").ok_or_else(|| {
+                DataPlaneError::Invariant(format!("unexpected index definition {def:?}"))
+            })?;
+            t.indexes.push(format!(
+                "CREATE {}INDEX {} ON public.{}{}",
+                if unique { "UNIQUE " } else { "" },
+                Ident::new(name)?,
+                t.name,
+                &def[using..]
+            ));
+        }
+        tables.push(t);
+    }
+    Ok(tables)
+}

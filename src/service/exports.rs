@@ -1,0 +1,143 @@
+//! Exports: starting one, finding them, and handing a complete one to an operator for
+//! client-side verification and decryption.
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncRead;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::{Control, OperationView, RequestId};
+use crate::archive::manifest::Manifest;
+use crate::error::{Error, Result};
+use crate::keys::PublicKey;
+use crate::paging;
+use crate::registry::exports::{Export as ExportRow, ExportState};
+use crate::tenant::TenantRef;
+use crate::workflows::{Export, export};
+
+/// An export and where its objects are.
+#[derive(Debug, Clone)]
+pub struct ExportView {
+    pub export: ExportRow,
+    pub object_uri: String,
+    pub manifest_uri: String,
+}
+
+/// A complete export, ready to verify and open.
+pub struct ExportRead {
+    pub view: ExportView,
+    pub manifest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub data_key: Zeroizing<[u8; 32]>,
+    pub archive: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl Control {
+    /// Starts an export of the tenant; idempotent on `request_id`.
+    pub async fn export_tenant(
+        &self,
+        r: &TenantRef,
+        request_id: Option<RequestId>,
+    ) -> Result<OperationView> {
+        let tenant = self.registry().get_tenant(r).await?;
+        let hash = Sha256::digest(format!("export:{}", tenant.id)).to_vec();
+        let id = self
+            .start::<Export>(
+                &tenant,
+                request_id.as_ref(),
+                &hash,
+                export::State::new,
+                || tenant.ensure_active(),
+            )
+            .await?;
+        self.get_operation(id).await
+    }
+
+    fn export_view(&self, e: ExportRow) -> ExportView {
+        let keys = export::ExportKeys::new(e.tenant_id, e.id);
+        ExportView {
+            object_uri: self.deps.objects.uri(&keys.archive),
+            manifest_uri: self.deps.objects.uri(&keys.manifest),
+            export: e,
+        }
+    }
+
+    pub(crate) async fn find_export(&self, id: Uuid) -> Result<Option<ExportView>> {
+        Ok(self
+            .registry()
+            .find_export(id)
+            .await?
+            .map(|e| self.export_view(e)))
+    }
+
+    pub async fn get_export(&self, id: Uuid) -> Result<ExportView> {
+        self.find_export(id)
+            .await?
+            .ok_or_else(|| Error::not_found("export", format!("exports/{id}")))
+    }
+
+    pub async fn list_exports(
+        &self,
+        tenant: &TenantRef,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<ExportView>, String)> {
+        let tenant = self.registry().get_tenant(tenant).await?;
+        let limit = paging::page_size(page_size)?;
+        let filter_key = format!("exports;tenant={}", tenant.id);
+        let after = paging::decode(page_token, &filter_key)?;
+        let rows = self
+            .registry()
+            .list_exports(tenant.id, after, limit + 1)
+            .await?;
+        let (rows, next) = paging::finish(rows, limit, &filter_key, |e| (e.created_at, e.id));
+        Ok((
+            rows.into_iter().map(|e| self.export_view(e)).collect(),
+            next,
+        ))
+    }
+
+    /// The manifest, its signature, the unwrapped data key and the archive stream of a
+    /// complete export. The manifest is checked against the signing key first: a manifest
+    /// altered in the store is refused here rather than trusted with a data key.
+    pub async fn read_export(&self, id: Uuid) -> Result<ExportRead> {
+        let view = self.get_export(id).await?;
+        if view.export.state != ExportState::Complete {
+            return Err(Error::FailedPrecondition {
+                reason: format!("export exports/{id} is not complete"),
+                operation: Some(view.export.operation_id),
+            });
+        }
+        let keys = export::ExportKeys::new(view.export.tenant_id, id);
+        let manifest = self.deps.objects.get(&keys.manifest).await?;
+        let signature = self.deps.objects.get(&keys.signature).await?;
+        let public = self.deps.keys.public_key().await?;
+        let m = Manifest::verified(&manifest, &signature, &public.spki_der).map_err(|e| {
+            Error::FailedPrecondition {
+                reason: format!("export exports/{id}: {e}"),
+                operation: None,
+            }
+        })?;
+        let wrapped = m
+            .wrapped_data_key()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let data_key = self
+            .deps
+            .keys
+            .decrypt_data_key(&m.encryption.key_id, &wrapped, &m.context())
+            .await?;
+        let archive = self.deps.objects.read(&keys.archive).await?;
+        tracing::info!(export_id = %id, tenant_id = %view.export.tenant_id, "export read");
+        Ok(ExportRead {
+            view,
+            manifest,
+            signature,
+            data_key,
+            archive,
+        })
+    }
+
+    pub async fn signing_key(&self) -> Result<PublicKey> {
+        Ok(self.deps.keys.public_key().await?)
+    }
+}

@@ -1,0 +1,343 @@
+//! Export: prepare → dump → sign → record.
+//!
+//! - `prepare` makes sure the tenant has its key and records the export as `running`.
+//! - `dump` streams the tenant's snapshot (dataplane::dump) through the archive writer
+//!   (zstd, then AES-256-GCM STREAM under a fresh data key from the tenant key) into a
+//!   multipart upload; three stages run concurrently with bounded queues between them, so
+//!   memory stays flat. A retry first aborts whatever upload an earlier attempt left, then
+//!   starts over with a new data key: the object is complete only when the upload completes.
+//! - `sign` writes the manifest and its signature beside the archive.
+//! - `record` marks the export complete; only now does it count as an export.
+//!
+//! Compensation aborts uploads, deletes the export's objects and marks it `failed`.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::archive::manifest::{self, Encryption, Manifest, TableRows};
+use crate::archive::{ArchiveWriter, Digest256, aead_stream};
+use crate::blobs::{ObjectKey, Upload};
+use crate::dataplane::{Container, dump};
+use crate::error::Error;
+use crate::keys::context_bytes;
+use crate::registry::Registry;
+use crate::registry::exports::{CompletedExport, NewExport};
+use crate::tenant::TenantRef;
+use crate::workflow::{StepContext, StepError, Workflow, failpoint};
+use crate::workflows::tenant_key;
+
+pub struct Export;
+
+/// Object names of an export, all under `tenants/<tenant>/exports/<export>/`.
+pub struct ExportKeys {
+    pub prefix: ObjectKey,
+    pub archive: ObjectKey,
+    pub manifest: ObjectKey,
+    pub signature: ObjectKey,
+}
+
+impl ExportKeys {
+    pub fn new(tenant_id: Uuid, export_id: Uuid) -> ExportKeys {
+        let prefix = ObjectKey::new(format!("tenants/{tenant_id}/exports/{export_id}"))
+            .expect("uuids make valid keys");
+        let at = |name: &str| prefix.join(name).expect("valid key");
+        ExportKeys {
+            archive: at("dump.sql.zst.tdxs"),
+            manifest: at("manifest.json"),
+            signature: at("manifest.json.sig"),
+            prefix,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub export_id: Uuid,
+    /// Set by `prepare`.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub tenant_slug: Option<String>,
+    /// Set by `dump`.
+    #[serde(default)]
+    pub dumped: Option<Dumped>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dumped {
+    pub tier: String,
+    pub schema_version: i32,
+    pub snapshot_at: DateTime<Utc>,
+    pub tables: Vec<TableRows>,
+    pub plaintext: Digest256,
+    pub ciphertext: Digest256,
+    /// The data key wrapped by the tenant key (base64); its plaintext is never stored.
+    pub wrapped_data_key: String,
+}
+
+impl State {
+    pub fn new(export_id: Uuid) -> Self {
+        State {
+            export_id,
+            key_id: None,
+            tenant_slug: None,
+            dumped: None,
+        }
+    }
+}
+
+fn missing(what: &str) -> StepError {
+    StepError::fatal(tonic::Code::Internal, format!("export state has no {what}"))
+}
+
+impl Workflow for Export {
+    const KIND: &'static str = "export";
+    const STEPS: &'static [&'static str] = &["prepare", "dump", "sign", "record"];
+    type State = State;
+
+    async fn run_step(
+        &self,
+        cx: &StepContext<'_>,
+        step: usize,
+        state: &mut State,
+    ) -> Result<(), StepError> {
+        let deps = cx.deps;
+        let keys = ExportKeys::new(cx.tenant_id, state.export_id);
+        match Self::STEPS[step] {
+            "prepare" => {
+                let tenant = deps
+                    .registry
+                    .get_tenant(&TenantRef::Id(cx.tenant_id))
+                    .await?;
+                tenant.ensure_active()?;
+                let key_id = match tenant.key_id {
+                    Some(k) => k,
+                    None => tenant_key::ensure(deps, cx.tenant_id).await?,
+                };
+                Registry::insert_export(
+                    deps.registry.pool(),
+                    &NewExport {
+                        id: state.export_id,
+                        tenant_id: cx.tenant_id,
+                        operation_id: cx.operation_id,
+                        tier: tenant.tier.as_str(),
+                        object_key: keys.archive.as_str(),
+                        manifest_key: keys.manifest.as_str(),
+                    },
+                )
+                .await?;
+                state.key_id = Some(key_id);
+                state.tenant_slug = Some(tenant.slug.as_str().to_owned());
+            }
+            "dump" => {
+                let key_id = state.key_id.clone().ok_or_else(|| missing("key"))?;
+                let slug = state.tenant_slug.clone().unwrap_or_default();
+                state.dumped = Some(dump_step(cx, state.export_id, &key_id, &slug, &keys).await?);
+            }
+            "sign" => {
+                let dumped = state.dumped.as_ref().ok_or_else(|| missing("dump"))?;
+                let key_id = state.key_id.as_ref().ok_or_else(|| missing("key"))?;
+                let public = deps.keys.public_key().await.map_err(Error::from)?;
+                let m = Manifest {
+                    format: manifest::FORMAT.to_owned(),
+                    export_id: state.export_id.to_string(),
+                    tenant_id: cx.tenant_id.to_string(),
+                    tenant_slug: state.tenant_slug.clone().unwrap_or_default(),
+                    source_tier: dumped.tier.clone(),
+                    schema_version: dumped.schema_version,
+                    snapshot_at: dumped.snapshot_at.to_rfc3339(),
+                    object_key: keys.archive.as_str().to_owned(),
+                    tables: dumped.tables.clone(),
+                    plaintext: dumped.plaintext.clone(),
+                    ciphertext: dumped.ciphertext.clone(),
+                    encryption: Encryption {
+                        cipher: manifest::CIPHER.to_owned(),
+                        chunk_bytes: aead_stream::DEFAULT_CHUNK as u32,
+                        compression: "zstd".to_owned(),
+                        key_id: key_id.clone(),
+                        wrapped_data_key: dumped.wrapped_data_key.clone(),
+                        context: manifest::export_context(
+                            &cx.tenant_id.to_string(),
+                            &state.export_id.to_string(),
+                        ),
+                    },
+                    signing_key_id: public.key_id,
+                };
+                let bytes = m.to_bytes();
+                let signature = deps.keys.sign(&bytes).await.map_err(Error::from)?;
+                deps.objects
+                    .put(&keys.manifest, &bytes)
+                    .await
+                    .map_err(Error::from)?;
+                deps.objects
+                    .put(&keys.signature, &signature.der)
+                    .await
+                    .map_err(Error::from)?;
+            }
+            "record" => {
+                let dumped = state.dumped.as_ref().ok_or_else(|| missing("dump"))?;
+                let key_id = state.key_id.as_deref().ok_or_else(|| missing("key"))?;
+                Registry::complete_export(
+                    deps.registry.pool(),
+                    state.export_id,
+                    &CompletedExport {
+                        schema_version: dumped.schema_version,
+                        key_id,
+                        size_bytes: dumped.ciphertext.bytes,
+                        sha256: &dumped.ciphertext.sha256,
+                        plaintext_sha256: &dumped.plaintext.sha256,
+                        tables: &dumped.tables,
+                        snapshot_at: dumped.snapshot_at,
+                    },
+                )
+                .await?;
+                tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
+                    bytes = dumped.ciphertext.bytes, "export complete");
+            }
+            other => unreachable!("export has no step {other}"),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
+        let deps = cx.deps;
+        let keys = ExportKeys::new(cx.tenant_id, state.export_id);
+        deps.objects
+            .abort_uploads(&keys.prefix)
+            .await
+            .map_err(Error::from)?;
+        for key in [&keys.archive, &keys.manifest, &keys.signature] {
+            deps.objects.delete(key).await.map_err(Error::from)?;
+        }
+        Registry::fail_export(deps.registry.pool(), state.export_id).await?;
+        Ok(())
+    }
+}
+
+async fn dump_step(
+    cx: &StepContext<'_>,
+    export_id: Uuid,
+    key_id: &str,
+    slug: &str,
+    keys: &ExportKeys,
+) -> Result<Dumped, StepError> {
+    let deps = cx.deps;
+    let tenant = deps
+        .registry
+        .get_tenant(&TenantRef::Id(cx.tenant_id))
+        .await?;
+    let cluster = deps.dataplane.cluster(&tenant.placement.cluster)?;
+    let c = Container::from_placement(cx.tenant_id, tenant.tier, &tenant.placement)?;
+    // Whatever an earlier attempt uploaded is incomplete and never will be: abort it.
+    let stale = deps
+        .objects
+        .abort_uploads(&keys.prefix)
+        .await
+        .map_err(Error::from)?;
+    if stale > 0 {
+        tracing::info!(export_id = %export_id, uploads = stale, "aborted uploads of an earlier attempt");
+    }
+    let context = manifest::export_context(&cx.tenant_id.to_string(), &export_id.to_string());
+    let data_key = deps
+        .keys
+        .generate_data_key(key_id, &context)
+        .await
+        .map_err(Error::from)?;
+    let mut upload = deps
+        .objects
+        .begin_upload(&keys.archive)
+        .await
+        .map_err(Error::from)?;
+    let info = dump::DumpInfo {
+        tenant_slug: slug,
+        export_id: &export_id.to_string(),
+        schema_version: tenant.schema_version,
+    };
+    let piped = pipeline(
+        cluster,
+        &c,
+        &info,
+        &data_key.plaintext,
+        &context_bytes(&context),
+        upload.as_mut(),
+    )
+    .await;
+    let (summary, plaintext, ciphertext) = match piped {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+    };
+    upload.complete().await.map_err(Error::from)?;
+    Ok(Dumped {
+        tier: tenant.tier.as_str().to_owned(),
+        schema_version: tenant.schema_version,
+        snapshot_at: summary.snapshot_at,
+        tables: summary.tables,
+        plaintext,
+        ciphertext,
+        wrapped_data_key: base64::engine::general_purpose::STANDARD.encode(&data_key.wrapped),
+    })
+}
+
+/// Snapshot reader → archive writer (a blocking thread: compression and encryption are CPU
+/// work) → upload, with small bounded queues between them. Whichever stage fails first makes
+/// the others stop.
+async fn pipeline(
+    cluster: &crate::dataplane::Cluster,
+    c: &Container,
+    info: &dump::DumpInfo<'_>,
+    key: &[u8; 32],
+    context: &[u8],
+    upload: &mut dyn Upload,
+) -> Result<(dump::DumpSummary, Digest256, Digest256), StepError> {
+    let (plain_tx, mut plain_rx) = mpsc::channel::<Vec<u8>>(8);
+    let (sealed_tx, mut sealed_rx) = mpsc::channel::<Vec<u8>>(8);
+    let key = zeroize::Zeroizing::new(*key);
+    let context = context.to_vec();
+    let encoder =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Digest256, Digest256)> {
+            let mut writer = ArchiveWriter::new(&key, &context)?;
+            let stopped = || std::io::Error::other("upload stopped");
+            while let Some(batch) = plain_rx.blocking_recv() {
+                writer.write(&batch)?;
+                let out = writer.take_output();
+                if !out.is_empty() {
+                    sealed_tx.blocking_send(out).map_err(|_| stopped())?;
+                }
+            }
+            let (tail, plain, sealed) = writer.finish()?;
+            sealed_tx.blocking_send(tail).map_err(|_| stopped())?;
+            Ok((plain, sealed))
+        });
+    let read = async move {
+        let summary = dump::dump(cluster, c, info, &plain_tx).await;
+        drop(plain_tx);
+        summary
+    };
+    let write = async {
+        let mut first = true;
+        while let Some(sealed) = sealed_rx.recv().await {
+            upload.write(&sealed).await.map_err(Error::from)?;
+            if first {
+                first = false;
+                // Crash tests: die with an upload in progress.
+                failpoint::hit("export.mid_upload").await?;
+            }
+        }
+        Ok::<(), StepError>(())
+    };
+    let (read, write) = tokio::join!(read, write);
+    let encoded = encoder
+        .await
+        .map_err(|e| StepError::Retryable(format!("archive writer: {e}")))?;
+    let summary = read?;
+    write?;
+    let (plain, sealed) =
+        encoded.map_err(|e| StepError::Retryable(format!("archive writer: {e}")))?;
+    Ok((summary, plain, sealed))
+}
