@@ -316,3 +316,74 @@ async fn invalid_tier_changes_name_the_field_and_change_nothing() {
         .into_inner();
     assert_eq!((now.tier, now.routing_epoch), (t.tier, t.routing_epoch));
 }
+
+#[tokio::test]
+async fn invalid_export_requests_are_refused_and_start_nothing() {
+    let mut env = TestEnv::start().await;
+    for tenant in ["", "x'; DROP TABLE exports; --", "Acme"] {
+        let e = env
+            .exports
+            .export_tenant(pb::ExportTenantRequest {
+                tenant: tenant.into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{tenant:?}: {e:?}");
+        assert_eq!(bad_field(&e), "tenant");
+    }
+    let e = env
+        .exports
+        .export_tenant(pb::ExportTenantRequest {
+            tenant: "no-such-tenant".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .exports
+        .export_tenant(pb::ExportTenantRequest {
+            tenant: "valid-slug".into(),
+            request_id: "bad id with spaces".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for name in ["", "exports/not-a-uuid", "../../etc/passwd"] {
+        let e = env
+            .exports
+            .get_export(pb::GetExportRequest { name: name.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:?}");
+        assert_eq!(bad_field(&e), "name");
+        let e = env
+            .exports
+            .read_export(pb::ReadExportRequest { name: name.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:?}");
+    }
+    let missing = format!("exports/{}", uuid::Uuid::new_v4());
+    let e = env
+        .exports
+        .get_export(pb::GetExportRequest {
+            name: missing.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .exports
+        .read_export(pb::ReadExportRequest { name: missing })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (ops, exports): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM operations), (SELECT count(*) FROM exports)")
+            .fetch_one(&env.registry)
+            .await
+            .unwrap();
+    assert_eq!((ops, exports), (0, 0));
+}

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use tenantd::api::pb;
+use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::config::{
@@ -90,6 +91,7 @@ pub struct TestEnv {
     pub process: Option<Process>,
     pub tenants: TenantServiceClient<Channel>,
     pub ops: OperationServiceClient<Channel>,
+    pub exports: ExportServiceClient<Channel>,
     pub registry: PgPool,
     shutdown: CancellationToken,
 }
@@ -143,6 +145,7 @@ impl TestEnv {
             .unwrap();
         TestEnv {
             tenants: TenantServiceClient::new(channel.clone()),
+            exports: ExportServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
             dir,
@@ -234,6 +237,7 @@ impl TestEnv {
         let p = Process::spawn(&self.config, &self.dir, failpoints);
         let channel = Channel::from_shared(p.addr.clone()).unwrap().connect_lazy();
         self.tenants = TenantServiceClient::new(channel.clone());
+        self.exports = ExportServiceClient::new(channel.clone());
         self.ops = OperationServiceClient::new(channel);
         self.addr = p.addr.clone();
         self.process = Some(p);
@@ -243,6 +247,7 @@ impl TestEnv {
     pub async fn ready(&mut self) {
         let channel = connect(&self.addr).await;
         self.tenants = TenantServiceClient::new(channel.clone());
+        self.exports = ExportServiceClient::new(channel.clone());
         self.ops = OperationServiceClient::new(channel);
     }
 

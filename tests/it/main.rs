@@ -7,6 +7,7 @@ mod change_tier;
 mod copy;
 mod crash;
 mod engine;
+mod export;
 mod harness;
 mod idempotency;
 mod isolation;
