@@ -24,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use tenantd::api::pb;
-use tenantd::api::pb::operation_service_client::OperationServiceClient;
-use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::dataplane::catalog;
 use tenantd::sql::Ident;
 
@@ -33,15 +31,11 @@ const NEIGHBOURS: usize = 4;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rows: i64 = std::env::var("TENANTD_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let rows = common::rows();
     let running = common::start("change-tier").await?;
     let stack = &running.stack;
     let mut bench = Bench {
-        tenants: running.tenants.clone(),
-        ops: running.ops.clone(),
+        clients: running.clients.clone(),
         shared_url: stack.postgres.url("tenants"),
         url: Box::new({
             let pg = stack.postgres.url("postgres");
@@ -53,11 +47,12 @@ async fn main() -> anyhow::Result<()> {
         }),
     };
 
-    let big = bench.provision("big", pb::Tier::Pool).await?;
+    let big = bench.clients.provision("big", pb::Tier::Pool).await?;
     let mut neighbours = Vec::new();
     for i in 0..NEIGHBOURS {
         neighbours.push(
             bench
+                .clients
                 .provision(&format!("neighbour-{i}"), pb::Tier::Pool)
                 .await?,
         );
@@ -71,9 +66,9 @@ async fn main() -> anyhow::Result<()> {
         rows / 50
     );
     let started = Instant::now();
-    fill(&shared, "pool", big, rows).await?;
+    common::fill(&shared, "pool", big, rows).await?;
     for n in &neighbours {
-        fill(&shared, "pool", *n, rows / 50).await?;
+        common::fill(&shared, "pool", *n, rows / 50).await?;
     }
     sqlx::raw_sql("VACUUM ANALYZE").execute(&shared).await?;
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
@@ -84,15 +79,15 @@ async fn main() -> anyhow::Result<()> {
         (pb::Tier::Schema, "tenants"),
         (pb::Tier::Database, "bench_psql"),
     ] {
-        let placed = bench.placement(big).await?;
-        let mb = tenant_megabytes(&shared, &placed.schema, big).await?;
+        let placed = bench.clients.placement(big).await?;
+        let mb = common::tenant_megabytes(&shared, &placed.schema, big).await?;
         let psql = bench
             .psql_pipeline(&placed.database, &placed.schema, scratch_db, big)
             .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = (Utc::now() - chrono::Duration::seconds(2), Utc::now());
         let from = placed.schema.clone();
-        let op = bench.change_tier(big, tier).await?;
+        let op = bench.clients.change_tier(big, tier).await?;
         // The neighbours' load keeps running through the second after the cleanup started.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         report.push(Report::new(&from, tier, mb, psql, &op, &load, before)?);
@@ -117,81 +112,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 struct Bench {
-    tenants: TenantServiceClient<tonic::transport::Channel>,
-    ops: OperationServiceClient<tonic::transport::Channel>,
+    clients: common::Clients,
     shared_url: String,
     url: Box<dyn Fn(&str) -> String>,
 }
 
 impl Bench {
-    async fn provision(&mut self, slug: &str, tier: pb::Tier) -> anyhow::Result<Uuid> {
-        let op = self
-            .tenants
-            .create_tenant(pb::CreateTenantRequest {
-                slug: slug.into(),
-                tier: tier as i32,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let (_, tenant) = self.succeeded(op, "provisioning").await?;
-        Ok(tenant.id.parse()?)
-    }
-
-    /// Waits for `op`; it must have succeeded with a tenant.
-    async fn succeeded(
-        &mut self,
-        op: pb::Operation,
-        what: &str,
-    ) -> anyhow::Result<(pb::Operation, pb::Tenant)> {
-        let op = self.wait(op.name).await?;
-        match &op.result {
-            Some(pb::operation::Result::Tenant(t)) => Ok((op.clone(), t.clone())),
-            other => anyhow::bail!("{what} failed: {other:?}"),
-        }
-    }
-
-    async fn placement(&mut self, tenant: Uuid) -> anyhow::Result<pb::Placement> {
-        let t = self
-            .tenants
-            .get_tenant(pb::GetTenantRequest {
-                tenant: tenant.to_string(),
-            })
-            .await?
-            .into_inner();
-        t.placement
-            .ok_or_else(|| anyhow::anyhow!("tenant has no placement"))
-    }
-
-    async fn wait(&mut self, name: String) -> anyhow::Result<pb::Operation> {
-        loop {
-            let op = self
-                .ops
-                .wait_operation(pb::WaitOperationRequest {
-                    name: name.clone(),
-                    timeout_seconds: 60,
-                })
-                .await?
-                .into_inner();
-            if op.done {
-                return Ok(op);
-            }
-        }
-    }
-
-    async fn change_tier(&mut self, tenant: Uuid, tier: pb::Tier) -> anyhow::Result<pb::Operation> {
-        let op = self
-            .tenants
-            .change_tier(pb::ChangeTierRequest {
-                tenant: tenant.to_string(),
-                tier: tier as i32,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok(self.succeeded(op, "tier change").await?.0)
-    }
-
     /// Times `psql \copy … TO STDOUT | psql \copy … FROM STDIN`, table by table in foreign-key
     /// order, into a scratch container migrated exactly like tenantd's targets; then drops it.
     async fn psql_pipeline(
@@ -295,55 +221,6 @@ impl Bench {
         }
         Ok(elapsed)
     }
-}
-
-/// Inserts about `rows` rows for `tenant` across the tenant tables in `schema`.
-async fn fill(pool: &PgPool, schema: &str, tenant: Uuid, rows: i64) -> anyhow::Result<()> {
-    let patients = (rows / 10).max(1);
-    let sql = format!(
-        "INSERT INTO S.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
-         SELECT $1, 'mrn-' || g, 'Given' || g, 'Family ' || (g % 997), date '1940-01-01' + g % 20000,
-                (ARRAY['female','male','other','unknown'])[1 + g % 4], 'p' || g || '@example.org'
-         FROM generate_series(1, {patients}) g;
-         INSERT INTO S.encounters (tenant_id, patient_id, kind, started_at, reason)
-         SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', 'routine check-up'
-         FROM S.patients WHERE tenant_id = $1;
-         INSERT INTO S.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
-         SELECT e.tenant_id, e.patient_id, e.id, c, 60 + random() * 40, '/min', now()
-         FROM S.encounters e, unnest(ARRAY['8867-4', '8310-5', '9279-1']) c WHERE e.tenant_id = $1;
-         INSERT INTO S.clinical_notes (tenant_id, patient_id, encounter_id, author, body)
-         SELECT tenant_id, patient_id, id, 'dr-who', repeat('Patient seen, stable. ', 8)
-         FROM S.encounters WHERE tenant_id = $1;
-         INSERT INTO S.appointments (tenant_id, patient_id, type_code, starts_at)
-         SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM S.patients WHERE tenant_id = $1;
-         INSERT INTO S.audit_events (tenant_id, actor, action, entity, entity_id)
-         SELECT tenant_id, 'dr-who', a, 'patient', id
-         FROM S.patients, unnest(ARRAY['read', 'update', 'print']) a WHERE tenant_id = $1;"
-    )
-    .replace("S.", &format!("\"{schema}\"."));
-    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
-            .bind(tenant)
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The tenant's data volume: the bytes of its rows' text form, over every table.
-async fn tenant_megabytes(pool: &PgPool, schema: &str, tenant: Uuid) -> anyhow::Result<f64> {
-    let mut bytes = 0i64;
-    for table in catalog::TABLES {
-        let q = format!(
-            "SELECT coalesce(sum(octet_length(t::text)), 0)::bigint FROM \"{schema}\".{table} t WHERE tenant_id = $1"
-        );
-        let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .bind(tenant)
-            .fetch_one(pool)
-            .await?;
-        bytes += b;
-    }
-    Ok(bytes as f64 / 1e6)
 }
 
 /// Other tenants' work while the moves run: one transaction after another, each a read query

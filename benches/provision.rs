@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let running = common::start("provision").await?;
-    let (mut tenants, mut ops) = (running.tenants.clone(), running.ops.clone());
+    let (mut tenants, mut ops) = (running.clients.tenants.clone(), running.clients.ops.clone());
 
     println!("provisioning {n} tenants per tier, one at a time (embedded PostgreSQL, fsync on)");
     println!(

@@ -7,14 +7,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use tenantd::api::pb;
+use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::dataplane::catalog;
 use tenantd::dev::DevStack;
 
 pub struct Running {
     pub stack: DevStack,
-    pub tenants: TenantServiceClient<Channel>,
-    pub ops: OperationServiceClient<Channel>,
+    pub clients: Clients,
     state_dir: PathBuf,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), tenantd::server::ServerError>>,
@@ -41,12 +46,108 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
     };
     Ok(Running {
         stack,
-        tenants: TenantServiceClient::new(channel.clone()),
-        ops: OperationServiceClient::new(channel),
+        clients: Clients {
+            tenants: TenantServiceClient::new(channel.clone()),
+            exports: ExportServiceClient::new(channel.clone()),
+            ops: OperationServiceClient::new(channel),
+        },
         state_dir,
         shutdown,
         server,
     })
+}
+
+/// The tenant size the data benchmarks use: 1,000,000 rows, or `TENANTD_BENCH_ROWS`.
+#[allow(dead_code)]
+pub fn rows() -> i64 {
+    std::env::var("TENANTD_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// gRPC clients to the running tenantd, and the calls benchmarks share.
+#[derive(Clone)]
+#[allow(dead_code)] // each bench uses its own subset
+pub struct Clients {
+    pub tenants: TenantServiceClient<Channel>,
+    pub ops: OperationServiceClient<Channel>,
+    pub exports: ExportServiceClient<Channel>,
+}
+
+#[allow(dead_code)] // each bench uses its own subset
+impl Clients {
+    pub async fn provision(&mut self, slug: &str, tier: pb::Tier) -> anyhow::Result<Uuid> {
+        let op = self
+            .tenants
+            .create_tenant(pb::CreateTenantRequest {
+                slug: slug.into(),
+                tier: tier as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let (_, tenant) = self.succeeded(op, "provisioning").await?;
+        Ok(tenant.id.parse()?)
+    }
+
+    /// Waits for `op`; it must have succeeded with a tenant.
+    pub async fn succeeded(
+        &mut self,
+        op: pb::Operation,
+        what: &str,
+    ) -> anyhow::Result<(pb::Operation, pb::Tenant)> {
+        let op = self.wait(op.name).await?;
+        match &op.result {
+            Some(pb::operation::Result::Tenant(t)) => Ok((op.clone(), t.clone())),
+            other => anyhow::bail!("{what} failed: {other:?}"),
+        }
+    }
+
+    pub async fn placement(&mut self, tenant: Uuid) -> anyhow::Result<pb::Placement> {
+        let t = self
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await?
+            .into_inner();
+        t.placement
+            .ok_or_else(|| anyhow::anyhow!("tenant has no placement"))
+    }
+
+    pub async fn wait(&mut self, name: String) -> anyhow::Result<pb::Operation> {
+        loop {
+            let op = self
+                .ops
+                .wait_operation(pb::WaitOperationRequest {
+                    name: name.clone(),
+                    timeout_seconds: 60,
+                })
+                .await?
+                .into_inner();
+            if op.done {
+                return Ok(op);
+            }
+        }
+    }
+
+    pub async fn change_tier(
+        &mut self,
+        tenant: Uuid,
+        tier: pb::Tier,
+    ) -> anyhow::Result<pb::Operation> {
+        let op = self
+            .tenants
+            .change_tier(pb::ChangeTierRequest {
+                tenant: tenant.to_string(),
+                tier: tier as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok(self.succeeded(op, "tier change").await?.0)
+    }
 }
 
 impl Running {
@@ -59,4 +160,55 @@ impl Running {
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
     }
+}
+
+/// Inserts about `rows` rows for `tenant` across the tenant tables in `schema`.
+#[allow(dead_code)] // used by the benches that move data
+pub async fn fill(pool: &PgPool, schema: &str, tenant: Uuid, rows: i64) -> anyhow::Result<()> {
+    let patients = (rows / 10).max(1);
+    let sql = format!(
+        "INSERT INTO S.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
+         SELECT $1, 'mrn-' || g, 'Given' || g, 'Family ' || (g % 997), date '1940-01-01' + g % 20000,
+                (ARRAY['female','male','other','unknown'])[1 + g % 4], 'p' || g || '@example.org'
+         FROM generate_series(1, {patients}) g;
+         INSERT INTO S.encounters (tenant_id, patient_id, kind, started_at, reason)
+         SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', 'routine check-up'
+         FROM S.patients WHERE tenant_id = $1;
+         INSERT INTO S.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
+         SELECT e.tenant_id, e.patient_id, e.id, c, 60 + random() * 40, '/min', now()
+         FROM S.encounters e, unnest(ARRAY['8867-4', '8310-5', '9279-1']) c WHERE e.tenant_id = $1;
+         INSERT INTO S.clinical_notes (tenant_id, patient_id, encounter_id, author, body)
+         SELECT tenant_id, patient_id, id, 'dr-who', repeat('Patient seen, stable. ', 8)
+         FROM S.encounters WHERE tenant_id = $1;
+         INSERT INTO S.appointments (tenant_id, patient_id, type_code, starts_at)
+         SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM S.patients WHERE tenant_id = $1;
+         INSERT INTO S.audit_events (tenant_id, actor, action, entity, entity_id)
+         SELECT tenant_id, 'dr-who', a, 'patient', id
+         FROM S.patients, unnest(ARRAY['read', 'update', 'print']) a WHERE tenant_id = $1;"
+    )
+    .replace("S.", &format!("\"{schema}\"."));
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+            .bind(tenant)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The tenant's data volume: the bytes of its rows' text form, over every table.
+#[allow(dead_code)]
+pub async fn tenant_megabytes(pool: &PgPool, schema: &str, tenant: Uuid) -> anyhow::Result<f64> {
+    let mut bytes = 0i64;
+    for table in catalog::TABLES {
+        let q = format!(
+            "SELECT coalesce(sum(octet_length(t::text)), 0)::bigint FROM \"{schema}\".{table} t WHERE tenant_id = $1"
+        );
+        let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(tenant)
+            .fetch_one(pool)
+            .await?;
+        bytes += b;
+    }
+    Ok(bytes as f64 / 1e6)
 }

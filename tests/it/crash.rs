@@ -129,7 +129,7 @@ async fn failure_is_compensated(slug: &str, tier: pb::Tier) {
     assert!(err.message.contains("failpoint"), "{}", err.message);
     let m = done.metadata.as_ref().unwrap();
     assert_eq!(m.state, pb::OperationState::Failed as i32);
-    let seed = &m.steps[4];
+    let seed = m.steps.iter().find(|s| s.name == "seed").unwrap();
     assert_eq!(
         (seed.name.as_str(), seed.state),
         ("seed", pb::StepState::Failed as i32)

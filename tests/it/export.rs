@@ -136,27 +136,13 @@ async fn exports_from_every_tier_restore_row_for_row_with_psql() {
     round_trip(&mut env, "exp-schema", pb::Tier::Schema, "main").await;
     round_trip(&mut env, "exp-database", pb::Tier::Database, "second").await;
 
-    let listed = env
-        .exports
-        .list_exports(pb::ListExportsRequest {
-            tenant: "exp-pool".into(),
-            page_size: 10,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.exports.len(), 1);
+    assert_eq!(list(&mut env, "exp-pool").await.len(), 1);
 }
 
-#[tokio::test]
-async fn exports_on_aws_kms_and_s3() {
-    let mut env = TestEnv::start_aws().await;
-    round_trip(&mut env, "exp-aws", pb::Tier::Schema, "main").await;
-    let e = env
-        .exports
+async fn list(env: &mut TestEnv, tenant: &str) -> Vec<pb::Export> {
+    env.exports
         .list_exports(pb::ListExportsRequest {
-            tenant: "exp-aws".into(),
+            tenant: tenant.into(),
             page_size: 10,
             page_token: String::new(),
         })
@@ -164,7 +150,13 @@ async fn exports_on_aws_kms_and_s3() {
         .unwrap()
         .into_inner()
         .exports
-        .remove(0);
+}
+
+#[tokio::test]
+async fn exports_on_aws_kms_and_s3() {
+    let mut env = TestEnv::start_aws().await;
+    round_trip(&mut env, "exp-aws", pb::Tier::Schema, "main").await;
+    let e = list(&mut env, "exp-aws").await.remove(0);
     assert!(e.object_uri.starts_with("s3://"), "{}", e.object_uri);
     let objects = env.objects().await;
     let prefix = ObjectKey::new(format!("tenants/{}", e.tenant_id)).unwrap();

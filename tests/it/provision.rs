@@ -297,6 +297,7 @@ async fn tenants_list_by_page_and_filter_and_update() {
         names,
         [
             "reserve",
+            "create_key",
             "create_container",
             "migrate",
             "grant",
