@@ -258,7 +258,15 @@ async fn tampering_and_wrong_keys_are_refused() {
 
 #[tokio::test]
 async fn a_crash_mid_upload_restarts_cleanly() {
-    let mut env = TestEnv::spawn("").await;
+    crash_mid_upload(TestEnv::spawn("").await).await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_s3_multipart_upload_restarts_cleanly() {
+    crash_mid_upload(TestEnv::spawn_aws("").await).await;
+}
+
+async fn crash_mid_upload(mut env: TestEnv) {
     let t = env.provision("exp-crash", pb::Tier::Pool, "main").await;
     let id: Uuid = t.id.parse().unwrap();
     fill(&Place::pool("main"), id, 300).await;

@@ -125,6 +125,16 @@ impl TestEnv {
     /// A fresh registry and tenantd as a child process with the given failpoints.
     pub async fn spawn(failpoints: &str) -> TestEnv {
         let (config, dir) = Self::config().await;
+        Self::spawn_with(config, dir, failpoints).await
+    }
+
+    /// [`TestEnv::spawn`] with AWS KMS and S3 (moto).
+    pub async fn spawn_aws(failpoints: &str) -> TestEnv {
+        let (config, dir) = Self::config_aws().await;
+        Self::spawn_with(config, dir, failpoints).await
+    }
+
+    pub async fn spawn_with(config: Config, dir: PathBuf, failpoints: &str) -> TestEnv {
         let process = Process::spawn(&config, &dir, failpoints);
         let addr = process.addr.clone();
         Self::connected(config, dir, addr, Some(process), CancellationToken::new()).await
@@ -358,15 +368,26 @@ pub async fn connect(addr: &str) -> Channel {
 }
 
 /// A moto_server (AWS emulator) for the test run, on loopback, stopped with the test process.
-/// The command is `$TENANTD_MOTO_SERVER` or `moto_server` (scripts/setup installs it).
+/// The command is `$TENANTD_MOTO_SERVER`, else the pinned one scripts/setup installs into
+/// `target/moto`, else `moto_server` from the PATH.
 pub fn moto() -> &'static str {
     static MOTO: OnceLock<String> = OnceLock::new();
     MOTO.get_or_init(|| {
         use std::os::unix::process::CommandExt;
         let port = free_port();
-        let program =
-            std::env::var("TENANTD_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/moto");
+        let (program, pythonpath) = match std::env::var("TENANTD_MOTO_SERVER") {
+            Ok(p) => (p, None),
+            Err(_) if pinned.join("bin/moto_server").exists() => (
+                pinned.join("bin/moto_server").display().to_string(),
+                Some(pinned.clone()),
+            ),
+            Err(_) => ("moto_server".to_owned(), None),
+        };
         let mut cmd = Command::new(&program);
+        if let Some(dir) = pythonpath {
+            cmd.env("PYTHONPATH", dir);
+        }
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
