@@ -159,7 +159,9 @@ async fn cancellation_between_steps_rolls_back() {
             .await
             .unwrap()
             .into_inner();
-        if cur.metadata.unwrap().steps[1].state == pb::StepState::Done as i32 {
+        let steps = cur.metadata.unwrap().steps;
+        let container = steps.iter().find(|s| s.name == "create_container").unwrap();
+        if container.state == pb::StepState::Done as i32 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -356,3 +356,59 @@ async fn tenants_without_a_key_get_one_from_the_backfill() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_export_removes_its_objects() {
+    let mut env = TestEnv::spawn("export.before_sign=sleep(3000)").await;
+    let t = env.provision("exp-cancel", pb::Tier::Schema, "main").await;
+    fill(&Place::of(&t), t.id.parse().unwrap(), 20).await;
+    let op = env
+        .exports
+        .export_tenant(pb::ExportTenantRequest {
+            tenant: "exp-cancel".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let objects = env.objects().await;
+    let export_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
+    let keys = tenantd::workflows::export::ExportKeys::new(t.id.parse().unwrap(), export_id);
+    // Cancel once the archive is stored (the sign step is held back).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while objects.get(&keys.archive).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archive never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    env.ops
+        .cancel_operation(pb::CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap();
+    let done = env.wait(&op.name).await;
+    assert_eq!(
+        done.metadata.as_ref().unwrap().state,
+        pb::OperationState::Cancelled as i32
+    );
+    assert!(objects.list(&keys.prefix).await.unwrap().is_empty());
+    assert!(
+        objects
+            .incomplete_uploads(&keys.prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = env
+        .exports
+        .get_export(pb::GetExportRequest {
+            name: format!("exports/{export_id}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.state, pb::ExportState::Failed as i32);
+}
