@@ -553,18 +553,24 @@ async fn finish(
 }
 
 /// What the running step is doing: its name, and its progress when it reports any (per item,
-/// e.g. "copy observations 120000/400000 rows, 310000/900000 in all").
+/// e.g. "copy observations 120000/400000 rows, 310000/900000 in all"; an item whose total is
+/// not known yet reports a total of 0: "dump observations 120000 rows, 310000 in all").
 fn step_message(s: &pb::Step) -> String {
     let current = s.items.iter().find(|i| i.done < i.total);
-    match current {
-        Some(i) => format!(
+    let open_ended = s.items.iter().find(|i| i.total == 0 && i.done > 0);
+    match (current, open_ended) {
+        (Some(i), _) => format!(
             "{} {} {}/{} rows, {}/{} in all",
             s.name, i.name, i.done, i.total, s.progress_done, s.progress_total
         ),
-        None if s.progress_total > 0 => {
+        (None, Some(i)) => format!(
+            "{} {} {} rows, {} in all",
+            s.name, i.name, i.done, s.progress_done
+        ),
+        (None, None) if s.progress_total > 0 => {
             format!("{} {}/{}", s.name, s.progress_done, s.progress_total)
         }
-        None => s.name.clone(),
+        (None, None) => s.name.clone(),
     }
 }
 

@@ -30,6 +30,33 @@ pub struct DumpInfo<'a> {
     pub schema_version: i32,
 }
 
+/// How far a running dump is, for progress reports: the tables done and the rows of the
+/// table being read so far.
+#[derive(Default)]
+pub struct DumpProgress {
+    done: std::sync::Mutex<Vec<TableRows>>,
+    current: std::sync::Mutex<Option<String>>,
+    current_rows: std::sync::atomic::AtomicU64,
+}
+
+impl DumpProgress {
+    /// Per table: (name, rows so far, finished).
+    pub fn tables(&self) -> Vec<(String, u64, bool)> {
+        let mut out: Vec<(String, u64, bool)> = self
+            .done
+            .lock()
+            .expect("progress lock")
+            .iter()
+            .map(|t| (t.table.clone(), t.rows, true))
+            .collect();
+        if let Some(name) = self.current.lock().expect("progress lock").clone() {
+            let rows = self.current_rows.load(std::sync::atomic::Ordering::Relaxed);
+            out.push((name, rows, false));
+        }
+        out
+    }
+}
+
 pub struct DumpSummary {
     pub tables: Vec<TableRows>,
     pub snapshot_at: DateTime<Utc>,
@@ -84,6 +111,7 @@ pub async fn dump(
     c: &Container,
     info: &DumpInfo<'_>,
     out: &mpsc::Sender<Vec<u8>>,
+    progress: &DumpProgress,
 ) -> Result<DumpSummary, DataPlaneError> {
     let err = |e| cluster.err(e);
     let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
@@ -122,14 +150,23 @@ pub async fn dump(
     for t in &tables {
         out.push(create_table(t).as_bytes()).await?;
     }
-    let mut counts = Vec::new();
     for t in &tables {
-        let rows = copy_rows(cluster, &mut tx, c, t, &mut out).await?;
-        counts.push(TableRows {
-            table: t.name.as_str().to_owned(),
-            rows,
-        });
+        *progress.current.lock().expect("progress lock") = Some(t.name.as_str().to_owned());
+        progress
+            .current_rows
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let rows = copy_rows(cluster, &mut tx, c, t, &mut out, &progress.current_rows).await?;
+        *progress.current.lock().expect("progress lock") = None;
+        progress
+            .done
+            .lock()
+            .expect("progress lock")
+            .push(TableRows {
+                table: t.name.as_str().to_owned(),
+                rows,
+            });
     }
+    let counts = progress.done.lock().expect("progress lock").clone();
     out.push(post_data(&tables).as_bytes()).await?;
     out.push(b"--\n-- tenantd export complete\n--\n").await?;
     out.flush().await?;
@@ -229,6 +266,7 @@ async fn copy_rows(
     c: &Container,
     t: &Table,
     out: &mut Out<'_>,
+    streamed: &std::sync::atomic::AtomicU64,
 ) -> Result<u64, DataPlaneError> {
     let names: Vec<String> = t.columns.iter().map(|col| col.name.to_string()).collect();
     let names = names.join(", ");
@@ -262,6 +300,7 @@ async fn copy_rows(
         let chunk = chunk.map_err(|e| cluster.err(e))?;
         // Text COPY escapes newlines inside values: one '\n' per row.
         rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        streamed.store(rows, std::sync::atomic::Ordering::Relaxed);
         out.push(&chunk).await?;
     }
     drop(stream);

@@ -11,6 +11,8 @@
 //!
 //! Compensation aborts uploads, deletes the export's objects and marks it `failed`.
 
+use std::time::Duration;
+
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,7 @@ use crate::blobs::{ObjectKey, Upload};
 use crate::dataplane::{Container, dump};
 use crate::error::Error;
 use crate::keys::context_bytes;
+use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::registry::exports::{CompletedExport, NewExport};
 use crate::tenant::TenantRef;
@@ -257,6 +260,7 @@ async fn dump_step(
         schema_version: tenant.schema_version,
     };
     let piped = pipeline(
+        cx,
         cluster,
         &c,
         &info,
@@ -288,6 +292,7 @@ async fn dump_step(
 /// work) → upload, with small bounded queues between them. Whichever stage fails first makes
 /// the others stop.
 async fn pipeline(
+    cx: &StepContext<'_>,
     cluster: &crate::dataplane::Cluster,
     c: &Container,
     info: &dump::DumpInfo<'_>,
@@ -314,10 +319,36 @@ async fn pipeline(
             sealed_tx.blocking_send(tail).map_err(|_| stopped())?;
             Ok((plain, sealed))
         });
-    let read = async move {
-        let summary = dump::dump(cluster, c, info, &plain_tx).await;
+    let progress = dump::DumpProgress::default();
+    let read = async {
+        let summary = dump::dump(cluster, c, info, &plain_tx, &progress).await;
         drop(plain_tx);
         summary
+    };
+    // Rows exported per table, every second, while the snapshot is read.
+    let report = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let items: Vec<ProgressItem> = progress
+                .tables()
+                .into_iter()
+                .map(|(name, rows, finished)| ProgressItem {
+                    name,
+                    done: rows as i64,
+                    // A table's row count is known once it is read (0: still reading).
+                    total: if finished { rows as i64 } else { 0 },
+                })
+                .collect();
+            // Progress is informative: a failed report must not fail the export.
+            let _ = cx.progress(&items).await;
+        }
+    };
+    let read = async {
+        tokio::select! {
+            summary = read => summary,
+            never = report => never,
+        }
     };
     let write = async {
         let mut first = true;
@@ -337,6 +368,16 @@ async fn pipeline(
         .map_err(|e| StepError::Retryable(format!("archive writer: {e}")))?;
     let summary = read?;
     write?;
+    let items: Vec<ProgressItem> = summary
+        .tables
+        .iter()
+        .map(|t| ProgressItem {
+            name: t.table.clone(),
+            done: t.rows as i64,
+            total: t.rows as i64,
+        })
+        .collect();
+    let _ = cx.progress(&items).await;
     let (plain, sealed) =
         encoded.map_err(|e| StepError::Retryable(format!("archive writer: {e}")))?;
     Ok((summary, plain, sealed))

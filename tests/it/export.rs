@@ -25,10 +25,24 @@ pub async fn export(env: &mut TestEnv, tenant: &str) -> pb::Export {
         .await
         .unwrap()
         .into_inner();
-    match env.wait(&op.name).await.result {
-        Some(pb::operation::Result::Export(e)) => e,
-        other => panic!("export of {tenant} did not succeed: {other:?}"),
-    }
+    let done = env.wait(&op.name).await;
+    let Some(pb::operation::Result::Export(e)) = done.result else {
+        panic!("export of {tenant} did not succeed: {:?}", done.result);
+    };
+    // The dump step reported rows per table, and its last report is the manifest's count.
+    let steps = done.metadata.unwrap().steps;
+    let dump = steps.iter().find(|s| s.name == "dump").unwrap();
+    let reported: Vec<(String, u64)> = dump
+        .items
+        .iter()
+        .map(|i| {
+            assert_eq!(i.done, i.total, "{i:?}");
+            (i.name.clone(), i.done as u64)
+        })
+        .collect();
+    let counted: Vec<(String, u64)> = e.tables.iter().map(|t| (t.table.clone(), t.rows)).collect();
+    assert_eq!(reported, counted);
+    e
 }
 
 /// `tenantctl export get` with the signing key pinned; the SQL file on success.
