@@ -110,11 +110,4 @@ impl Operation {
     pub fn name(&self) -> String {
         format!("operations/{}", self.id)
     }
-
-    /// Parses "operations/{uuid}" (or a bare uuid, for operators typing ids).
-    pub fn parse_name(field: &str, name: &str) -> Result<Uuid, Error> {
-        let id = name.strip_prefix("operations/").unwrap_or(name);
-        Uuid::parse_str(id)
-            .map_err(|_| Error::invalid(field, "must be operations/{uuid} as returned by the API"))
-    }
 }

@@ -257,11 +257,19 @@ impl TryFrom<&pb::ChangeTierRequest> for TierChangeRequest {
     }
 }
 
-/// `exports/{uuid}` (or the bare uuid) → the export id.
-pub fn export_id(field: &str, name: &str) -> Result<Uuid, Error> {
-    let id = name.strip_prefix("exports/").unwrap_or(name);
-    Uuid::parse_str(id)
-        .map_err(|_| Error::invalid(field, "must be exports/{uuid} as returned by the API"))
+/// The id in a resource name `{collection}/{uuid}` (AIP-122), or in a bare uuid, for
+/// operators typing ids.
+pub fn resource_id(field: &str, name: &str, collection: &str) -> Result<Uuid, Error> {
+    let id = name
+        .strip_prefix(collection)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(name);
+    Uuid::parse_str(id).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("must be {collection}/{{uuid}} as returned by the API"),
+        )
+    })
 }
 
 impl From<ExportView> for pb::Export {

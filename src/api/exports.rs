@@ -44,7 +44,7 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::GetExportRequest>,
     ) -> Result<Response<pb::Export>, Status> {
-        let id = convert::export_id("name", &request.into_inner().name)?;
+        let id = convert::resource_id("name", &request.into_inner().name, "exports")?;
         Ok(Response::new(self.control.get_export(id).await?.into()))
     }
 
@@ -70,7 +70,7 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::ReadExportRequest>,
     ) -> Result<Response<ReadStream>, Status> {
-        let id = convert::export_id("name", &request.into_inner().name)?;
+        let id = convert::resource_id("name", &request.into_inner().name, "exports")?;
         let mut read = self.control.read_export(id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let header = pb::ReadExportResponse {

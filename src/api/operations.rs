@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb;
-use crate::operation::Operation;
 use crate::service::{Control, MAX_WAIT};
 use crate::tenant::TenantRef;
 
@@ -32,7 +31,7 @@ impl pb::operation_service_server::OperationService for OperationApi {
         &self,
         request: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let id = Operation::parse_name("name", &request.into_inner().name)?;
+        let id = convert::resource_id("name", &request.into_inner().name, "operations")?;
         Ok(Response::new(self.control.get_operation(id).await?.into()))
     }
 
@@ -61,7 +60,7 @@ impl pb::operation_service_server::OperationService for OperationApi {
         &self,
         request: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let id = Operation::parse_name("name", &request.into_inner().name)?;
+        let id = convert::resource_id("name", &request.into_inner().name, "operations")?;
         Ok(Response::new(
             self.control.cancel_operation(id).await?.into(),
         ))
@@ -72,7 +71,7 @@ impl pb::operation_service_server::OperationService for OperationApi {
         request: Request<pb::WaitOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
         let r = request.into_inner();
-        let id = Operation::parse_name("name", &r.name)?;
+        let id = convert::resource_id("name", &r.name, "operations")?;
         let timeout = match r.timeout_seconds {
             0 => MAX_WAIT,
             s => Duration::from_secs(s.into()),
@@ -88,7 +87,7 @@ impl pb::operation_service_server::OperationService for OperationApi {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
-        let id = Operation::parse_name("name", &request.into_inner().name)?;
+        let id = convert::resource_id("name", &request.into_inner().name, "operations")?;
         let rx = self.control.watch_operation(id).await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map(Into::into).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

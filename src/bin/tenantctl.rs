@@ -463,7 +463,9 @@ async fn download(
         .try_into()
         .context("data key is not 32 bytes")?;
     let mut reader = ArchiveReader::for_manifest(&manifest, &data_key)?;
-    let partial = out.with_extension("partial");
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     let result = async {
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(&partial)

@@ -278,9 +278,10 @@ impl LocalKms {
         Aes256Gcm::new_from_slice(&material).map_err(|_| KeyError::Config("bad key".into()))
     }
 
-    async fn signing_key(&self) -> Result<(String, SigningKey), KeyError> {
-        let row = match self.load(SIGNING_ALIAS).await? {
-            Some(row) => row,
+    /// The signing key's row, created on first use.
+    async fn signing_row(&self) -> Result<KeyRow, KeyError> {
+        match self.load(SIGNING_ALIAS).await? {
+            Some(row) => Ok(row),
             None => {
                 let key = random_signing_key();
                 let public = key
@@ -294,9 +295,13 @@ impl LocalKms {
                     Some(public.as_bytes()),
                     None,
                 )
-                .await?
+                .await
             }
-        };
+        }
+    }
+
+    async fn signing_key(&self) -> Result<(String, SigningKey), KeyError> {
+        let row = self.signing_row().await?;
         let material = self.usable(&row)?;
         let key = SigningKey::from_slice(&material)
             .map_err(|_| KeyError::Config("stored signing key is not a P-256 key".into()))?;
@@ -423,11 +428,7 @@ impl KeyService for LocalKms {
     }
 
     async fn public_key(&self) -> Result<PublicKey, KeyError> {
-        self.signing_key().await?;
-        let row = self
-            .load(SIGNING_ALIAS)
-            .await?
-            .ok_or_else(|| KeyError::NotFound(SIGNING_ALIAS.to_owned()))?;
+        let row = self.signing_row().await?;
         Ok(PublicKey {
             key_id: row.key_id,
             spki_der: row
