@@ -299,8 +299,8 @@ async fn crash_mid_upload(mut env: TestEnv) {
 
     // Dead in the middle: an incomplete upload, and no export counted as complete.
     let objects = env.objects().await;
-    let export_id = op.name.trim_start_matches("operations/");
-    let prefix = ObjectKey::new(format!("tenants/{id}/exports/{export_id}")).unwrap();
+    let export_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
+    let prefix = tenantd::workflows::export::ExportKeys::new(id, export_id).prefix;
     assert_eq!(objects.incomplete_uploads(&prefix).await.unwrap().len(), 1);
     let (state,): (String,) = sqlx::query_as("SELECT state FROM exports WHERE tenant_id = $1")
         .bind(id)
