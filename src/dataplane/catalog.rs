@@ -247,6 +247,8 @@ pub async fn grant_tables(
     .await
     .map_err(|e| cluster.err(e))?;
     let fences = Ident::from_static(super::fence::TABLE);
+    // Grants on a shared schema (the pool) change catalog rows other provisionings change too.
+    let lock = format!("tenantd:schema-acl:{}", schema.as_str());
     // None: no fence table (a container below FENCE_VERSION).
     let fence_granted: Option<bool> = sqlx::query_scalar(
         "SELECT has_table_privilege($1, c.oid, 'SELECT') FROM pg_class c
@@ -260,8 +262,9 @@ pub async fn grant_tables(
     .map_err(|e| cluster.err(e))?;
     if fence_granted == Some(false) {
         cluster
-            .exec(
+            .exec_serialised(
                 pool,
+                &lock,
                 Statement::new("GRANT SELECT ON TABLE ")
                     .qualified(schema, &fences)
                     .push(" TO ")
@@ -273,8 +276,9 @@ pub async fn grant_tables(
         return Ok(());
     }
     cluster
-        .exec(
+        .exec_serialised(
             pool,
+            &lock,
             Statement::new("GRANT USAGE ON SCHEMA ")
                 .ident(schema)
                 .push(" TO ")
@@ -288,7 +292,9 @@ pub async fn grant_tables(
         }
         stmt = stmt.qualified(schema, &table);
     }
-    cluster.exec(pool, stmt.push(" TO ").ident(role)).await
+    cluster
+        .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
+        .await
 }
 
 #[cfg(test)]

@@ -232,8 +232,9 @@ impl Cluster {
         .await
         .map_err(|e| self.err(e))?;
         if public_db {
-            self.exec(
+            self.exec_serialised(
                 &self.admin,
+                &Self::database_acl_lock(database),
                 Statement::new("REVOKE CONNECT, TEMPORARY ON DATABASE ")
                     .ident(database)
                     .push(" FROM PUBLIC"),
@@ -277,21 +278,40 @@ impl Cluster {
         if exists.is_some() {
             return Ok(());
         }
+        self.exec_serialised(
+            &pool,
+            &format!("tenantd:schema:{}", schema.as_str()),
+            Statement::new("CREATE SCHEMA IF NOT EXISTS ").ident(schema),
+        )
+        .await
+    }
+
+    /// Runs one statement under a transaction-scoped advisory lock named `lock`, so that
+    /// concurrent operations changing the same catalog row (a shared database's or schema's
+    /// ACL, a schema's existence) take turns instead of failing with "tuple concurrently
+    /// updated" and costing a step retry.
+    pub async fn exec_serialised(
+        &self,
+        pool: &PgPool,
+        lock: &str,
+        stmt: Statement,
+    ) -> Result<(), DataPlaneError> {
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("tenantd:schema:{}", schema.as_str()))
+            .bind(lock)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        sqlx::query(
-            Statement::new("CREATE SCHEMA IF NOT EXISTS ")
-                .ident(schema)
-                .into_sql(),
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        sqlx::query(stmt.into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// The lock name serialising changes to `database`'s ACL (see [`Self::exec_serialised`]).
+    pub fn database_acl_lock(database: &Ident) -> String {
+        format!("tenantd:database-acl:{}", database.as_str())
     }
 }
 

@@ -115,8 +115,9 @@ pub async fn revoke_database(
         return Ok(());
     }
     cluster
-        .exec(
+        .exec_serialised(
             cluster.admin(),
+            &Cluster::database_acl_lock(database),
             Statement::new("REVOKE CONNECT ON DATABASE ")
                 .ident(database)
                 .push(" FROM ")
@@ -216,8 +217,9 @@ pub async fn grant_access(
             .map_err(|e| cluster.err(e))?;
     if !can_connect {
         cluster
-            .exec(
+            .exec_serialised(
                 cluster.admin(),
+                &Cluster::database_acl_lock(&c.database),
                 Statement::new("GRANT CONNECT ON DATABASE ")
                     .ident(&c.database)
                     .push(" TO ")
