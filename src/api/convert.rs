@@ -10,9 +10,9 @@ use crate::error::Error;
 use crate::operation::{Operation, OperationState, StepState};
 use crate::registry::exports::ExportState;
 use crate::registry::tenants::TenantChanges;
-use crate::service::{ExportView, OperationView, Route};
+use crate::service::{ExportView, NewTenantFromExport, OperationView, RestoreTarget, Route};
 use crate::tenant::{self, NewTenant, Slug, Tenant, TenantRef, TenantState, Tier};
-use crate::workflows::change_tier;
+use crate::workflows::{change_tier, restore};
 use uuid::Uuid;
 
 pub fn time(t: DateTime<Utc>) -> String {
@@ -227,11 +227,108 @@ impl From<change_tier::State> for pb::TierChange {
             source_cluster,
             target_tier: tier_to(s.target.tier) as i32,
             target_cluster: s.target.cluster.clone(),
-            fence_time: opt_time(s.fenced_at),
-            unfence_time: opt_time(s.unfenced_at),
-            write_pause_ms: s.write_pause().map_or(0, |d| d.as_millis() as i64),
+            fence_time: opt_time(s.pause.fenced_at),
+            unfence_time: opt_time(s.pause.unfenced_at),
+            write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
             rows_copied: s.rows_copied(),
         }
+    }
+}
+
+impl From<restore::State> for pb::Restore {
+    fn from(s: restore::State) -> Self {
+        pb::Restore {
+            export: format!("exports/{}", s.export_id),
+            mode: match s.mode {
+                restore::Mode::InPlace => pb::RestoreMode::InPlace,
+                restore::Mode::AsNewTenant => pb::RestoreMode::AsNewTenant,
+            } as i32,
+            source_tenant_id: s
+                .manifest
+                .as_ref()
+                .map(|m| m.tenant_id.clone())
+                .unwrap_or_default(),
+            tier: tier_to(s.tier) as i32,
+            cluster: s.cluster.clone(),
+            export_schema_version: s.manifest.as_ref().map_or(0, |m| m.schema_version),
+            schema_version: s.schema_version.unwrap_or(0),
+            rows: s.rows() as i64,
+            fence_time: opt_time(s.pause.fenced_at),
+            unfence_time: opt_time(s.pause.unfenced_at),
+            write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+}
+
+/// A validated RestoreTenant request.
+pub struct RestoreRequest {
+    pub export_id: Uuid,
+    pub target: RestoreTarget,
+}
+
+impl TryFrom<&pb::RestoreTenantRequest> for RestoreRequest {
+    type Error = Error;
+    fn try_from(r: &pb::RestoreTenantRequest) -> Result<Self, Error> {
+        let export_id = resource_id("export", &r.export, "exports")?;
+        let optional = |field: &str, v: &str| -> Result<Option<String>, Error> {
+            Ok(if v.is_empty() {
+                None
+            } else {
+                Some(tenant::text_field(field, v, true)?)
+            })
+        };
+        let target = match pb::RestoreMode::try_from(r.mode) {
+            Ok(pb::RestoreMode::InPlace) => {
+                for (field, set) in [
+                    ("new_slug", !r.new_slug.is_empty()),
+                    ("tier", r.tier != 0),
+                    ("cluster", !r.cluster.is_empty()),
+                    ("display_name", !r.display_name.is_empty()),
+                ] {
+                    if set {
+                        return Err(Error::invalid(
+                            field,
+                            "applies only to RESTORE_MODE_AS_NEW_TENANT; an in-place restore \
+                             keeps the tenant where it is",
+                        ));
+                    }
+                }
+                RestoreTarget::InPlace
+            }
+            Ok(pb::RestoreMode::AsNewTenant) => {
+                if r.new_slug.is_empty() {
+                    return Err(Error::invalid(
+                        "new_slug",
+                        "is required for RESTORE_MODE_AS_NEW_TENANT",
+                    ));
+                }
+                RestoreTarget::AsNewTenant(NewTenantFromExport {
+                    slug: Slug::parse(&r.new_slug).map_err(|e| match e {
+                        Error::InvalidArgument { reason, .. } => Error::invalid("new_slug", reason),
+                        other => other,
+                    })?,
+                    tier: tier_from("tier", r.tier, false)?,
+                    cluster: optional("cluster", &r.cluster)?,
+                    display_name: {
+                        let d = tenant::text_field("display_name", &r.display_name, false)?;
+                        (!d.is_empty()).then_some(d)
+                    },
+                })
+            }
+            Ok(pb::RestoreMode::Unspecified) => {
+                return Err(Error::invalid(
+                    "mode",
+                    "is required: RESTORE_MODE_IN_PLACE or RESTORE_MODE_AS_NEW_TENANT",
+                ));
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "mode",
+                    format!("unknown restore mode {}", r.mode),
+                ));
+            }
+        };
+        Ok(RestoreRequest { export_id, target })
     }
 }
 
@@ -361,7 +458,11 @@ impl From<OperationView> for pb::Operation {
                 request_id: op.request_id.unwrap_or_default(),
                 details: v
                     .tier_change
-                    .map(|t| pb::operation_metadata::Details::TierChange(t.into())),
+                    .map(|t| pb::operation_metadata::Details::TierChange(t.into()))
+                    .or_else(|| {
+                        v.restore
+                            .map(|r| pb::operation_metadata::Details::Restore(r.into()))
+                    }),
             }),
             result,
         }

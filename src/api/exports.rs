@@ -64,6 +64,20 @@ impl pb::export_service_server::ExportService for ExportApi {
         }))
     }
 
+    async fn restore_tenant(
+        &self,
+        request: Request<pb::RestoreTenantRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let r = request.into_inner();
+        let restore = convert::RestoreRequest::try_from(&r)?;
+        let request_id = RequestId::parse(&r.request_id)?;
+        let op = self
+            .control
+            .restore_tenant(restore.export_id, restore.target, request_id)
+            .await?;
+        Ok(Response::new(op.into()))
+    }
+
     type ReadExportStream = ReadStream;
 
     async fn read_export(

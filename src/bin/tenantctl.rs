@@ -112,6 +112,27 @@ enum Command {
     /// Print the public key that signs export manifests (PEM), to pin it for `export get`
     /// and for offline checks with openssl.
     SigningKey,
+    /// Restore a tenant from an export and watch it: in place (the export's tenant, in its
+    /// current tier), or with --as-new as a new tenant. The archive is verified end to end
+    /// before anything changes.
+    Restore {
+        /// exports/<id> or the bare id.
+        export: String,
+        /// Create a new tenant with this slug instead of replacing the export's tenant.
+        #[arg(long = "as-new", value_name = "SLUG")]
+        as_new: Option<String>,
+        /// With --as-new: the tier (default: the export's source tier).
+        #[arg(long, value_enum, requires = "as_new")]
+        tier: Option<TierArg>,
+        /// With --as-new: the cluster (default: the first configured).
+        #[arg(long, default_value = "", requires = "as_new")]
+        cluster: String,
+        /// With --as-new: the display name (default: the slug).
+        #[arg(long, default_value = "", requires = "as_new")]
+        display_name: String,
+        #[command(flatten)]
+        start: Start,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +239,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tenant,
                     tier: pb::Tier::from(tier) as i32,
                     cluster,
+                    request_id: start.request_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            finish(&mut ops, op, start.no_wait).await?;
+        }
+        Command::Restore {
+            export,
+            as_new,
+            tier,
+            cluster,
+            display_name,
+            start,
+        } => {
+            let mode = if as_new.is_some() {
+                pb::RestoreMode::AsNewTenant
+            } else {
+                pb::RestoreMode::InPlace
+            };
+            let op = exports
+                .restore_tenant(pb::RestoreTenantRequest {
+                    export,
+                    mode: mode as i32,
+                    new_slug: as_new.unwrap_or_default(),
+                    tier: tier.map_or(0, |t| pb::Tier::from(t) as i32),
+                    cluster,
+                    display_name,
                     request_id: start.request_id,
                 })
                 .await
@@ -655,14 +704,26 @@ fn print_operation(op: &pb::Operation) {
         if t.rows_copied > 0 {
             println!("rows copied: {} (verified)", t.rows_copied);
         }
-        if !t.unfence_time.is_empty() {
+        print_pause(&t.fence_time, &t.unfence_time, t.write_pause_ms);
+    }
+    if let Some(pb::operation_metadata::Details::Restore(r)) = &m.details {
+        let mode = match pb::RestoreMode::try_from(r.mode) {
+            Ok(pb::RestoreMode::AsNewTenant) => "as a new tenant",
+            _ => "in place",
+        };
+        println!(
+            "restore:     {} {mode}, into the {} tier on {}",
+            r.export,
+            tier_name(r.tier),
+            r.cluster
+        );
+        if r.rows > 0 {
             println!(
-                "write pause: {} ms ({} -> {})",
-                t.write_pause_ms, t.fence_time, t.unfence_time
+                "rows:        {} (archive verified; tenant-schema v{} -> v{})",
+                r.rows, r.export_schema_version, r.schema_version
             );
-        } else if !t.fence_time.is_empty() {
-            println!("writes fenced since {}", t.fence_time);
         }
+        print_pause(&r.fence_time, &r.unfence_time, r.write_pause_ms);
     }
     match &op.result {
         Some(pb::operation::Result::Tenant(t)) => print_tenant(t),
@@ -672,6 +733,15 @@ fn print_operation(op: &pb::Operation) {
             e.message, e.code, e.step
         ),
         None => {}
+    }
+}
+
+/// How long a tenant's writes were fenced (or since when, while they still are).
+fn print_pause(fence_time: &str, unfence_time: &str, pause_ms: i64) {
+    if !unfence_time.is_empty() && !fence_time.is_empty() {
+        println!("write pause: {pause_ms} ms ({fence_time} -> {unfence_time})");
+    } else if !fence_time.is_empty() {
+        println!("writes fenced since {fence_time}");
     }
 }
 

@@ -26,7 +26,7 @@ pub struct TableDigest {
 }
 
 /// The table's columns in definition order (dropped and generated columns excluded).
-async fn columns(
+pub(super) async fn columns(
     cluster: &Cluster,
     conn: &mut PgConnection,
     schema: &Ident,
@@ -58,7 +58,8 @@ async fn columns(
         .collect()
 }
 
-fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
+/// Appends `"a", "b", …` to `stmt`.
+pub(super) fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
     for (i, c) in columns.iter().enumerate() {
         if i > 0 {
             stmt = stmt.push(", ");
@@ -246,6 +247,20 @@ pub const PINNED_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateSty
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; \
      SET LOCAL bytea_output = 'hex'";
 
+/// A transaction on `database` with [`PINNED_SETTINGS`] in force.
+pub async fn pinned_transaction(
+    cluster: &Cluster,
+    database: &Ident,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = cluster.database(database).begin().await.map_err(err)?;
+    sqlx::raw_sql(PINNED_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    Ok(tx)
+}
+
 /// Row count and content checksum of the tenant's rows in `table`. The text form of a row
 /// depends on session settings, so they are pinned: two clusters with different defaults
 /// (time zone, date style) must digest equal rows alike.
@@ -255,11 +270,7 @@ pub async fn digest(
     table: &Ident,
 ) -> Result<TableDigest, DataPlaneError> {
     let err = |e| cluster.err(e);
-    let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
-    sqlx::raw_sql(PINNED_SETTINGS)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
+    let mut tx = pinned_transaction(cluster, &c.database).await?;
     // OFFSET 0 keeps the subquery, so each row is rendered once, not once per hash.
     let stmt = Statement::new(
         "SELECT count(*), \

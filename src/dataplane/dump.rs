@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 
 use crate::archive::manifest::TableRows;
 use crate::dataplane::copy::PINNED_SETTINGS;
+use crate::dataplane::load::{COMPLETE_LINE, FORMAT_LINE};
 use crate::dataplane::{Cluster, Container, DataPlaneError, catalog};
 use crate::sql::{Ident, Statement};
 
@@ -168,7 +169,8 @@ pub async fn dump(
     }
     let counts = progress.done.lock().expect("progress lock").clone();
     out.push(post_data(&tables).as_bytes()).await?;
-    out.push(b"--\n-- tenantd export complete\n--\n").await?;
+    out.push(format!("--\n{COMPLETE_LINE}\n--\n").as_bytes())
+        .await?;
     out.flush().await?;
     tx.commit().await.map_err(err)?;
     Ok(DumpSummary {
@@ -183,7 +185,7 @@ fn preamble(c: &Container, info: &DumpInfo<'_>, snapshot_at: DateTime<Utc>) -> S
          -- tenantd export {export}\n\
          -- tenant {tenant} ({slug}), {tier} tier, schema version {version}\n\
          -- snapshot {snapshot}\n\
-         -- format tenantd-sql/1: restore into an empty database with psql -f\n\
+         {FORMAT_LINE}\n\
          --\n\n\
          SET statement_timeout = 0;\n\
          SET lock_timeout = 0;\n\

@@ -22,6 +22,27 @@ use uuid::Uuid;
 use super::{Cluster, Container, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
+/// When a workflow fenced a tenant's writes and when it allowed them again (stored in its
+/// state, flattened).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pause {
+    #[serde(default)]
+    pub fenced_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub unfenced_at: Option<DateTime<Utc>>,
+}
+
+impl Pause {
+    /// How long the tenant could not write, once its writes are allowed again.
+    pub fn duration(&self) -> Option<Duration> {
+        Some(
+            (self.unfenced_at? - self.fenced_at?)
+                .to_std()
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// The fence table, created by tenant-schema migration 2.
 pub const TABLE: &str = "tenant_write_fences";
 
@@ -72,10 +93,30 @@ pub async fn unfence(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneEr
     if !has_table(cluster, c).await? {
         return Ok(());
     }
+    let mut conn = cluster
+        .database(&c.database)
+        .acquire()
+        .await
+        .map_err(|e| cluster.err(e))?;
+    unfence_in(cluster, &mut conn, c).await
+}
+
+/// Lifts the tenant's fence in `c` on `conn`, e.g. inside the transaction that makes the
+/// container live. The fence table must exist.
+pub async fn unfence_in(
+    cluster: &Cluster,
+    conn: &mut sqlx::PgConnection,
+    c: &Container,
+) -> Result<(), DataPlaneError> {
     let stmt = Statement::new("DELETE FROM ")
         .qualified(&c.schema, &table())
         .push(" WHERE tenant_id = $1");
-    cluster.exec_for_tenant(c, stmt).await.map(|_| ())
+    sqlx::query(stmt.into_sql())
+        .bind(c.tenant_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| cluster.err(e))
 }
 
 /// Whether the tenant is fenced in `c`.

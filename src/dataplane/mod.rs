@@ -12,9 +12,11 @@ pub mod copy;
 pub mod database;
 pub mod dump;
 pub mod fence;
+pub mod load;
 pub mod pool;
 pub mod roles;
 pub mod schema;
+pub mod staging;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -286,6 +288,24 @@ impl Cluster {
         .await
     }
 
+    /// Drops `schema` in `database` with everything in it, if both exist. Idempotent.
+    pub async fn drop_schema(
+        &self,
+        database: &Ident,
+        schema: &Ident,
+    ) -> Result<(), DataPlaneError> {
+        if !self.database_exists(database).await? {
+            return Ok(());
+        }
+        self.exec(
+            &self.database(database),
+            Statement::new("DROP SCHEMA IF EXISTS ")
+                .ident(schema)
+                .push(" CASCADE"),
+        )
+        .await
+    }
+
     /// Runs one statement under a transaction-scoped advisory lock named `lock`, so that
     /// concurrent operations changing the same catalog row (a shared database's or schema's
     /// ACL, a schema's existence) take turns instead of failing with "tuple concurrently
@@ -337,6 +357,17 @@ impl DataPlane {
 
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
         self.clusters.values()
+    }
+
+    /// The container a tenant of `tier` gets on cluster `name`, with that cluster.
+    pub fn plan(
+        &self,
+        tenant_id: Uuid,
+        tier: Tier,
+        name: &str,
+    ) -> Result<(&Cluster, Container), DataPlaneError> {
+        let cluster = self.cluster(name)?;
+        Ok((cluster, Container::plan(tenant_id, tier, cluster)))
     }
 }
 
@@ -446,18 +477,21 @@ pub trait TierBackend: Send + Sync {
         cluster.ensure_schema(&c.database, &c.schema).await
     }
 
-    /// Creates the application role if needed and grants it exactly what it needs.
+    /// Creates the application role if needed and grants it exactly what it needs in `c`.
     /// `password_verifier` is set when [`Self::own_login_role`] is true; such a role also gets
-    /// its search_path and tenant id preset in the container's database.
+    /// its search_path (`search_path`: `c`'s schema, or the name a staged copy will take) and
+    /// tenant id preset in the container's database.
     async fn grant(
         &self,
         cluster: &Cluster,
         c: &Container,
+        search_path: &Ident,
         password_verifier: Option<&str>,
     ) -> Result<(), DataPlaneError> {
         roles::grant_access(cluster, c, password_verifier).await?;
         if self.own_login_role() {
-            roles::set_role_defaults(cluster, &c.role, &c.database, &c.schema, c.tenant_id).await?;
+            roles::set_role_defaults(cluster, &c.role, &c.database, search_path, c.tenant_id)
+                .await?;
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 use async_trait::async_trait;
 
 use super::{Cluster, Container, DataPlaneError, TierBackend};
-use crate::sql::Statement;
 
 pub struct SchemaTier;
 
@@ -17,13 +16,6 @@ impl TierBackend for SchemaTier {
 
     /// Drops the schema with everything in it (tables, rows, fence).
     async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
-        cluster
-            .exec(
-                &cluster.database(&c.database),
-                Statement::new("DROP SCHEMA IF EXISTS ")
-                    .ident(&c.schema)
-                    .push(" CASCADE"),
-            )
-            .await
+        cluster.drop_schema(&c.database, &c.schema).await
     }
 }

@@ -7,11 +7,10 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::{Control, OperationView, RequestId};
-use crate::archive::manifest::Manifest;
 use crate::error::{Error, Result};
 use crate::keys::PublicKey;
 use crate::paging;
-use crate::registry::exports::{Export as ExportRow, ExportState};
+use crate::registry::exports::Export as ExportRow;
 use crate::tenant::TenantRef;
 use crate::workflows::{Export, export};
 
@@ -101,37 +100,14 @@ impl Control {
     /// complete export. The manifest is checked against the signing key first: a manifest
     /// altered in the store is refused here rather than trusted with a data key.
     pub async fn read_export(&self, id: Uuid) -> Result<ExportRead> {
-        let view = self.get_export(id).await?;
-        if view.export.state != ExportState::Complete {
-            return Err(Error::FailedPrecondition {
-                reason: format!("export exports/{id} is not complete"),
-                operation: Some(view.export.operation_id),
-            });
-        }
-        let keys = export::ExportKeys::new(view.export.tenant_id, id);
-        let manifest = self.deps.objects.get(&keys.manifest).await?;
-        let signature = self.deps.objects.get(&keys.signature).await?;
-        let public = self.deps.keys.public_key().await?;
-        let m = Manifest::verified(&manifest, &signature, &public.spki_der).map_err(|e| {
-            Error::FailedPrecondition {
-                reason: format!("export exports/{id}: {e}"),
-                operation: None,
-            }
-        })?;
-        let wrapped = m
-            .wrapped_data_key()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let data_key = self
-            .deps
-            .keys
-            .decrypt_data_key(&m.encryption.key_id, &wrapped, &m.context())
-            .await?;
-        let archive = self.deps.objects.read(&keys.archive).await?;
-        tracing::info!(export_id = %id, tenant_id = %view.export.tenant_id, "export read");
+        let opened = export::VerifiedExport::open(&self.deps, id).await?;
+        let data_key = opened.data_key(&self.deps).await?;
+        let archive = self.deps.objects.read(&opened.keys.archive).await?;
+        tracing::info!(export_id = %id, tenant_id = %opened.row.tenant_id, "export read");
         Ok(ExportRead {
-            view,
-            manifest,
-            signature,
+            view: self.export_view(opened.row),
+            manifest: opened.manifest_bytes,
+            signature: opened.signature,
             data_key,
             archive,
         })

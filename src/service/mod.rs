@@ -3,8 +3,10 @@
 //! in workflows.
 
 mod exports;
+mod restores;
 
 pub use exports::{ExportRead, ExportView};
+pub use restores::{NewTenantFromExport, RestoreTarget};
 
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use crate::registry::operations::{NewOperation, OperationFilter};
 use crate::registry::tenants::{TenantChanges, TenantFilter};
 use crate::tenant::{NewTenant, Tenant, TenantRef, TenantState, Tier};
 use crate::workflow::{Workflow, wrap};
-use crate::workflows::{ChangeTier, Provision, change_tier, provision};
+use crate::workflows::{ChangeTier, Provision, Restore, change_tier, provision, restore};
 
 /// Longest WaitOperation the server grants.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -68,6 +70,8 @@ pub struct OperationView {
     pub export: Option<ExportView>,
     /// A tier change's progress details (source, fence times).
     pub tier_change: Option<change_tier::State>,
+    /// A restore's details (export, mode, rows, fence times).
+    pub restore: Option<restore::State>,
 }
 
 #[derive(Clone)]
@@ -106,28 +110,43 @@ impl Control {
             None => self.deps.config.default_cluster().to_owned(),
         };
         let hash = Sha256::digest(serde_json::to_vec(&new).expect("request serialises")).to_vec();
-        let rid = request_id.as_ref().map(|r| r.0.as_str());
+        let state = provision::State::new(new.tier, &cluster);
+        self.create_with::<Provision>(&new, &cluster, request_id.as_ref(), &hash, state)
+            .await
+    }
+
+    /// Inserts a new tenant (state `provisioning`) on `cluster` and workflow `W`'s operation
+    /// for it in one transaction, or returns the operation `request_id` already names.
+    pub(crate) async fn create_with<W: Workflow>(
+        &self,
+        new: &NewTenant,
+        cluster: &str,
+        request_id: Option<&RequestId>,
+        hash: &[u8],
+        state: W::State,
+    ) -> Result<OperationView> {
+        let rid = request_id.map(|r| r.0.as_str());
         // A racing duplicate can make our insert fail; the second round then finds its op.
         for _ in 0..2 {
             let mut tx = self.registry().pool().begin().await?;
-            if let Some(id) = replay(&mut tx, Provision::KIND, rid, &hash).await? {
+            if let Some(id) = replay(&mut tx, W::KIND, rid, hash).await? {
                 drop(tx);
                 return self.get_operation(id).await;
             }
             let tenant_id = Uuid::new_v4();
             let op_id = Uuid::new_v4();
             let attempt = async {
-                Registry::insert_tenant(&mut tx, tenant_id, &new, &cluster).await?;
+                Registry::insert_tenant(&mut tx, tenant_id, new, cluster).await?;
                 Registry::insert_operation(
                     &mut tx,
                     NewOperation {
                         id: op_id,
-                        kind: Provision::KIND,
+                        kind: W::KIND,
                         tenant_id,
                         request_id: rid,
-                        request_hash: Some(&hash),
-                        data: wrap(&provision::State::new(new.tier, &cluster)),
-                        steps: Provision::STEPS,
+                        request_hash: Some(hash),
+                        data: wrap(&state),
+                        steps: W::STEPS,
                     },
                 )
                 .await
@@ -136,7 +155,8 @@ impl Control {
             match attempt {
                 Ok(()) => {
                     tx.commit().await?;
-                    tracing::info!(tenant_id = %tenant_id, operation_id = %op_id, tier = %new.tier, "provisioning requested");
+                    tracing::info!(tenant_id = %tenant_id, operation_id = %op_id, tier = %new.tier,
+                        kind = W::KIND, "tenant creation requested");
                     return self.get_operation(op_id).await;
                 }
                 // The slug (or the request id) was taken meanwhile, maybe by our own retry.
@@ -310,8 +330,10 @@ impl Control {
 
     async fn view(&self, operation: Operation) -> Result<OperationView> {
         let tenant = if operation.state == crate::operation::OperationState::Succeeded
-            && matches!(operation.kind.as_str(), Provision::KIND | ChangeTier::KIND)
-        {
+            && matches!(
+                operation.kind.as_str(),
+                Provision::KIND | ChangeTier::KIND | Restore::KIND
+            ) {
             self.registry()
                 .find_tenant(&TenantRef::Id(operation.tenant_id))
                 .await?
@@ -325,14 +347,15 @@ impl Control {
         } else {
             None
         };
-        let tier_change = (operation.kind == ChangeTier::KIND)
-            .then(|| crate::workflow::unwrap(operation.data.clone()).ok())
-            .flatten();
+        let details = |kind: &str| (operation.kind == kind).then(|| operation.data.clone());
+        let tier_change = details(ChangeTier::KIND).and_then(|d| crate::workflow::unwrap(d).ok());
+        let restore = details(Restore::KIND).and_then(|d| crate::workflow::unwrap(d).ok());
         Ok(OperationView {
             operation,
             tenant,
             export,
             tier_change,
+            restore,
         })
     }
 

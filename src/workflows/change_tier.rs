@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -65,10 +65,9 @@ pub struct State {
     pub source: Option<Side>,
     #[serde(default)]
     pub schema_version: Option<i32>,
-    #[serde(default)]
-    pub fenced_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub unfenced_at: Option<DateTime<Utc>>,
+    /// Set by `fence` and `unfence`.
+    #[serde(flatten)]
+    pub pause: fence::Pause,
     /// Set by `verify`.
     #[serde(default)]
     pub verified: Vec<VerifiedTable>,
@@ -80,19 +79,9 @@ impl State {
             target,
             source: None,
             schema_version: None,
-            fenced_at: None,
-            unfenced_at: None,
+            pause: fence::Pause::default(),
             verified: Vec::new(),
         }
-    }
-
-    /// How long the tenant could not write, once its writes are allowed again.
-    pub fn write_pause(&self) -> Option<Duration> {
-        Some(
-            (self.unfenced_at? - self.fenced_at?)
-                .to_std()
-                .unwrap_or_default(),
-        )
     }
 
     pub fn rows_copied(&self) -> i64 {
@@ -120,13 +109,17 @@ fn ends<'a>(deps: &'a Context, tenant_id: Uuid, state: &State) -> Result<Ends<'a
         .source
         .as_ref()
         .ok_or_else(|| StepError::fatal(tonic::Code::Internal, "step ran before preflight"))?;
-    let src_cluster = deps.dataplane.cluster(&source.cluster)?;
-    let dst_cluster = deps.dataplane.cluster(&state.target.cluster)?;
+    let (src_cluster, src) = deps
+        .dataplane
+        .plan(tenant_id, source.tier, &source.cluster)?;
+    let (dst_cluster, dst) =
+        deps.dataplane
+            .plan(tenant_id, state.target.tier, &state.target.cluster)?;
     Ok(Ends {
         src_cluster,
-        src: Container::plan(tenant_id, source.tier, src_cluster),
+        src,
         dst_cluster,
-        dst: Container::plan(tenant_id, state.target.tier, dst_cluster),
+        dst,
         shared_role: source.cluster == state.target.cluster
             && backend(source.tier).own_login_role()
             && backend(state.target.tier).own_login_role(),
@@ -177,7 +170,7 @@ impl Workflow for ChangeTier {
             }
             "fence" => {
                 fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
-                state.fenced_at = Some(Utc::now());
+                state.pause.fenced_at = Some(Utc::now());
                 fence::wait_for_writers(e.src_cluster, &e.src, deps.config.workflow.fence_wait())
                     .await?;
             }
@@ -195,8 +188,8 @@ impl Workflow for ChangeTier {
             }
             "unfence" => {
                 fence::unfence(e.dst_cluster, &e.dst).await?;
-                state.unfenced_at = Some(Utc::now());
-                if let Some(pause) = state.write_pause() {
+                state.pause.unfenced_at = Some(Utc::now());
+                if let Some(pause) = state.pause.duration() {
                     tracing::info!(
                         write_pause_ms = pause.as_millis() as u64,
                         "writes allowed again"

@@ -18,16 +18,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::archive::manifest::{self, Encryption, Manifest, TableRows};
 use crate::archive::{ArchiveWriter, Digest256, aead_stream};
 use crate::blobs::{ObjectKey, Upload};
+use crate::context::Context;
 use crate::dataplane::{Container, dump};
 use crate::error::Error;
 use crate::keys::context_bytes;
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
-use crate::registry::exports::{CompletedExport, NewExport};
+use crate::registry::exports::{CompletedExport, Export as ExportRow, ExportState, NewExport};
 use crate::tenant::TenantRef;
 use crate::workflow::{StepContext, StepError, Workflow, failpoint};
 use crate::workflows::tenant_key;
@@ -52,6 +54,87 @@ impl ExportKeys {
             manifest: at("manifest.json"),
             signature: at("manifest.json.sig"),
             prefix,
+        }
+    }
+}
+
+/// A complete export whose manifest verified: signed by the service signing key, and
+/// describing the very export the registry records (id, tenant, archive key and digest).
+pub struct VerifiedExport {
+    pub row: ExportRow,
+    pub keys: ExportKeys,
+    /// `manifest.json` exactly as stored and signed, and its signature.
+    pub manifest_bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub manifest: Manifest,
+}
+
+impl VerifiedExport {
+    /// Reads and checks export `id`'s manifest. An unknown export is NOT_FOUND, an incomplete
+    /// one or a manifest that does not verify FAILED_PRECONDITION.
+    pub async fn open(deps: &Context, id: Uuid) -> Result<Self, Error> {
+        let row = deps
+            .registry
+            .find_export(id)
+            .await?
+            .ok_or_else(|| Error::not_found("export", format!("exports/{id}")))?;
+        let refuse = |reason: String| Error::FailedPrecondition {
+            reason: format!("export exports/{id}: {reason}"),
+            operation: None,
+        };
+        if row.state != ExportState::Complete {
+            return Err(Error::FailedPrecondition {
+                reason: format!("export exports/{id} is not complete"),
+                operation: Some(row.operation_id),
+            });
+        }
+        let keys = ExportKeys::new(row.tenant_id, id);
+        let manifest_bytes = deps.objects.get(&keys.manifest).await?;
+        let signature = deps.objects.get(&keys.signature).await?;
+        let public = deps.keys.public_key().await?;
+        let manifest = Manifest::verified(&manifest_bytes, &signature, &public.spki_der)
+            .map_err(|e| refuse(e.to_string()))?;
+        if manifest.export_id != id.to_string()
+            || manifest.tenant_id != row.tenant_id.to_string()
+            || manifest.object_key != keys.archive.as_str()
+            || row.sha256.as_deref() != Some(manifest.ciphertext.sha256.as_str())
+        {
+            return Err(refuse(
+                "its signed manifest describes another export than the registry records".into(),
+            ));
+        }
+        Ok(VerifiedExport {
+            row,
+            keys,
+            manifest_bytes,
+            signature,
+            manifest,
+        })
+    }
+
+    /// The export's data key, unwrapped by the tenant key under the export's context. A tenant
+    /// key pending deletion or destroyed refuses: FAILED_PRECONDITION.
+    pub async fn data_key(&self, deps: &Context) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let m = &self.manifest;
+        let wrapped = m
+            .wrapped_data_key()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let key = deps
+            .keys
+            .decrypt_data_key(&m.encryption.key_id, &wrapped, &m.context())
+            .await;
+        match key {
+            Err(crate::keys::KeyError::Unusable { key_id, state }) => {
+                Err(Error::FailedPrecondition {
+                    reason: format!(
+                        "export exports/{} cannot be opened: the key of tenant {} that \
+                         encrypts it ({key_id}) is {state}",
+                        m.export_id, m.tenant_id
+                    ),
+                    operation: None,
+                })
+            }
+            other => Ok(other?),
         }
     }
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, roles};
 use crate::keys::EncryptionContext;
+use crate::sql::Ident;
 use crate::workflow::StepError;
 
 /// The encryption context binding a sealed login password to its tenant and role.
@@ -23,13 +24,27 @@ pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
 /// Grants the container's application role its access; a tier with its own login role gets
 /// the tenant's password ([`verifier`]).
 pub async fn grant(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
-    let tier = backend(c.tier);
+    grant_staged(deps, cluster, c, &c.schema).await
+}
+
+/// Like [`grant`] for a copy of a container staged under another schema name that will be
+/// renamed to `live_schema` (a restore): the access goes to the staged copy, the role's
+/// search_path names `live_schema`.
+pub async fn grant_staged(
+    deps: &Context,
+    cluster: &Cluster,
+    staged: &Container,
+    live_schema: &Ident,
+) -> Result<(), StepError> {
+    let tier = backend(staged.tier);
     let verifier = if tier.own_login_role() {
-        Some(verifier(deps, c.tenant_id, c.role.as_str()).await?)
+        Some(verifier(deps, staged.tenant_id, staged.role.as_str()).await?)
     } else {
         None
     };
-    Ok(tier.grant(cluster, c, verifier.as_deref()).await?)
+    Ok(tier
+        .grant(cluster, staged, live_schema, verifier.as_deref())
+        .await?)
 }
 
 /// A SCRAM verifier for the tenant's password for `role`: the stored one if there is one,

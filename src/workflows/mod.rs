@@ -4,6 +4,7 @@ pub mod change_tier;
 pub mod export;
 pub mod login;
 pub mod provision;
+pub mod restore;
 pub mod tenant_key;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use crate::workflow::{Workflow, engine};
 pub use change_tier::ChangeTier;
 pub use export::Export;
 pub use provision::Provision;
+pub use restore::Restore;
 pub use tenant_key::KeyBackfill;
 
 /// Runs a claimed operation with the workflow its kind names.
@@ -24,6 +26,7 @@ pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationT
         ChangeTier::KIND => engine::drive(&ChangeTier, deps, claimed, shutdown).await,
         Export::KIND => engine::drive(&Export, deps, claimed, shutdown).await,
         KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
+        Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
         other => {
             // Written by a newer release: leave it for a replica that knows the kind.
             tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");

@@ -9,7 +9,6 @@
 //! `failed`, which frees its slug.
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, catalog};
@@ -44,15 +43,6 @@ impl State {
     }
 }
 
-fn container<'a>(
-    deps: &'a Context,
-    tenant_id: Uuid,
-    state: &State,
-) -> Result<(&'a Cluster, Container), StepError> {
-    let cluster = deps.dataplane.cluster(&state.cluster)?;
-    Ok((cluster, Container::plan(tenant_id, state.tier, cluster)))
-}
-
 impl Workflow for Provision {
     const KIND: &'static str = "provision";
     const STEPS: &'static [&'static str] = &[
@@ -73,7 +63,9 @@ impl Workflow for Provision {
         state: &mut State,
     ) -> Result<(), StepError> {
         let deps = cx.deps;
-        let (cluster, c) = container(deps, cx.tenant_id, state)?;
+        let (cluster, c) = deps
+            .dataplane
+            .plan(cx.tenant_id, state.tier, &state.cluster)?;
         let tier = backend(state.tier);
         match Self::STEPS[step] {
             "reserve" => {
@@ -107,30 +99,35 @@ impl Workflow for Provision {
     }
 
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
-        let deps = cx.deps;
-        let (cluster, c) = container(deps, cx.tenant_id, state)?;
-        backend(state.tier).destroy(cluster, &c, false).await?;
-        // No data was ever encrypted under it; the key service keeps its waiting period.
-        if let Some(key) = deps
-            .keys
-            .tenant_key(cx.tenant_id)
-            .await
-            .map_err(Error::from)?
-        {
-            deps.keys
-                .schedule_key_deletion(&key.key_id, 7)
-                .await
-                .map_err(Error::from)?;
-        }
-        let mut tx = deps
-            .registry
-            .pool()
-            .begin()
-            .await
-            .map_err(crate::error::Error::from)?;
-        Registry::delete_credentials(&mut *tx, cx.tenant_id).await?;
-        Registry::fail_tenant(&mut *tx, cx.tenant_id).await?;
-        tx.commit().await.map_err(crate::error::Error::from)?;
-        Ok(())
+        let (cluster, c) = cx
+            .deps
+            .dataplane
+            .plan(cx.tenant_id, state.tier, &state.cluster)?;
+        undo(cx.deps, cluster, &c).await
     }
+}
+
+/// Rolls back the creation of a tenant whose container is `c` (provisioning, or a restore as
+/// a new tenant), from any point: destroys what exists of the container and its role,
+/// schedules the deletion of the tenant key, drops the credential and marks the tenant
+/// `failed`, which frees its slug. Idempotent.
+pub async fn undo(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
+    backend(c.tier).destroy(cluster, c, false).await?;
+    // No data was ever encrypted under it; the key service keeps its waiting period.
+    if let Some(key) = deps
+        .keys
+        .tenant_key(c.tenant_id)
+        .await
+        .map_err(Error::from)?
+    {
+        deps.keys
+            .schedule_key_deletion(&key.key_id, 7)
+            .await
+            .map_err(Error::from)?;
+    }
+    let mut tx = deps.registry.pool().begin().await.map_err(Error::from)?;
+    Registry::delete_credentials(&mut *tx, c.tenant_id).await?;
+    Registry::fail_tenant(&mut *tx, c.tenant_id).await?;
+    tx.commit().await.map_err(Error::from)?;
+    Ok(())
 }

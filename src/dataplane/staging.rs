@@ -1,0 +1,211 @@
+//! A restore's staging container, and the swap that puts it in place of the tenant's data.
+//!
+//! The staging container is schema `restore_<tenant hex>` in the database of the tenant's
+//! container: the cluster's shared database for the pool and schema tiers, the tenant's own
+//! database for the database tier. It is created by tenantd's migrations like any container,
+//! holds only the restored rows, and is reachable by nobody until the restore grants it.
+//!
+//! The swap is one transaction on that database:
+//! - schema and database tiers: the live schema is renamed `replaced_<tenant hex>` and the
+//!   staging schema takes its name, then the tenant is unfenced there. Functions whose
+//!   `search_path` names a renamed schema (the write-fence trigger resolves its table that way)
+//!   follow the rename, so each copy keeps checking its own fence. The role's grants and
+//!   settings are by name or by object and carry over; applications keep their connections.
+//! - pool tier: the tenant's rows are deleted from the shared tables (children first) and the
+//!   staged rows inserted (parents first), the fence is lifted and the staging schema dropped.
+//!   Other tenants' rows are never touched and never locked.
+
+use super::copy::{column_list, columns};
+use super::{Cluster, Container, DataPlaneError, catalog, fence};
+use crate::sql::{Ident, Statement};
+use crate::tenant::Tier;
+
+fn named(prefix: &str, c: &Container) -> Ident {
+    Ident::new(format!("{prefix}_{}", c.tenant_id.simple())).expect("uuid-derived name is valid")
+}
+
+/// The staging container for a restore into `live`.
+pub fn staging(live: &Container) -> Container {
+    Container {
+        schema: named("restore", live),
+        ..live.clone()
+    }
+}
+
+/// Where the replaced copy of a schema or database tier tenant waits for cleanup.
+pub fn replaced(live: &Container) -> Container {
+    Container {
+        schema: named("replaced", live),
+        ..live.clone()
+    }
+}
+
+/// Whether `c`'s schema exists (false if its database does not).
+pub async fn exists(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
+    if !cluster.database_exists(&c.database).await? {
+        return Ok(false);
+    }
+    let (exists,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(c.schema.as_str())
+            .fetch_one(&cluster.database(&c.database))
+            .await
+            .map_err(|e| cluster.err(e))?;
+    Ok(exists)
+}
+
+/// (Re)creates the staging container, empty, at tenant-schema `version`.
+pub async fn create(
+    cluster: &Cluster,
+    staging: &Container,
+    version: i32,
+) -> Result<(), DataPlaneError> {
+    cluster
+        .drop_schema(&staging.database, &staging.schema)
+        .await?;
+    cluster
+        .ensure_schema(&staging.database, &staging.schema)
+        .await?;
+    let at = catalog::migrate(
+        cluster,
+        &cluster.database(&staging.database),
+        &staging.schema,
+        version,
+    )
+    .await?;
+    if at != version {
+        return Err(DataPlaneError::Invariant(format!(
+            "staging schema reached version {at}, not {version}"
+        )));
+    }
+    Ok(())
+}
+
+/// Renames schema `tenantd.rename_from` to `tenantd.rename_to` (set in the transaction) and
+/// points the `search_path` of the functions in it at the new name. Static SQL: the names
+/// arrive as bound settings and are quoted by `format('%I')`.
+const RENAME_SCHEMA: &str = r#"
+DO $$
+DECLARE
+    old_name text := current_setting('tenantd.rename_from');
+    new_name text := current_setting('tenantd.rename_to');
+    f record;
+    path text;
+BEGIN
+    EXECUTE format('ALTER SCHEMA %I RENAME TO %I', old_name, new_name);
+    FOR f IN
+        SELECT p.oid::regprocedure AS proc, substr(cfg, length('search_path=') + 1) AS value
+        FROM pg_proc p, unnest(p.proconfig) AS cfg
+        WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = new_name)
+          AND cfg LIKE 'search_path=%'
+    LOOP
+        SELECT string_agg(CASE WHEN btrim(btrim(e), '"') = old_name THEN quote_ident(new_name)
+                               ELSE btrim(e) END, ', ')
+          INTO path
+          FROM unnest(string_to_array(f.value, ',')) AS e;
+        EXECUTE format('ALTER FUNCTION %s SET search_path TO %s', f.proc, path);
+    END LOOP;
+END
+$$"#;
+
+async fn rename_schema(
+    cluster: &Cluster,
+    conn: &mut sqlx::PgConnection,
+    from: &Ident,
+    to: &Ident,
+) -> Result<(), DataPlaneError> {
+    let err = |e| cluster.err(e);
+    sqlx::query(
+        "SELECT set_config('tenantd.rename_from', $1, true), set_config('tenantd.rename_to', $2, true)",
+    )
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    sqlx::raw_sql(RENAME_SCHEMA)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Puts the staged copy in place of `live`, atomically (see the module doc). Idempotent: once
+/// the staging schema is gone the swap has happened. `live` must be fenced (writers waited
+/// out) unless it holds nothing yet.
+pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneError> {
+    let staged = staging(live);
+    if !exists(cluster, &staged).await? {
+        return Ok(());
+    }
+    if live.tier == Tier::Pool {
+        // The pool may have been migrated since the staging was: follow it.
+        let db = cluster.database(&live.database);
+        let version = catalog::current_version(cluster, &db, &live.schema).await?;
+        catalog::migrate(cluster, &db, &staged.schema, version).await?;
+    }
+    let err = |e| cluster.err(e);
+    let mut tx = cluster
+        .database(&live.database)
+        .begin()
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(live.tenant_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    if live.tier == Tier::Pool {
+        for table in catalog::tables().rev() {
+            let stmt = Statement::new("DELETE FROM ")
+                .qualified(&live.schema, &table)
+                .push(" WHERE tenant_id = $1");
+            sqlx::query(stmt.into_sql())
+                .bind(live.tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        for table in catalog::tables() {
+            let cols = columns(cluster, &mut tx, &live.schema, &table).await?;
+            let stmt = column_list(
+                Statement::new("INSERT INTO ")
+                    .qualified(&live.schema, &table)
+                    .push(" ("),
+                &cols,
+            )
+            .push(") SELECT ");
+            let stmt = column_list(stmt, &cols)
+                .push(" FROM ")
+                .qualified(&staged.schema, &table);
+            sqlx::query(stmt.into_sql())
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        let drop = Statement::new("DROP SCHEMA ")
+            .ident(&staged.schema)
+            .push(" CASCADE");
+        sqlx::query(drop.into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    } else {
+        let (live_exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(live.schema.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        if live_exists {
+            rename_schema(cluster, &mut tx, &live.schema, &replaced(live).schema).await?;
+        }
+        rename_schema(cluster, &mut tx, &staged.schema, &live.schema).await?;
+    }
+    fence::unfence_in(cluster, &mut tx, live).await?;
+    tx.commit().await.map_err(err)
+}

@@ -1,0 +1,515 @@
+//! Restore one tenant from an export: verify → prepare → stage → load → check → migrate →
+//! grant → fence → swap → activate → cleanup.
+//!
+//! - `verify` touches nothing: the export is complete, its manifest is signed by the service
+//!   key and describes what the registry records, the tenant key unwraps its data key, and the
+//!   whole archive is read once — every chunk authenticated, both sha256 digests compared with
+//!   the manifest, every COPY block parsed, every row's tenant id checked, row counts compared
+//!   with the manifest. It records each table's expected row digest ([`load::RowDigest`]).
+//!   The export's tenant-schema version must be one this build knows (a newer one is refused)
+//!   and, for the pool, not newer than the pool.
+//! - `prepare` (a new tenant only): records its placement, creates its key and its database
+//!   (or brings the pool up to date, as provisioning does).
+//! - `stage` creates the staging schema ([`staging`]) empty, at the export's version.
+//! - `load` streams the archive again — object → decrypt and decompress → dump reader, on a
+//!   blocking thread → `COPY … FROM STDIN` — reporting rows per table.
+//! - `check` reads every table back and compares row count and digest with `verify`'s.
+//! - `migrate` brings the staging schema forward: to the latest version (schema, database
+//!   tiers) or the pool's.
+//! - `grant` fences the tenant in the staging schema and grants its role there (with the live
+//!   schema's name as its search_path).
+//! - `fence` (restoring in place) fences the tenant's writes in its live container and waits
+//!   out older writers, as a tier change does.
+//! - `swap` puts the staged copy in place in one transaction ([`staging::swap`]). This is the
+//!   point of no return.
+//! - `activate` records the tenant's schema version (a new tenant becomes active).
+//! - `cleanup` drops the replaced copy.
+//!
+//! Compensation (any failure before the swap) drops the staging schema and lifts the live
+//! fence; a new tenant is undone like a failed provisioning. The tenant's data is never
+//! changed before the swap.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::archive::ArchiveReader;
+use crate::archive::manifest::Manifest;
+use crate::context::Context;
+use crate::dataplane::load::{self, DumpReader, Piece, TableLoad};
+use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, fence, staging};
+use crate::error::Error;
+use crate::operation::ProgressItem;
+use crate::registry::Registry;
+use crate::sql::Ident;
+use crate::tenant::{TenantRef, Tier};
+use crate::workflow::{StepContext, StepError, Workflow};
+use crate::workflows::export::VerifiedExport;
+use crate::workflows::{login, provision, tenant_key};
+
+pub struct Restore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Replace the data of the export's own tenant.
+    InPlace,
+    /// Create a new tenant (new id, slug and key) holding the export's data.
+    AsNewTenant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub export_id: Uuid,
+    pub mode: Mode,
+    /// Where the restored tenant lives (in place: where it is).
+    pub tier: Tier,
+    pub cluster: String,
+    /// Set by `verify`.
+    #[serde(default)]
+    pub manifest: Option<Manifest>,
+    #[serde(default)]
+    pub target_version: Option<i32>,
+    /// What the archive holds, rows as they are loaded (tenant id rewritten).
+    #[serde(default)]
+    pub expected: Vec<TableLoad>,
+    /// Set by `fence` (in place) and `swap`.
+    #[serde(flatten)]
+    pub pause: fence::Pause,
+    /// Set by `activate`.
+    #[serde(default)]
+    pub schema_version: Option<i32>,
+}
+
+impl State {
+    pub fn new(export_id: Uuid, mode: Mode, tier: Tier, cluster: &str) -> Self {
+        State {
+            export_id,
+            mode,
+            tier,
+            cluster: cluster.to_owned(),
+            manifest: None,
+            target_version: None,
+            expected: Vec::new(),
+            pause: fence::Pause::default(),
+            schema_version: None,
+        }
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.expected.iter().map(|t| t.rows).sum()
+    }
+}
+
+fn data_loss(message: String) -> StepError {
+    StepError::fatal(tonic::Code::DataLoss, message)
+}
+
+fn precondition(message: String) -> StepError {
+    StepError::fatal(tonic::Code::FailedPrecondition, message)
+}
+
+fn missing(what: &str) -> StepError {
+    StepError::fatal(
+        tonic::Code::Internal,
+        format!("restore state has no {what}"),
+    )
+}
+
+impl Workflow for Restore {
+    const KIND: &'static str = "restore";
+    const STEPS: &'static [&'static str] = &[
+        "verify", "prepare", "stage", "load", "check", "migrate", "grant", "fence", "swap",
+        "activate", "cleanup",
+    ];
+    const ROLL_FORWARD_FROM: Option<&'static str> = Some("swap");
+    type State = State;
+
+    async fn run_step(
+        &self,
+        cx: &StepContext<'_>,
+        step: usize,
+        state: &mut State,
+    ) -> Result<(), StepError> {
+        let deps = cx.deps;
+        let (cluster, live) = deps
+            .dataplane
+            .plan(cx.tenant_id, state.tier, &state.cluster)?;
+        let staged = staging::staging(&live);
+        match Self::STEPS[step] {
+            "verify" => verify(cx, state, cluster, &live).await?,
+            "prepare" => {
+                if state.mode == Mode::AsNewTenant {
+                    Registry::set_placement(deps.registry.pool(), cx.tenant_id, &live.placement())
+                        .await?;
+                    tenant_key::ensure(deps, cx.tenant_id).await?;
+                    if live.tier == Tier::Pool {
+                        backend(Tier::Pool).create(cluster, &live).await?;
+                        let db = cluster.database(&live.database);
+                        catalog::migrate(cluster, &db, &live.schema, catalog::latest_version())
+                            .await?;
+                    } else {
+                        cluster.ensure_database(&live.database).await?;
+                    }
+                }
+            }
+            "stage" => {
+                let m = state.manifest.as_ref().ok_or_else(|| missing("manifest"))?;
+                staging::create(cluster, &staged, m.schema_version).await?;
+            }
+            "load" => load_step(cx, state, cluster, &staged).await?,
+            "check" => {
+                for t in &state.expected {
+                    let table = Ident::new(t.table.clone()).map_err(DataPlaneError::from)?;
+                    let columns = t
+                        .columns
+                        .iter()
+                        .map(|c| Ident::new(c.clone()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(DataPlaneError::from)?;
+                    let stored = load::read_back(cluster, &staged, &table, &columns).await?;
+                    if stored.rows != t.rows || stored.checksum() != t.checksum {
+                        return Err(data_loss(format!(
+                            "verification failed for table {table}: the export holds {} rows \
+                             (checksum {}), the staging copy {} rows (checksum {}); nothing \
+                             was changed",
+                            t.rows,
+                            t.checksum,
+                            stored.rows,
+                            stored.checksum()
+                        )));
+                    }
+                }
+            }
+            "migrate" => {
+                let version = state
+                    .target_version
+                    .ok_or_else(|| missing("target version"))?;
+                let db = cluster.database(&staged.database);
+                catalog::migrate(cluster, &db, &staged.schema, version).await?;
+            }
+            "grant" => {
+                fence::fence(cluster, &staged, cx.operation_id).await?;
+                if live.tier == Tier::Pool {
+                    login::grant(deps, cluster, &live).await?;
+                } else {
+                    login::grant_staged(deps, cluster, &staged, &live.schema).await?;
+                }
+            }
+            "fence" => {
+                if state.mode == Mode::InPlace {
+                    fence::fence(cluster, &live, cx.operation_id).await?;
+                    state.pause.fenced_at.get_or_insert_with(Utc::now);
+                    fence::wait_for_writers(cluster, &live, deps.config.workflow.fence_wait())
+                        .await?;
+                }
+            }
+            "swap" => {
+                staging::swap(cluster, &live).await?;
+                state.pause.unfenced_at.get_or_insert_with(Utc::now);
+                tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
+                    rows = state.rows(), "restored copy swapped in");
+            }
+            "activate" => {
+                let db = cluster.database(&live.database);
+                let version = catalog::current_version(cluster, &db, &live.schema).await?;
+                Registry::activate_tenant(deps.registry.pool(), cx.tenant_id, version).await?;
+                state.schema_version = Some(version);
+            }
+            "cleanup" => {
+                let replaced = staging::replaced(&live);
+                cluster
+                    .drop_schema(&replaced.database, &replaced.schema)
+                    .await?;
+                cluster
+                    .drop_schema(&staged.database, &staged.schema)
+                    .await?;
+            }
+            other => unreachable!("restore has no step {other}"),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
+        let (cluster, live) = cx
+            .deps
+            .dataplane
+            .plan(cx.tenant_id, state.tier, &state.cluster)?;
+        let staged = staging::staging(&live);
+        cluster
+            .drop_schema(&staged.database, &staged.schema)
+            .await?;
+        match state.mode {
+            Mode::InPlace => fence::unfence(cluster, &live).await?,
+            Mode::AsNewTenant => provision::undo(cx.deps, cluster, &live).await?,
+        }
+        Ok(())
+    }
+}
+
+/// The `verify` step (see the module doc).
+async fn verify(
+    cx: &StepContext<'_>,
+    state: &mut State,
+    cluster: &Cluster,
+    live: &Container,
+) -> Result<(), StepError> {
+    let deps = cx.deps;
+    let export = VerifiedExport::open(deps, state.export_id).await?;
+    let m = &export.manifest;
+    if m.schema_version > catalog::latest_version() {
+        return Err(precondition(format!(
+            "export exports/{} is at tenant-schema version {}, newer than this tenantd knows \
+             ({}); upgrade tenantd first",
+            state.export_id,
+            m.schema_version,
+            catalog::latest_version()
+        )));
+    }
+    let target_version = match (state.tier, state.mode) {
+        (Tier::Pool, Mode::InPlace) => {
+            let db = cluster.database(&live.database);
+            let pool = catalog::current_version(cluster, &db, &live.schema).await?;
+            if m.schema_version > pool {
+                return Err(precondition(format!(
+                    "export exports/{} is at tenant-schema version {}, the pool on cluster {} \
+                     at {pool}; migrate the pool first",
+                    state.export_id, m.schema_version, cluster.name
+                )));
+            }
+            pool
+        }
+        _ => catalog::latest_version(),
+    };
+    if state.mode == Mode::InPlace {
+        let tenant = deps
+            .registry
+            .get_tenant(&TenantRef::Id(cx.tenant_id))
+            .await?;
+        tenant.ensure_active()?;
+        if export.row.tenant_id != cx.tenant_id {
+            return Err(precondition(format!(
+                "export exports/{} belongs to another tenant",
+                state.export_id
+            )));
+        }
+        let placed = Container::from_placement(cx.tenant_id, tenant.tier, &tenant.placement)?;
+        if tenant.tier != state.tier || placed.placement() != live.placement() {
+            return Err(precondition(format!(
+                "tenant {} moved since the restore was requested",
+                tenant.slug
+            )));
+        }
+        let db = cluster.database(&live.database);
+        let version = catalog::current_version(cluster, &db, &live.schema).await?;
+        if version < catalog::FENCE_VERSION {
+            return Err(precondition(format!(
+                "tenant {} is at tenant-schema version {version}, which has no write fence; \
+                 migrate it to version {} or later first",
+                tenant.slug,
+                catalog::FENCE_VERSION
+            )));
+        }
+        if staging::exists(cluster, &staging::replaced(live)).await? {
+            return Err(precondition(format!(
+                "schema {} (the replaced copy of an earlier restore) still exists in database \
+                 {} on cluster {}; drop it first",
+                staging::replaced(live).schema.as_str(),
+                live.database.as_str(),
+                cluster.name
+            )));
+        }
+    }
+    let source: Uuid = m
+        .tenant_id
+        .parse()
+        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
+    let (mut pieces, reading) = read_dump(deps, &export, source, cx.tenant_id).await?;
+    while pieces.recv().await.is_some() {}
+    let tables = finished(reading).await?;
+    let counted: Vec<(&str, u64)> = tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
+    let manifest: Vec<(&str, u64)> = m
+        .tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.rows))
+        .collect();
+    if counted != manifest {
+        return Err(data_loss(format!(
+            "export exports/{} holds rows {counted:?}, its manifest says {manifest:?}",
+            state.export_id
+        )));
+    }
+    tracing::info!(export_id = %state.export_id, rows = tables.iter().map(|t| t.rows).sum::<u64>(),
+        "export verified");
+    state.expected = tables;
+    state.target_version = Some(target_version);
+    state.manifest = Some(export.manifest);
+    Ok(())
+}
+
+/// The `load` step: empties the staging tables, then streams the archive into them.
+async fn load_step(
+    cx: &StepContext<'_>,
+    state: &State,
+    cluster: &Cluster,
+    staged: &Container,
+) -> Result<(), StepError> {
+    let deps = cx.deps;
+    load::truncate(cluster, staged).await?;
+    let export = VerifiedExport::open(deps, state.export_id).await?;
+    let source: Uuid = export
+        .manifest
+        .tenant_id
+        .parse()
+        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
+    let progress = Mutex::new(
+        state
+            .expected
+            .iter()
+            .map(|t| ProgressItem {
+                name: t.table.clone(),
+                done: 0,
+                total: t.rows as i64,
+            })
+            .collect::<Vec<_>>(),
+    );
+    let first = progress.lock().expect("progress").clone();
+    cx.progress(&first).await?;
+    let (pieces, reading) = read_dump(deps, &export, source, cx.tenant_id).await?;
+    let loading = load::load(cluster, staged, pieces, |table, rows| {
+        let mut items = progress.lock().expect("progress");
+        if let Some(item) = items.iter_mut().find(|i| i.name == table) {
+            item.done = rows as i64;
+        }
+    });
+    tokio::pin!(loading);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    let loaded = loop {
+        tokio::select! {
+            r = &mut loading => break r,
+            _ = tick.tick() => {
+                let items = progress.lock().expect("progress").clone();
+                cx.progress(&items).await?;
+            }
+        }
+    };
+    // A failed load closes the queue, which stops the reader; a damaged archive ends the
+    // queue early, which fails the load: report the cause, not the consequence.
+    let tables = match (loaded, finished(reading).await) {
+        (Err(e), Err(StepError::Retryable(m))) if m == STOPPED => return Err(e.into()),
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e.into()),
+        (Ok(()), Ok(tables)) => tables,
+    };
+    if tables != state.expected {
+        return Err(data_loss(format!(
+            "export exports/{} changed between its verification and its load",
+            state.export_id
+        )));
+    }
+    let items = progress.lock().expect("progress").clone();
+    cx.progress(&items).await?;
+    Ok(())
+}
+
+/// Why the archive reader stopped when its consumer did (the consumer's error is the cause).
+const STOPPED: &str = "the restore stopped reading the archive";
+
+/// Sealed archive chunks read per request to the object store.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Streams the export's archive — object store → decrypt, decompress, [`DumpReader`] (on a
+/// blocking thread: CPU work) — into the returned queue, rows of `source` handed on as
+/// `target`'s. The handle ends with the tables read once the archive was authenticated to its
+/// end and both digests matched the manifest; a consumer that stops early closes the queue,
+/// which stops the reading.
+async fn read_dump(
+    deps: &Context,
+    export: &VerifiedExport,
+    source: Uuid,
+    target: Uuid,
+) -> Result<
+    (
+        mpsc::Receiver<Piece>,
+        tokio::task::JoinHandle<Result<Vec<TableLoad>, StepError>>,
+    ),
+    StepError,
+> {
+    let key = export.data_key(deps).await?;
+    let mut archive = deps
+        .objects
+        .read(&export.keys.archive)
+        .await
+        .map_err(Error::from)?;
+    let manifest = export.manifest.clone();
+    let (sealed_tx, mut sealed_rx) = mpsc::channel::<Vec<u8>>(4);
+    let (pieces_tx, pieces_rx) = mpsc::channel::<Piece>(8);
+    let fetch = tokio::spawn(async move {
+        loop {
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            let n = (&mut archive)
+                .take(READ_CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| StepError::Retryable(format!("reading the archive: {e}")))?;
+            if n == 0 || sealed_tx.send(buf).await.is_err() {
+                return Ok::<(), StepError>(());
+            }
+        }
+    });
+    let decode = tokio::task::spawn_blocking(move || -> Result<Vec<TableLoad>, StepError> {
+        let corrupt = |e: &dyn std::fmt::Display| {
+            data_loss(format!(
+                "export exports/{} is damaged: {e}; nothing was changed",
+                manifest.export_id
+            ))
+        };
+        let mut archive = ArchiveReader::for_manifest(&manifest, &key).map_err(|e| corrupt(&e))?;
+        let mut dump = DumpReader::new(source, target);
+        let hand_on = |pieces: Vec<Piece>| {
+            pieces
+                .into_iter()
+                .try_for_each(|p| pieces_tx.blocking_send(p).map_err(|_| ()))
+        };
+        while let Some(sealed) = sealed_rx.blocking_recv() {
+            let plain = archive.write(&sealed).map_err(|e| corrupt(&e))?;
+            let pieces = dump.feed(&plain).map_err(|e| corrupt(&e))?;
+            if hand_on(pieces).is_err() {
+                return Err(StepError::Retryable(STOPPED.into()));
+            }
+        }
+        let tail = archive.finish_checked(&manifest).map_err(|e| corrupt(&e))?;
+        let pieces = dump.feed(&tail).map_err(|e| corrupt(&e))?;
+        if hand_on(pieces).is_err() {
+            return Err(StepError::Retryable(STOPPED.into()));
+        }
+        dump.finish().map_err(|e| corrupt(&e))
+    });
+    let reading = tokio::spawn(async move {
+        let fetched = fetch
+            .await
+            .map_err(|e| StepError::Retryable(format!("archive reader: {e}")))?;
+        let decoded = decode
+            .await
+            .map_err(|e| StepError::Retryable(format!("archive decoder: {e}")))?;
+        // A failed fetch cuts the stream short, which the decoder reports as damage: the
+        // fetch's error is the cause.
+        fetched?;
+        decoded
+    });
+    Ok((pieces_rx, reading))
+}
+
+async fn finished(
+    reading: tokio::task::JoinHandle<Result<Vec<TableLoad>, StepError>>,
+) -> Result<Vec<TableLoad>, StepError> {
+    reading
+        .await
+        .map_err(|e| StepError::Retryable(format!("archive reader: {e}")))?
+}
