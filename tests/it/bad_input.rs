@@ -387,3 +387,124 @@ async fn invalid_export_requests_are_refused_and_start_nothing() {
             .unwrap();
     assert_eq!((ops, exports), (0, 0));
 }
+
+#[tokio::test]
+async fn invalid_restore_requests_name_the_field_and_change_nothing() {
+    let mut env = TestEnv::start().await;
+    env.provision("rst-bad", pb::Tier::Schema, "main").await;
+    let export = crate::export::export(&mut env, "rst-bad").await;
+    let in_place = pb::RestoreTenantRequest {
+        export: export.name.clone(),
+        mode: pb::RestoreMode::InPlace as i32,
+        ..Default::default()
+    };
+    let as_new = pb::RestoreTenantRequest {
+        mode: pb::RestoreMode::AsNewTenant as i32,
+        new_slug: "rst-bad-copy".into(),
+        ..in_place.clone()
+    };
+    let cases = [
+        (
+            "export",
+            pb::RestoreTenantRequest {
+                export: String::new(),
+                ..in_place.clone()
+            },
+        ),
+        (
+            "export",
+            pb::RestoreTenantRequest {
+                export: "exports/x'; --".into(),
+                ..in_place.clone()
+            },
+        ),
+        (
+            "mode",
+            pb::RestoreTenantRequest {
+                mode: 0,
+                ..in_place.clone()
+            },
+        ),
+        (
+            "mode",
+            pb::RestoreTenantRequest {
+                mode: 9,
+                ..in_place.clone()
+            },
+        ),
+        (
+            "new_slug",
+            pb::RestoreTenantRequest {
+                new_slug: "x".into(),
+                ..in_place.clone()
+            },
+        ),
+        (
+            "tier",
+            pb::RestoreTenantRequest {
+                tier: pb::Tier::Pool as i32,
+                ..in_place.clone()
+            },
+        ),
+        (
+            "new_slug",
+            pb::RestoreTenantRequest {
+                new_slug: String::new(),
+                ..as_new.clone()
+            },
+        ),
+        (
+            "new_slug",
+            pb::RestoreTenantRequest {
+                new_slug: "Bad Slug".into(),
+                ..as_new.clone()
+            },
+        ),
+        (
+            "tier",
+            pb::RestoreTenantRequest {
+                tier: 7,
+                ..as_new.clone()
+            },
+        ),
+        (
+            "cluster",
+            pb::RestoreTenantRequest {
+                cluster: "nowhere".into(),
+                ..as_new.clone()
+            },
+        ),
+        (
+            "request_id",
+            pb::RestoreTenantRequest {
+                request_id: "a b".into(),
+                ..as_new.clone()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let e = env.exports.restore_tenant(request).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert_eq!(bad_field(&e), field, "{e:?}");
+    }
+    let missing = pb::RestoreTenantRequest {
+        export: format!("exports/{}", uuid::Uuid::new_v4()),
+        ..in_place.clone()
+    };
+    let e = env.exports.restore_tenant(missing).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let taken = pb::RestoreTenantRequest {
+        new_slug: "rst-bad".into(),
+        ..as_new
+    };
+    let e = env.exports.restore_tenant(taken).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let (ops, tenants): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM operations WHERE kind = 'restore'),
+                (SELECT count(*) FROM tenants)",
+    )
+    .fetch_one(&env.registry)
+    .await
+    .unwrap();
+    assert_eq!((ops, tenants), (0, 1));
+}

@@ -33,7 +33,7 @@ async fn request(env: &mut TestEnv, tenant: &str, tier: pb::Tier, cluster: &str)
 fn details(op: &pb::Operation) -> pb::TierChange {
     match op.metadata.as_ref().and_then(|m| m.details.clone()) {
         Some(pb::operation_metadata::Details::TierChange(t)) => t,
-        None => panic!("no tier change details in {op:?}"),
+        _ => panic!("no tier change details in {op:?}"),
     }
 }
 

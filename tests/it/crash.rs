@@ -8,18 +8,35 @@ use tenantd::workflows::Provision;
 
 use crate::harness::{Footprint, TestEnv, footprint};
 
-/// Every crash window of provisioning: before each step, and after each step's side effects
+/// Every crash window of workflow `W`: before each step, and after each step's side effects
 /// but before its done mark commits.
-fn boundaries() -> Vec<String> {
-    Provision::STEPS
+pub fn boundaries<W: Workflow>() -> Vec<String> {
+    W::STEPS
         .iter()
         .flat_map(|s| {
             [
-                format!("provision.before_{s}"),
-                format!("provision.after_{s}"),
+                format!("{}.before_{s}", W::KIND),
+                format!("{}.after_{s}", W::KIND),
             ]
         })
         .collect()
+}
+
+/// Crashes `env`'s operation at every one of `points` in turn. The running process must have
+/// answered the request and be parked at the first point (`sleep`); it is killed there (SIGKILL,
+/// like a crash), and each next process resumes the operation and exits at the next point,
+/// until the last process runs it to the end.
+pub async fn crash_through(env: &mut TestEnv, points: &[String]) {
+    env.process.as_mut().unwrap().child.kill().unwrap();
+    for (i, point) in points.iter().enumerate() {
+        let expected = if i == 0 { None } else { Some(EXIT_CODE) };
+        assert_eq!(env.wait_exit(), expected, "process should die at {point}");
+        let next = points
+            .get(i + 1)
+            .map(|n| format!("{n}=exit"))
+            .unwrap_or_default();
+        env.restart(&next).await;
+    }
 }
 
 const NOTHING: Footprint = Footprint {
@@ -30,24 +47,11 @@ const NOTHING: Footprint = Footprint {
 };
 
 async fn crash_at_every_boundary(slug: &str, tier: pb::Tier, cluster: &str) {
-    let points = boundaries();
-    // The first process takes the request, parks the operation at the first boundary and is
-    // killed there (SIGKILL, after it answered); each next process resumes the same operation
-    // and exits at the next boundary.
+    let points = boundaries::<Provision>();
     let mut env = TestEnv::spawn(&format!("{}=sleep(60000)", points[0])).await;
     let op = env.create(slug, tier, cluster).await;
     let tenant_id = op.metadata.as_ref().unwrap().tenant_id.clone();
-    env.process.as_mut().unwrap().child.kill().unwrap();
-    for (i, point) in points.iter().enumerate() {
-        let code = env.wait_exit();
-        let expected = if i == 0 { None } else { Some(EXIT_CODE) };
-        assert_eq!(code, expected, "process should die at {point}");
-        let next = points
-            .get(i + 1)
-            .map(|n| format!("{n}=exit"))
-            .unwrap_or_default();
-        env.restart(&next).await;
-    }
+    crash_through(&mut env, &points).await;
     let op = env.wait(&op.name).await;
     let Some(pb::operation::Result::Tenant(t)) = op.result else {
         panic!("provisioning did not succeed after crashes: {op:?}");

@@ -12,3 +12,4 @@ mod harness;
 mod idempotency;
 mod isolation;
 mod provision;
+mod restore;

@@ -1,0 +1,512 @@
+//! Restores end to end: an export from any tier restored in place or as a new tenant in any
+//! tier, row for row, while neighbours' data stays exactly as it was; damaged archives, dead
+//! keys and busy tenants refused with nothing changed; a crash at every step boundary resumed.
+
+use tenantd::api::pb;
+use tenantd::workflows::Restore;
+use uuid::Uuid;
+
+use crate::crash::{boundaries, crash_through};
+use crate::export::export;
+use crate::harness::{AppConnector, Place, TestEnv, admin, fill, snapshot};
+
+fn request(e: &pb::Export) -> pb::RestoreTenantRequest {
+    pb::RestoreTenantRequest {
+        export: e.name.clone(),
+        mode: pb::RestoreMode::InPlace as i32,
+        ..Default::default()
+    }
+}
+
+fn as_new(e: &pb::Export, slug: &str, tier: pb::Tier, cluster: &str) -> pb::RestoreTenantRequest {
+    pb::RestoreTenantRequest {
+        export: e.name.clone(),
+        mode: pb::RestoreMode::AsNewTenant as i32,
+        new_slug: slug.into(),
+        tier: tier as i32,
+        cluster: cluster.into(),
+        ..Default::default()
+    }
+}
+
+/// Starts a restore and waits for it to end.
+async fn restore(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Operation {
+    let op = env.exports.restore_tenant(r).await.unwrap().into_inner();
+    env.wait(&op.name).await
+}
+
+/// Restores and expects success; the restored tenant.
+async fn restored(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Tenant {
+    let op = restore(env, r).await;
+    let Some(pb::operation::Result::Tenant(t)) = op.result.clone() else {
+        panic!("restore failed: {op:?}");
+    };
+    assert_eq!(t.state, pb::TenantState::Active as i32);
+    let Some(pb::operation_metadata::Details::Restore(details)) = op.metadata.unwrap().details
+    else {
+        panic!("no restore details");
+    };
+    assert!(details.rows > 0);
+    assert_eq!(details.schema_version, t.schema_version);
+    t
+}
+
+/// A snapshot with `from`'s id written as `to`'s (a restore as a new tenant moves the rows).
+fn renamed(rows: &[(String, Vec<String>)], from: Uuid, to: Uuid) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = rows
+        .iter()
+        .map(|(t, r)| {
+            let mut r: Vec<String> = r
+                .iter()
+                .map(|row| row.replace(&from.to_string(), &to.to_string()))
+                .collect();
+            r.sort();
+            (t.clone(), r)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn sorted(mut rows: Vec<(String, Vec<String>)>) -> Vec<(String, Vec<String>)> {
+    rows.sort();
+    rows
+}
+
+/// Changes the tenant's data after its export, so a restore has something to undo.
+async fn diverge(place: &Place, tenant: Uuid) {
+    let pool = admin(&place.cluster, &place.database).await;
+    for sql in [
+        "DELETE FROM S.appointments WHERE tenant_id = $1",
+        "UPDATE S.patients SET given_name = 'changed' WHERE tenant_id = $1",
+        "INSERT INTO S.audit_events (tenant_id, actor, action, entity) VALUES ($1, 'x', 'y', 'z')",
+    ] {
+        let sql = sql.replace("S.", &format!("\"{}\".", place.schema));
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// The application's view: it connects through ResolveTenant with its own credentials,
+/// reads the restored rows and can write again (the fence is lifted, the grants are there).
+async fn app_reads_and_writes(env: &TestEnv, tenant: Uuid, patients: i64) {
+    let mut app = AppConnector::new(env);
+    let (mut conn, _) = app.connect(tenant).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM patients")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, patients, "the application sees the restored rows");
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, actor, action, entity)
+         VALUES (current_setting('app.tenant_id')::uuid, 'app', 'write', 'after-restore')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+async fn neighbours(env: &mut TestEnv) -> Vec<(Place, Uuid)> {
+    let mut out = Vec::new();
+    for (slug, tier, cluster) in [
+        ("rst-nb-pool", pb::Tier::Pool, "main"),
+        ("rst-nb-schema", pb::Tier::Schema, "main"),
+        ("rst-nb-db", pb::Tier::Database, "second"),
+    ] {
+        let t = env.provision(slug, tier, cluster).await;
+        let id: Uuid = t.id.parse().unwrap();
+        fill(&Place::of(&t), id, 15).await;
+        out.push((Place::of(&t), id));
+    }
+    out
+}
+
+async fn snapshots(of: &[(Place, Uuid)]) -> Vec<Vec<(String, Vec<String>)>> {
+    let mut out = Vec::new();
+    for (place, id) in of {
+        out.push(snapshot(place, *id).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn restores_round_trip_across_tiers_and_leave_neighbours_alone() {
+    let mut env = TestEnv::start().await;
+    let others = neighbours(&mut env).await;
+    let before = snapshots(&others).await;
+    let mut restored_tenants = Vec::new();
+
+    for (slug, tier, cluster, new_tier, new_cluster) in [
+        (
+            "rst-pool",
+            pb::Tier::Pool,
+            "main",
+            pb::Tier::Database,
+            "second",
+        ),
+        (
+            "rst-schema",
+            pb::Tier::Schema,
+            "main",
+            pb::Tier::Pool,
+            "main",
+        ),
+        (
+            "rst-db",
+            pb::Tier::Database,
+            "second",
+            pb::Tier::Schema,
+            "main",
+        ),
+    ] {
+        let t = env.provision(slug, tier, cluster).await;
+        let id: Uuid = t.id.parse().unwrap();
+        let place = Place::of(&t);
+        fill(&place, id, 20).await;
+        let exported = snapshot(&place, id).await;
+        let e = export(&mut env, slug).await;
+
+        // In place: the tenant's changes since the export are undone, row for row.
+        diverge(&place, id).await;
+        assert_ne!(snapshot(&place, id).await, exported);
+        let mut r = request(&e);
+        r.request_id = format!("{slug}-in-place");
+        let back = restored(&mut env, r.clone()).await;
+        restored_tenants.push((id, place.cluster.clone(), place.database.clone()));
+        assert_eq!(back.id, t.id);
+        assert_eq!(
+            back.routing_epoch, t.routing_epoch,
+            "routing did not change"
+        );
+        assert_eq!(snapshot(&place, id).await, exported, "{slug}: row for row");
+        app_reads_and_writes(&env, id, 20).await;
+        // The same request id answers with the same operation.
+        let again = env.exports.restore_tenant(r).await.unwrap().into_inner();
+        assert_eq!(again.metadata.unwrap().tenant_id, t.id);
+
+        // As a new tenant in another tier: the same rows under the new tenant's id.
+        let new_slug = format!("{slug}-copy");
+        let copy = restored(&mut env, as_new(&e, &new_slug, new_tier, new_cluster)).await;
+        let copy_id: Uuid = copy.id.parse().unwrap();
+        let copy_place = Place::of(&copy);
+        restored_tenants.push((copy_id, copy_place.cluster, copy_place.database));
+        assert_ne!(copy.id, t.id);
+        assert_eq!(copy.tier, new_tier as i32);
+        assert_ne!(copy.key_id, t.key_id, "a new tenant gets its own key");
+        assert_eq!(
+            sorted(snapshot(&Place::of(&copy), copy_id).await),
+            renamed(&exported, id, copy_id),
+            "{new_slug}: row for row"
+        );
+        app_reads_and_writes(&env, copy_id, 20).await;
+        // The source tenant is untouched by its copy.
+        let mut with_write = snapshot(&place, id).await;
+        with_write.retain(|(table, _)| table != "audit_events");
+        let mut expected = exported.clone();
+        expected.retain(|(table, _)| table != "audit_events");
+        assert_eq!(with_write, expected);
+    }
+
+    assert_eq!(snapshots(&others).await, before, "neighbours unchanged");
+    // No staging or replaced copy of these tenants is left anywhere.
+    for (id, cluster, db) in restored_tenants {
+        let pool = admin(&cluster, &db).await;
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)")
+                .bind([
+                    format!("restore_{}", id.simple()),
+                    format!("replaced_{}", id.simple()),
+                ])
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "leftover schema of {id} in {cluster}/{db}");
+    }
+}
+
+/// The write-fence trigger of a renamed container checks its own fence table: after an
+/// in-place restore of a schema tenant, fencing it blocks the application's writes again.
+#[tokio::test]
+async fn the_restored_copy_is_fenced_by_its_own_fence_table() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("rst-fence", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 5).await;
+    let e = export(&mut env, "rst-fence").await;
+    restored(&mut env, request(&e)).await;
+    let pool = admin("main", &place.database).await;
+    let (config,): (Vec<String>,) = sqlx::query_as(
+        "SELECT p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = $1 AND p.proname = 'tenant_write_fence'",
+    )
+    .bind(&place.schema)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(config, [format!("search_path={}, pg_temp", place.schema)]);
+    let fence = format!(
+        "INSERT INTO \"{}\".tenant_write_fences (tenant_id, operation_id) VALUES ($1, $1)",
+        place.schema
+    );
+    sqlx::query(sqlx::AssertSqlSafe(fence))
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut app = AppConnector::new(&env);
+    let (mut conn, _) = app.connect(id).await.unwrap();
+    let err = sqlx::query("DELETE FROM audit_events")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&err), "TF001");
+}
+
+#[tokio::test]
+async fn damaged_archives_dead_keys_and_busy_tenants_are_refused_with_nothing_changed() {
+    let mut env = TestEnv::spawn("export.before_dump=sleep(4000)*1").await;
+    let t = env.provision("rst-refuse", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 10).await;
+    let e = export(&mut env, "rst-refuse").await;
+    let keys = tenantd::workflows::export::ExportKeys::new(
+        id,
+        e.name.trim_start_matches("exports/").parse().unwrap(),
+    );
+    diverge(&place, id).await;
+    let current = snapshot(&place, id).await;
+    let objects = env.objects().await;
+    let archive = objects.get(&keys.archive).await.unwrap();
+
+    // One flipped byte, then the archive cut short: the operation fails in `verify` with
+    // DATA_LOSS, and the tenant's data is as it was.
+    let mut flipped = archive.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x01;
+    let truncated = archive[..archive.len() - 100].to_vec();
+    for damaged in [flipped, truncated] {
+        objects.put(&keys.archive, &damaged).await.unwrap();
+        let op = restore(&mut env, request(&e)).await;
+        let Some(pb::operation::Result::Error(err)) = op.result else {
+            panic!("a damaged archive was restored: {op:?}");
+        };
+        assert_eq!(err.code, tonic::Code::DataLoss as i32, "{err:?}");
+        assert_eq!(err.step, "verify");
+        assert!(
+            err.message.contains("nothing was changed"),
+            "{}",
+            err.message
+        );
+        assert_eq!(snapshot(&place, id).await, current);
+    }
+    objects.put(&keys.archive, &archive).await.unwrap();
+
+    // An edited manifest: refused at once.
+    let manifest = objects.get(&keys.manifest).await.unwrap();
+    let edited =
+        String::from_utf8(manifest.clone())
+            .unwrap()
+            .replacen("\"rows\": 10", "\"rows\": 9", 1);
+    objects
+        .put(&keys.manifest, edited.as_bytes())
+        .await
+        .unwrap();
+    let status = env.exports.restore_tenant(request(&e)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("signature"),
+        "{}",
+        status.message()
+    );
+    objects.put(&keys.manifest, &manifest).await.unwrap();
+
+    // Another operation holds the tenant: FAILED_PRECONDITION naming it.
+    let busy = env
+        .exports
+        .export_tenant(pb::ExportTenantRequest {
+            tenant: "rst-refuse".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = env.exports.restore_tenant(request(&e)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains(&busy.name[11..]),
+        "{}",
+        status.message()
+    );
+    env.wait(&busy.name).await;
+    assert_eq!(snapshot(&place, id).await, current);
+
+    // The tenant key scheduled for deletion: a clear error, before anything starts.
+    env.keys()
+        .await
+        .schedule_key_deletion(&t.key_id, 7)
+        .await
+        .unwrap();
+    for r in [
+        request(&e),
+        as_new(&e, "rst-refuse-copy", pb::Tier::Pool, ""),
+    ] {
+        let status = env.exports.restore_tenant(r).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("pending deletion"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(snapshot(&place, id).await, current);
+    let (tenants,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenants")
+        .fetch_one(&env.registry)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 1, "no tenant was created");
+}
+
+async fn crash_at_every_boundary(mode: pb::RestoreMode, tier: pb::Tier) {
+    let slug = format!(
+        "rst-crash-{}",
+        tier.as_str_name().to_lowercase().replace('_', "-")
+    );
+    let points = boundaries::<Restore>();
+    let mut env = TestEnv::spawn("").await;
+    let t = env.provision(&slug, tier, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 30).await;
+    let exported = snapshot(&place, id).await;
+    let e = export(&mut env, &slug).await;
+    diverge(&place, id).await;
+
+    env.restart(&format!("{}=sleep(60000)", points[0])).await;
+    env.ready().await;
+    let mut r = request(&e);
+    if mode == pb::RestoreMode::AsNewTenant {
+        r = as_new(&e, &format!("{slug}-copy"), tier, "main");
+    }
+    let op = env.exports.restore_tenant(r).await.unwrap().into_inner();
+    let restored_id: Uuid = op.metadata.as_ref().unwrap().tenant_id.parse().unwrap();
+    crash_through(&mut env, &points).await;
+    let op = env.wait(&op.name).await;
+    let Some(pb::operation::Result::Tenant(back)) = op.result else {
+        panic!("the restore did not succeed after crashes: {op:?}");
+    };
+    let steps = op.metadata.unwrap().steps;
+    assert!(steps.iter().all(|s| s.attempts >= 2), "{steps:?}");
+    assert_eq!(
+        sorted(snapshot(&Place::of(&back), restored_id).await),
+        renamed(&exported, id, restored_id)
+    );
+}
+
+#[tokio::test]
+async fn an_in_place_schema_restore_survives_a_crash_at_every_step_boundary() {
+    crash_at_every_boundary(pb::RestoreMode::InPlace, pb::Tier::Schema).await;
+}
+
+#[tokio::test]
+async fn a_pool_restore_as_a_new_tenant_survives_a_crash_at_every_step_boundary() {
+    crash_at_every_boundary(pb::RestoreMode::AsNewTenant, pb::Tier::Pool).await;
+}
+
+#[tokio::test]
+async fn restores_from_aws_kms_and_s3() {
+    let mut env = TestEnv::start_aws().await;
+    let t = env.provision("rst-aws", pb::Tier::Database, "second").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 10).await;
+    let exported = snapshot(&place, id).await;
+    let e = export(&mut env, "rst-aws").await;
+    diverge(&place, id).await;
+    restored(&mut env, request(&e)).await;
+    assert_eq!(snapshot(&place, id).await, exported);
+}
+
+/// An export at an older tenant-schema version is migrated forward after the load; one
+/// newer than this tenantd knows is refused (even when properly signed).
+#[tokio::test]
+async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("rst-old", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 10).await;
+    // Take the tenant back to version 2: migration 3 only added three indexes.
+    let pool = admin("main", &place.database).await;
+    let schema = format!("\"{}\"", place.schema);
+    for sql in [
+        format!(
+            "DROP INDEX {schema}.observations_encounter, {schema}.clinical_notes_encounter, {schema}.appointments_type"
+        ),
+        format!("DELETE FROM {schema}.tenant_schema_migrations WHERE version = 3"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE tenants SET schema_version = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&env.registry)
+        .await
+        .unwrap();
+    let exported = snapshot(&place, id).await;
+    let e = export(&mut env, "rst-old").await;
+    assert_eq!(e.schema_version, 2);
+
+    let op = restore(&mut env, request(&e)).await;
+    let Some(pb::operation_metadata::Details::Restore(details)) =
+        op.metadata.clone().unwrap().details
+    else {
+        panic!("no restore details: {op:?}");
+    };
+    let Some(pb::operation::Result::Tenant(back)) = op.result else {
+        panic!("restore failed: {op:?}");
+    };
+    assert_eq!(
+        (
+            details.export_schema_version,
+            details.schema_version,
+            back.schema_version
+        ),
+        (2, 3, 3)
+    );
+    assert_eq!(snapshot(&place, id).await, exported);
+    let (indexes,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = $1
+           AND indexname IN ('observations_encounter', 'clinical_notes_encounter', 'appointments_type')",
+    )
+    .bind(&place.schema)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 3, "migration 3 ran on the restored copy");
+
+    // A manifest claiming a future version, signed by the service key: refused at once.
+    let keys = tenantd::workflows::export::ExportKeys::new(
+        id,
+        e.name.trim_start_matches("exports/").parse().unwrap(),
+    );
+    let objects = env.objects().await;
+    let manifest = String::from_utf8(objects.get(&keys.manifest).await.unwrap()).unwrap();
+    let future = manifest.replacen("\"schema_version\": 2", "\"schema_version\": 99", 1);
+    assert_ne!(future, manifest);
+    let signature = env.keys().await.sign(future.as_bytes()).await.unwrap();
+    objects
+        .put(&keys.manifest, future.as_bytes())
+        .await
+        .unwrap();
+    objects.put(&keys.signature, &signature.der).await.unwrap();
+    let status = env.exports.restore_tenant(request(&e)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("newer"), "{}", status.message());
+}
