@@ -364,7 +364,7 @@ impl Report {
         );
         let pause_ms = match op.metadata.as_ref().and_then(|m| m.details.clone()) {
             Some(pb::operation_metadata::Details::TierChange(t)) => t.write_pause_ms,
-            None => 0,
+            _ => 0,
         };
         let from = if from == "pool" { "pool" } else { "schema" };
         let to = tier

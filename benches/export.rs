@@ -28,14 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let pg_dump = pg_dump_binary();
     let running = common::start("export").await?;
     let mut c = running.clients.clone();
-    let url = {
-        let pg = running.stack.postgres.url("postgres");
-        let base = pg
-            .strip_suffix("/postgres")
-            .expect("url ends in the database")
-            .to_owned();
-        move |db: &str| format!("{base}/{db}")
-    };
+    let url = |db: &str| running.stack.postgres.url(db);
 
     let big = c.provision("big", pb::Tier::Schema).await?;
     let small = c.provision("small", pb::Tier::Schema).await?;
@@ -116,19 +109,8 @@ async fn best_export(c: &mut common::Clients, tenant: Uuid) -> anyhow::Result<Me
         // Resets the process's peak RSS (VmHWM) so it measures this export only.
         std::fs::write("/proc/self/clear_refs", "5")?;
         let started = Instant::now();
-        let op = c
-            .exports
-            .export_tenant(pb::ExportTenantRequest {
-                tenant: tenant.to_string(),
-                request_id: String::new(),
-            })
-            .await?
-            .into_inner();
-        let op = c.wait(op.name).await?;
+        let e = c.export(tenant).await?;
         let secs = started.elapsed().as_secs_f64();
-        let Some(pb::operation::Result::Export(e)) = op.result else {
-            anyhow::bail!("export failed: {:?}", op.result);
-        };
         let m = Measured {
             secs,
             archive_mb: e.size_bytes as f64 / 1e6,

@@ -148,6 +148,23 @@ impl Clients {
             .into_inner();
         Ok(self.succeeded(op, "tier change").await?.0)
     }
+
+    /// Exports `tenant` and waits; the export.
+    pub async fn export(&mut self, tenant: Uuid) -> anyhow::Result<pb::Export> {
+        let op = self
+            .exports
+            .export_tenant(pb::ExportTenantRequest {
+                tenant: tenant.to_string(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        let op = self.wait(op.name).await?;
+        match op.result {
+            Some(pb::operation::Result::Export(e)) => Ok(e),
+            other => anyhow::bail!("export failed: {other:?}"),
+        }
+    }
 }
 
 impl Running {
