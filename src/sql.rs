@@ -7,7 +7,9 @@
 //! - an identifier reaches SQL only as an [`Ident`], which is validated when it is built
 //!   (1–63 bytes of `[a-z0-9_]`, starting with a letter or `_`) and always double-quoted;
 //! - a literal reaches SQL only through [`literal`], which quotes with standard string syntax;
-//! - everything else is a `&'static str` fragment written in this crate.
+//! - everything else is a `&'static str` fragment written in this crate, a migration file
+//!   shipped in the binary, or a definition PostgreSQL printed for an object those migrations
+//!   created ([`Statement::catalog_definition`]).
 //!
 //! Values that can be bound (everything in DML) are always bound, never spliced.
 
@@ -103,6 +105,17 @@ impl Statement {
     pub fn literal(mut self, value: &str) -> Result<Self, InvalidLiteral> {
         self.0.push_str(&literal(value)?);
         Ok(self)
+    }
+    /// A definition PostgreSQL printed (`pg_get_indexdef`, `pg_get_constraintdef`) for an
+    /// object tenantd's own migrations created in a container tenantd controls, to build the
+    /// same object again (a restore's staging tables). Never text from a request or an archive.
+    pub fn catalog_definition(definition: String) -> Self {
+        Statement(definition)
+    }
+    /// Appends another statement's text.
+    pub fn append(mut self, other: Statement) -> Self {
+        self.0.push_str(&other.0);
+        self
     }
     /// Splices a whole SQL file shipped inside the binary (tenant-schema migrations).
     pub fn trusted_file(mut self, text: &'static str) -> Self {

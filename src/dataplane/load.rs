@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
@@ -310,15 +311,88 @@ pub async fn truncate(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneE
     cluster.exec(&cluster.database(&c.database), stmt).await
 }
 
-/// Writes pieces into `c`'s tables by `COPY … FROM STDIN` (text format, the dump's own), on
-/// one connection, as they arrive. `on_rows` is told every table's rows so far. Returning
-/// (also on error) drops the queue, which tells the producer to stop.
+/// Connections that load at once: the server parses and stores COPY input on one core per
+/// connection, so the pieces of every table are spread over two (the tables must have no
+/// keys or indexes yet, see [`super::staging`]).
+const LANES: usize = 2;
+
+/// How a lane ended.
+#[derive(PartialEq, Eq)]
+enum LaneEnd {
+    Done,
+    /// Its input stopped inside a COPY block (the producer failed; its error says why).
+    Cut,
+}
+
+/// Writes pieces into `c`'s tables by `COPY … FROM STDIN` (text format, the dump's own), as
+/// they arrive, on [`LANES`] connections: each table's COPY is opened on every lane and each
+/// piece of rows goes to whichever lane has room first. `on_rows` is told every table's rows
+/// handed on so far. Returning (also on error) drops the queue, which tells the producer to
+/// stop.
 pub async fn load(
     cluster: &Cluster,
     c: &Container,
-    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+    mut pieces: mpsc::Receiver<Piece>,
     mut on_rows: impl FnMut(&str, u64),
 ) -> Result<(), DataPlaneError> {
+    let (tx_a, rx_a) = mpsc::channel::<Piece>(LANES);
+    let (tx_b, rx_b) = mpsc::channel::<Piece>(LANES);
+    // Ok(false): a lane went away (its own result says why).
+    let dispatch = async move {
+        let lanes = [tx_a, tx_b];
+        let (mut table, mut rows) = (String::new(), 0u64);
+        while let Some(piece) = pieces.recv().await {
+            match piece {
+                Piece::Begin { table: t, columns } => {
+                    for lane in &lanes {
+                        let begin = Piece::Begin {
+                            table: t.clone(),
+                            columns: columns.clone(),
+                        };
+                        if lane.send(begin).await.is_err() {
+                            return false;
+                        }
+                    }
+                    (table, rows) = (t.as_str().to_owned(), 0);
+                }
+                Piece::Rows { data, rows: n } => {
+                    let room = tokio::select! {
+                        r = lanes[0].reserve() => r,
+                        r = lanes[1].reserve() => r,
+                    };
+                    let Ok(permit) = room else { return false };
+                    permit.send(Piece::Rows { data, rows: n });
+                    rows += n;
+                    on_rows(&table, rows);
+                }
+                Piece::End => {
+                    for lane in &lanes {
+                        if lane.send(Piece::End).await.is_err() {
+                            return false;
+                        }
+                    }
+                    tracing::info!(table = %table, rows, "table loaded");
+                }
+            }
+        }
+        true
+    };
+    let (complete, a, b) = tokio::join!(dispatch, lane(cluster, c, rx_a), lane(cluster, c, rx_b));
+    let (a, b) = (a?, b?);
+    if !complete || a == LaneEnd::Cut || b == LaneEnd::Cut {
+        return Err(DataPlaneError::Invariant(
+            "the dump stream ended inside a table".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One loading connection: COPY blocks as the dispatcher opens and closes them.
+async fn lane(
+    cluster: &Cluster,
+    c: &Container,
+    mut pieces: mpsc::Receiver<Piece>,
+) -> Result<LaneEnd, DataPlaneError> {
     let err = |e| cluster.err(e);
     // No settings to pin: the dump's values are unambiguous input (ISO dates, explicit UTC
     // offsets, full-precision floats).
@@ -337,29 +411,23 @@ pub async fn load(
         )
         .push(") FROM STDIN");
         let mut sink = conn.copy_in_raw(stmt.as_str()).await.map_err(err)?;
-        let mut rows = 0;
         loop {
             match pieces.recv().await {
-                Some(Piece::Rows { data, rows: n }) => {
+                Some(Piece::Rows { data, .. }) => {
                     sink.send(data).await.map_err(err)?;
-                    rows += n;
-                    on_rows(table.as_str(), rows);
                 }
                 Some(Piece::End) => break,
                 _ => {
                     let _ = sink
                         .abort("the dump stream ended inside a COPY block")
                         .await;
-                    return Err(DataPlaneError::Invariant(format!(
-                        "the dump stream ended inside table {table}"
-                    )));
+                    return Ok(LaneEnd::Cut);
                 }
             }
         }
         sink.finish().await.map_err(err)?;
-        tracing::info!(table = %table, rows, "table loaded");
     }
-    Ok(())
+    Ok(LaneEnd::Done)
 }
 
 /// The digest of `table` in `c` as stored: its rows read back by `COPY … TO STDOUT` (text,

@@ -227,10 +227,11 @@ async fn restores_round_trip_across_tiers_and_leave_neighbours_alone() {
     }
 }
 
-/// The write-fence trigger of a renamed container checks its own fence table: after an
-/// in-place restore of a schema tenant, fencing it blocks the application's writes again.
+/// The restored container is what migrations make (keys, indexes, foreign keys), and the
+/// write-fence trigger of a renamed container checks its own fence table: after an in-place
+/// restore of a schema tenant, fencing it blocks the application's writes again.
 #[tokio::test]
-async fn the_restored_copy_is_fenced_by_its_own_fence_table() {
+async fn the_restored_copy_is_complete_and_fenced_by_its_own_fence_table() {
     let mut env = TestEnv::start().await;
     let t = env.provision("rst-fence", pb::Tier::Schema, "main").await;
     let id: Uuid = t.id.parse().unwrap();
@@ -257,6 +258,36 @@ async fn the_restored_copy_is_fenced_by_its_own_fence_table() {
         .execute(&pool)
         .await
         .unwrap();
+    // Keys, indexes and foreign keys were set aside for the load and built again: the
+    // restored schema has exactly what a freshly provisioned one has.
+    let fresh = env
+        .provision("rst-fence-fresh", pb::Tier::Schema, "main")
+        .await;
+    let fresh = Place::of(&fresh).schema;
+    let definitions = |schema: String| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT replace(pg_get_indexdef(i.indexrelid), $1, 'S') FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1
+                 UNION ALL
+                 SELECT k.conname || ' ' || replace(pg_get_constraintdef(k.oid), $1, 'S')
+                 FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+                 WHERE n.nspname = $1
+                 ORDER BY 1",
+            )
+            .bind(schema)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+        }
+    };
+    let restored_definitions = definitions(place.schema.clone()).await;
+    assert!(restored_definitions.len() > 20, "{restored_definitions:?}");
+    assert_eq!(restored_definitions, definitions(fresh).await);
+
     let mut app = AppConnector::new(&env);
     let (mut conn, _) = app.connect(id).await.unwrap();
     let err = sqlx::query("DELETE FROM audit_events")
@@ -509,4 +540,118 @@ async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
     let status = env.exports.restore_tenant(request(&e)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("newer"), "{}", status.message());
+}
+
+/// Rewrites export `e`'s SQL with `edit`, then seals, signs and records it again exactly as
+/// tenantd would (same data key, the service signing key): an export that verifies end to
+/// end but holds other data than was exported.
+async fn reseal(env: &TestEnv, e: &pb::Export, edit: impl Fn(&str) -> String) {
+    use tenantd::archive::manifest::Manifest;
+    use tenantd::archive::{ArchiveReader, ArchiveWriter};
+    let id: Uuid = e.name.trim_start_matches("exports/").parse().unwrap();
+    let keys = tenantd::workflows::export::ExportKeys::new(e.tenant_id.parse().unwrap(), id);
+    let objects = env.objects().await;
+    let ks = env.keys().await;
+    let mut m: Manifest =
+        serde_json::from_slice(&objects.get(&keys.manifest).await.unwrap()).unwrap();
+    let data_key = ks
+        .decrypt_data_key(
+            &m.encryption.key_id,
+            &m.wrapped_data_key().unwrap(),
+            &m.context(),
+        )
+        .await
+        .unwrap();
+    let mut reader = ArchiveReader::for_manifest(&m, &data_key).unwrap();
+    let mut plain = reader
+        .write(&objects.get(&keys.archive).await.unwrap())
+        .unwrap();
+    plain.extend(reader.finish_checked(&m).unwrap());
+    let edited = edit(std::str::from_utf8(&plain).unwrap());
+    let mut writer = ArchiveWriter::new(&data_key, &m.context_bytes()).unwrap();
+    writer.write(edited.as_bytes()).unwrap();
+    let mut sealed = writer.take_output();
+    let (tail, plaintext, ciphertext) = writer.finish().unwrap();
+    sealed.extend(tail);
+    m.plaintext = plaintext;
+    m.ciphertext = ciphertext;
+    let bytes = m.to_bytes();
+    let signature = ks.sign(&bytes).await.unwrap();
+    objects.put(&keys.archive, &sealed).await.unwrap();
+    objects.put(&keys.manifest, &bytes).await.unwrap();
+    objects.put(&keys.signature, &signature.der).await.unwrap();
+    sqlx::query("UPDATE exports SET sha256 = $2, plaintext_sha256 = $3 WHERE id = $1")
+        .bind(id)
+        .bind(&m.ciphertext.sha256)
+        .bind(&m.plaintext.sha256)
+        .execute(&env.registry)
+        .await
+        .unwrap();
+}
+
+/// A validly signed export whose rows are wrong is still refused: a row of another tenant
+/// in `verify`, a duplicate key when the keys are built again in `index`. DATA_LOSS, and the
+/// tenant's data is as it was.
+#[tokio::test]
+async fn signed_exports_with_bad_rows_are_refused_with_nothing_changed() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("rst-badrows", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 5).await;
+    let e = export(&mut env, "rst-badrows").await;
+    diverge(&place, id).await;
+    let current = snapshot(&place, id).await;
+    let stranger = Uuid::new_v4().to_string();
+    let patients = |sql: &str| -> (usize, Vec<String>) {
+        let start = sql.find("COPY public.\"patients\"").unwrap();
+        let first = start + sql[start..].find('\n').unwrap() + 1;
+        let rows = sql[first..].lines().take(2).map(str::to_owned).collect();
+        (first, rows)
+    };
+    let foreign = |sql: &str| {
+        let (at, rows) = patients(sql);
+        let row = rows[0].replacen(&id.to_string(), &stranger, 1);
+        format!("{}{}{}", &sql[..at], row, &sql[at + rows[0].len()..])
+    };
+    let duplicate = |sql: &str| {
+        let (at, rows) = patients(sql);
+        let second = at + rows[0].len() + 1;
+        format!(
+            "{}{}{}",
+            &sql[..second],
+            rows[0],
+            &sql[second + rows[1].len()..]
+        )
+    };
+    let keys = tenantd::workflows::export::ExportKeys::new(
+        id,
+        e.name.trim_start_matches("exports/").parse().unwrap(),
+    );
+    let objects = env.objects().await;
+    let mut originals = Vec::new();
+    for key in [&keys.archive, &keys.manifest, &keys.signature] {
+        originals.push((key.clone(), objects.get(key).await.unwrap()));
+    }
+    for (edit, step) in [
+        (&foreign as &dyn Fn(&str) -> String, "verify"),
+        (&duplicate, "index"),
+    ] {
+        for (key, bytes) in &originals {
+            objects.put(key, bytes).await.unwrap();
+        }
+        reseal(&env, &e, edit).await;
+        let op = restore(&mut env, request(&e)).await;
+        let Some(pb::operation::Result::Error(err)) = op.result else {
+            panic!("bad rows were restored: {op:?}");
+        };
+        assert_eq!(err.code, tonic::Code::DataLoss as i32, "{err:?}");
+        assert_eq!(err.step, step, "{err:?}");
+        assert!(
+            err.message.contains("nothing was changed"),
+            "{}",
+            err.message
+        );
+        assert_eq!(snapshot(&place, id).await, current);
+    }
 }
