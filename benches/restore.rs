@@ -7,7 +7,8 @@
 //!   throughput in MB/s of tenant rows (text form) and rows/s, and each step's time;
 //! - the ratio to `psql -f` of the same export, decrypted beforehand (not timed), into an
 //!   empty database of the same cluster, timed in the same run: ≥ 1.0 means the restore,
-//!   which also decrypts, verifies twice and swaps atomically, is at least as fast.
+//!   which also decrypts, verifies twice and swaps atomically, is at least as fast. Best of
+//!   two runs on each side (the pool restore, slow by nature, runs once).
 //!
 //! Run: `cargo bench --bench restore`
 
@@ -46,11 +47,12 @@ async fn main() -> anyhow::Result<()> {
     let sql =
         std::env::temp_dir().join(format!("tenantd-bench-restore-{}.sql", std::process::id()));
     decrypt(&mut c, &export.name, &sql).await?;
-    let psql = {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url("postgres"))
-            .await?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url("postgres"))
+        .await?;
+    let mut psql = f64::MAX;
+    for _ in 0..2 {
         sqlx::raw_sql("CREATE DATABASE bench_psql_restore")
             .execute(&admin)
             .await?;
@@ -65,57 +67,65 @@ async fn main() -> anyhow::Result<()> {
             "psql -f failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let secs = started.elapsed().as_secs_f64();
+        psql = psql.min(started.elapsed().as_secs_f64());
         sqlx::raw_sql("DROP DATABASE bench_psql_restore")
             .execute(&admin)
             .await?;
-        secs
-    };
+    }
     std::fs::remove_file(&sql)?;
 
     println!();
-    println!("restore of a {rows}-row export ({mb:.1} MB of tenant rows); psql -f {psql:.2} s");
-    for (what, request) in [
-        (
-            "in place, schema tier",
-            pb::RestoreTenantRequest {
-                export: export.name.clone(),
-                mode: pb::RestoreMode::InPlace as i32,
-                ..Default::default()
-            },
-        ),
+    println!(
+        "restore of a {rows}-row export ({mb:.1} MB of tenant rows); psql -f {psql:.2} s \
+         (best of 2)"
+    );
+    let in_place = || pb::RestoreTenantRequest {
+        export: export.name.clone(),
+        mode: pb::RestoreMode::InPlace as i32,
+        ..Default::default()
+    };
+    let as_new = |slug: &str, tier: pb::Tier| pb::RestoreTenantRequest {
+        export: export.name.clone(),
+        mode: pb::RestoreMode::AsNewTenant as i32,
+        new_slug: slug.into(),
+        tier: tier as i32,
+        ..Default::default()
+    };
+    for (what, requests) in [
+        ("in place, schema tier", vec![in_place(), in_place()]),
         (
             "as a new tenant, database tier",
-            pb::RestoreTenantRequest {
-                export: export.name.clone(),
-                mode: pb::RestoreMode::AsNewTenant as i32,
-                new_slug: "big-copy".into(),
-                tier: pb::Tier::Database as i32,
-                ..Default::default()
-            },
+            vec![
+                as_new("big-db-1", pb::Tier::Database),
+                as_new("big-db-2", pb::Tier::Database),
+            ],
         ),
+        // Slow by nature (see docs/restore.md): one run.
         (
             "as a new tenant, pool tier",
-            pb::RestoreTenantRequest {
-                export: export.name.clone(),
-                mode: pb::RestoreMode::AsNewTenant as i32,
-                new_slug: "big-pool".into(),
-                tier: pb::Tier::Pool as i32,
-                ..Default::default()
-            },
+            vec![as_new("big-pool", pb::Tier::Pool)],
         ),
     ] {
-        let started = Instant::now();
-        let op = c.exports.restore_tenant(request).await?.into_inner();
-        let op = c.wait(op.name).await?;
-        let secs = started.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            matches!(op.result, Some(pb::operation::Result::Tenant(_))),
-            "restore failed: {:?}",
-            op.result
-        );
+        let runs = requests.len();
+        let mut best: Option<(f64, pb::Operation)> = None;
+        for request in requests {
+            let started = Instant::now();
+            let op = c.exports.restore_tenant(request).await?.into_inner();
+            let op = c.wait(op.name).await?;
+            let secs = started.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                matches!(op.result, Some(pb::operation::Result::Tenant(_))),
+                "restore failed: {:?}",
+                op.result
+            );
+            if best.as_ref().is_none_or(|(b, _)| secs < *b) {
+                best = Some((secs, op));
+            }
+        }
+        let (secs, op) = best.expect("one run at least");
         println!(
-            "  {what}: {secs:.2} s = {:.1} MB/s, {:.0} rows/s; ratio to psql -f {:.2} (target >= 1.0)",
+            "  {what}: {secs:.2} s (best of {runs}) = {:.1} MB/s, {:.0} rows/s; ratio to \
+             psql -f {:.2} (target >= 1.0)",
             mb / secs,
             rows as f64 / secs,
             psql / secs

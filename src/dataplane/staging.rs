@@ -163,52 +163,88 @@ pub async fn create(
     Ok(deferred)
 }
 
-/// Builds again what [`create`] set aside: the keys and indexes of two tables at a time (on
-/// two connections, the tables spread by `rows`, largest first), then the foreign keys one by
-/// one (each locks the table it references). What exists already (a retried step) is
-/// skipped. A duplicate key or a dangling reference fails with its SQLSTATE (class 23).
+/// Builds again what [`create`] set aside, two tables at a time on two connections (tables
+/// spread by `rows`, largest first): the keys and indexes; then the foreign keys, added
+/// `NOT VALID` one by one (a catalog change, but each locks the table it references) and
+/// validated two tables at a time (validation does not lock the referenced table against
+/// another validation). The result is the same as adding them validated. What exists already
+/// (a retried step) is skipped. A duplicate key or a dangling reference fails with its
+/// SQLSTATE (class 23).
 pub async fn rebuild(
     cluster: &Cluster,
     staging: &Container,
     deferred: &[Deferred],
     rows: impl Fn(&str) -> u64,
 ) -> Result<(), DataPlaneError> {
-    let mut tables: Vec<&str> = deferred
-        .iter()
-        .filter(|d| d.kind != DeferredKind::ForeignKey)
-        .map(|d| d.table.as_str())
-        .collect();
-    tables.sort_by_key(|t| (std::cmp::Reverse(rows(t)), *t));
-    tables.dedup();
-    let (mut lanes, mut load) = ([Vec::new(), Vec::new()], [0u64, 0u64]);
-    for table in tables {
-        let lane = usize::from(load[1] < load[0]);
-        load[lane] += rows(table).max(1);
-        lanes[lane].extend(
-            deferred
-                .iter()
-                .filter(|d| d.table == table && d.kind == DeferredKind::Key),
-        );
-        lanes[lane].extend(
-            deferred
-                .iter()
-                .filter(|d| d.table == table && d.kind == DeferredKind::Index),
-        );
-    }
-    let [a, b] = lanes;
-    tokio::try_join!(build(cluster, staging, &a), build(cluster, staging, &b))?;
+    let [a, b] = spread(deferred, &[DeferredKind::Key, DeferredKind::Index], &rows);
+    tokio::try_join!(
+        build(cluster, staging, &a, Phase::Create),
+        build(cluster, staging, &b, Phase::Create)
+    )?;
     let foreign: Vec<&Deferred> = deferred
         .iter()
         .filter(|d| d.kind == DeferredKind::ForeignKey)
         .collect();
-    build(cluster, staging, &foreign).await
+    build(cluster, staging, &foreign, Phase::Create).await?;
+    let [a, b] = spread(deferred, &[DeferredKind::ForeignKey], &rows);
+    tokio::try_join!(
+        build(cluster, staging, &a, Phase::Validate),
+        build(cluster, staging, &b, Phase::Validate)
+    )?;
+    Ok(())
 }
 
-/// Builds `objects` in order on one connection, skipping those that exist.
+/// The objects of `kinds`, in two lanes of whole tables with about equal work (rows times
+/// objects), the largest first.
+fn spread<'a>(
+    deferred: &'a [Deferred],
+    kinds: &[DeferredKind],
+    rows: &impl Fn(&str) -> u64,
+) -> [Vec<&'a Deferred>; 2] {
+    let of_kinds = |d: &&Deferred| kinds.contains(&d.kind);
+    let work = |table: &str| {
+        let objects = deferred
+            .iter()
+            .filter(of_kinds)
+            .filter(|d| d.table == table);
+        rows(table).max(1) * objects.count() as u64
+    };
+    let mut tables: Vec<&str> = deferred
+        .iter()
+        .filter(of_kinds)
+        .map(|d| d.table.as_str())
+        .collect();
+    tables.sort_by_key(|t| (std::cmp::Reverse(work(t)), *t));
+    tables.dedup();
+    let (mut lanes, mut load) = ([Vec::new(), Vec::new()], [0u64, 0u64]);
+    for table in tables {
+        let lane = usize::from(load[1] < load[0]);
+        load[lane] += work(table);
+        for kind in kinds {
+            lanes[lane].extend(
+                deferred
+                    .iter()
+                    .filter(|d| d.table == table && d.kind == *kind),
+            );
+        }
+    }
+    lanes
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Create what is missing (foreign keys `NOT VALID`).
+    Create,
+    /// Validate foreign keys (a no-op for a valid one).
+    Validate,
+}
+
+/// Runs `phase` for `objects` in order on one connection.
 async fn build(
     cluster: &Cluster,
     staging: &Container,
     objects: &[&Deferred],
+    phase: Phase,
 ) -> Result<(), DataPlaneError> {
     let err = |e| cluster.err(e);
     let mut conn = cluster
@@ -216,44 +252,56 @@ async fn build(
         .acquire()
         .await
         .map_err(err)?;
-    // A sorted build in memory; the default (64 MB) spills a 1M-row index to disk.
-    sqlx::raw_sql("SET maintenance_work_mem = '256MB'")
+    // A sorted build in memory (the default 64 MB spills a 1M-row index to disk); no parallel
+    // workers, as two of these run at once.
+    sqlx::raw_sql("SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0")
         .execute(&mut *conn)
         .await
         .map_err(err)?;
     for d in objects {
         let (table, name) = (Ident::new(d.table.clone())?, Ident::new(d.name.clone())?);
-        let (exists,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_namespace n
-                            ON n.oid = k.connamespace WHERE n.nspname = $1 AND k.conname = $2)
-                 OR EXISTS (SELECT 1 FROM pg_class i JOIN pg_namespace n
-                            ON n.oid = i.relnamespace WHERE n.nspname = $1 AND i.relname = $2
-                            AND i.relkind = 'i')",
-        )
-        .bind(staging.schema.as_str())
-        .bind(name.as_str())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(err)?;
-        if exists {
-            continue;
-        }
-        let stmt = match d.kind {
-            DeferredKind::Index => Statement::catalog_definition(d.definition.clone()),
-            _ => Statement::new("ALTER TABLE ")
-                .qualified(&staging.schema, &table)
-                .push(" ADD CONSTRAINT ")
-                .ident(&name)
-                .push(" ")
-                .append(Statement::catalog_definition(d.definition.clone())),
+        let alter = || Statement::new("ALTER TABLE ").qualified(&staging.schema, &table);
+        let stmt = if phase == Phase::Validate {
+            alter().push(" VALIDATE CONSTRAINT ").ident(&name)
+        } else {
+            let (exists,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_namespace n
+                                ON n.oid = k.connamespace WHERE n.nspname = $1 AND k.conname = $2)
+                     OR EXISTS (SELECT 1 FROM pg_class i JOIN pg_namespace n
+                                ON n.oid = i.relnamespace WHERE n.nspname = $1 AND i.relname = $2
+                                AND i.relkind = 'i')",
+            )
+            .bind(staging.schema.as_str())
+            .bind(name.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err)?;
+            if exists {
+                continue;
+            }
+            let definition = Statement::catalog_definition(d.definition.clone());
+            match d.kind {
+                DeferredKind::Index => definition,
+                DeferredKind::Key => alter()
+                    .push(" ADD CONSTRAINT ")
+                    .ident(&name)
+                    .push(" ")
+                    .append(definition),
+                DeferredKind::ForeignKey => alter()
+                    .push(" ADD CONSTRAINT ")
+                    .ident(&name)
+                    .push(" ")
+                    .append(definition)
+                    .push(" NOT VALID"),
+            }
         };
         sqlx::query(stmt.into_sql())
             .execute(&mut *conn)
             .await
             .map_err(err)?;
     }
-    // The session setting must not outlive this use of the pooled connection.
-    sqlx::raw_sql("RESET maintenance_work_mem")
+    // The session settings must not outlive this use of the pooled connection.
+    sqlx::raw_sql("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
         .execute(&mut *conn)
         .await
         .map_err(err)?;

@@ -5,17 +5,18 @@
 //!   key and describes what the registry records, the tenant key unwraps its data key, and the
 //!   whole archive is read once — every chunk authenticated, both sha256 digests compared with
 //!   the manifest, every COPY block parsed, every row's tenant id checked, row counts compared
-//!   with the manifest. It records each table's expected row digest ([`load::RowDigest`]).
-//!   The export's tenant-schema version must be one this build knows (a newer one is refused)
+//!   with the manifest. The export's tenant-schema version must be one this build knows (a newer one is refused)
 //!   and, for the pool, not newer than the pool.
 //! - `prepare` (a new tenant only): records its placement, creates its key and its database
 //!   (or brings the pool up to date, as provisioning does).
 //! - `stage` creates the staging schema ([`staging`]) empty, at the export's version, and sets
 //!   its keys, indexes and foreign keys aside (recorded in the state).
 //! - `load` streams the archive again — object → decrypt and decompress → dump reader, on a
-//!   blocking thread → `COPY … FROM STDIN` on two connections — reporting rows per table.
+//!   blocking thread → `COPY … FROM STDIN` on two connections — reporting rows per table, and
+//!   records each table's row digest ([`load::RowDigest`]) of the rows it handed on; the
+//!   archive's digests are checked again at its end.
 //! - `index` builds the keys, indexes and foreign keys again (a violation: DATA_LOSS).
-//! - `check` reads every table back and compares row count and digest with `verify`'s.
+//! - `check` reads every table back and compares row count and digest with `load`'s.
 //! - `migrate` brings the staging schema forward: to the latest version (schema, database
 //!   tiers) or the pool's.
 //! - `grant` fences the tenant in the staging schema and grants its role there (with the live
@@ -77,7 +78,8 @@ pub struct State {
     pub manifest: Option<Manifest>,
     #[serde(default)]
     pub target_version: Option<i32>,
-    /// What the archive holds, rows as they are loaded (tenant id rewritten).
+    /// What the archive holds (set by `verify`), with each table's row digest as loaded
+    /// (tenant id rewritten; set by `load`).
     #[serde(default)]
     pub expected: Vec<TableLoad>,
     /// Set by `stage`: the staging tables' keys, indexes and foreign keys, built after the
@@ -332,7 +334,8 @@ async fn verify(
         .tenant_id
         .parse()
         .map_err(|_| data_loss("manifest names no tenant id".into()))?;
-    let (mut pieces, reading) = read_dump(deps, &export, source, cx.tenant_id).await?;
+    // Counting, not digesting: `load` digests the rows it hands on.
+    let (mut pieces, reading) = read_dump(deps, &export, source, cx.tenant_id, false).await?;
     while pieces.recv().await.is_some() {}
     let tables = finished(reading).await?;
     let counted: Vec<(&str, u64)> = tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
@@ -411,7 +414,7 @@ async fn check_tables(
 /// The `load` step: empties the staging tables, then streams the archive into them.
 async fn load_step(
     cx: &StepContext<'_>,
-    state: &State,
+    state: &mut State,
     cluster: &Cluster,
     staged: &Container,
 ) -> Result<(), StepError> {
@@ -436,7 +439,7 @@ async fn load_step(
     );
     let first = progress.lock().expect("progress").clone();
     cx.progress(&first).await?;
-    let (pieces, reading) = read_dump(deps, &export, source, cx.tenant_id).await?;
+    let (pieces, reading) = read_dump(deps, &export, source, cx.tenant_id, true).await?;
     let loading = load::load(cluster, staged, pieces, |table, rows| {
         let mut items = progress.lock().expect("progress");
         if let Some(item) = items.iter_mut().find(|i| i.name == table) {
@@ -463,12 +466,18 @@ async fn load_step(
         (Err(e), Ok(_)) => return Err(e.into()),
         (Ok(()), Ok(tables)) => tables,
     };
-    if tables != state.expected {
+    let shape = |t: &TableLoad| (t.table.clone(), t.columns.clone(), t.rows);
+    if !tables
+        .iter()
+        .map(shape)
+        .eq(state.expected.iter().map(shape))
+    {
         return Err(data_loss(format!(
             "export exports/{} changed between its verification and its load",
             state.export_id
         )));
     }
+    state.expected = tables;
     let items = progress.lock().expect("progress").clone();
     cx.progress(&items).await?;
     Ok(())
@@ -490,6 +499,7 @@ async fn read_dump(
     export: &VerifiedExport,
     source: Uuid,
     target: Uuid,
+    digests: bool,
 ) -> Result<
     (
         mpsc::Receiver<Piece>,
@@ -528,6 +538,9 @@ async fn read_dump(
         };
         let mut archive = ArchiveReader::for_manifest(&manifest, &key).map_err(|e| corrupt(&e))?;
         let mut dump = DumpReader::new(source, target);
+        if !digests {
+            dump = dump.without_digests();
+        }
         let hand_on = |pieces: Vec<Piece>| {
             pieces
                 .into_iter()

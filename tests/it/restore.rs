@@ -655,3 +655,69 @@ async fn signed_exports_with_bad_rows_are_refused_with_nothing_changed() {
         assert_eq!(snapshot(&place, id).await, current);
     }
 }
+
+/// A restore cancelled before its swap is rolled back: the staging copy is dropped, the
+/// tenant's fence lifted, its data as it was; the operation ends CANCELLED.
+#[tokio::test]
+async fn a_cancelled_restore_changes_nothing() {
+    // Parked after `grant`, before its done mark: the next step boundary honours the cancel
+    // (from `swap` on a restore rolls forward).
+    let mut env = TestEnv::spawn("restore.after_grant=sleep(3000)").await;
+    let t = env
+        .provision("rst-cancel", pb::Tier::Database, "second")
+        .await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 10).await;
+    let e = export(&mut env, "rst-cancel").await;
+    diverge(&place, id).await;
+    let current = snapshot(&place, id).await;
+    let op = env
+        .exports
+        .restore_tenant(request(&e))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until the staging copy is loaded, checked and migrated, then cancel.
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = env
+            .ops
+            .get_operation(pb::GetOperationRequest {
+                name: op.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let steps = now.metadata.unwrap().steps;
+        if steps
+            .iter()
+            .any(|s| s.name == "migrate" && s.state == pb::StepState::Done as i32)
+        {
+            break;
+        }
+    }
+    env.ops
+        .cancel_operation(pb::CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap();
+    let done = env.wait(&op.name).await;
+    let Some(pb::operation::Result::Error(err)) = done.result else {
+        panic!("the cancelled restore succeeded: {done:?}");
+    };
+    assert_eq!(err.code, tonic::Code::Cancelled as i32, "{err:?}");
+    assert_eq!(snapshot(&place, id).await, current);
+    let pool = admin(&place.cluster, &place.database).await;
+    let (staging, fenced): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1),
+                (SELECT count(*) FROM app.tenant_write_fences)",
+    )
+    .bind(format!("restore_{}", id.simple()))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((staging, fenced), (0, 0), "staging dropped, fence lifted");
+    app_reads_and_writes(&env, id, 10).await;
+}
