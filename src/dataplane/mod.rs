@@ -497,10 +497,37 @@ pub trait TierBackend: Send + Sync {
     }
 }
 
+/// Splits `items` in two lanes of about equal total `weight` (largest first, each to the
+/// lighter lane), for work done on two connections at once.
+pub fn two_lanes<T>(mut items: Vec<T>, weight: impl Fn(&T) -> u64) -> [Vec<T>; 2] {
+    items.sort_by_key(|i| std::cmp::Reverse(weight(i)));
+    let (mut lanes, mut load) = ([Vec::new(), Vec::new()], [0u64, 0u64]);
+    for item in items {
+        let lane = usize::from(load[1] < load[0]);
+        load[lane] += weight(&item).max(1);
+        lanes[lane].push(item);
+    }
+    lanes
+}
+
 pub fn backend(tier: Tier) -> &'static dyn TierBackend {
     match tier {
         Tier::Pool => &pool::PoolTier,
         Tier::Schema => &schema::SchemaTier,
         Tier::Database => &database::DatabaseTier,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::two_lanes;
+
+    #[test]
+    fn two_lanes_balance_weight_largest_first() {
+        let [a, b] = two_lanes(vec![("s", 1), ("xl", 300), ("m", 100), ("l", 250)], |i| i.1);
+        assert_eq!(a, [("xl", 300), ("s", 1)]);
+        assert_eq!(b, [("l", 250), ("m", 100)]);
+        let [a, b] = two_lanes(Vec::<u64>::new(), |w| *w);
+        assert!(a.is_empty() && b.is_empty());
     }
 }

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::copy::{column_list, columns};
-use super::{Cluster, Container, DataPlaneError, catalog, fence};
+use super::{Cluster, Container, DataPlaneError, catalog, fence, two_lanes};
 use crate::sql::{Ident, Statement};
 use crate::tenant::Tier;
 
@@ -214,21 +214,19 @@ fn spread<'a>(
         .filter(of_kinds)
         .map(|d| d.table.as_str())
         .collect();
-    tables.sort_by_key(|t| (std::cmp::Reverse(work(t)), *t));
+    tables.sort();
     tables.dedup();
-    let (mut lanes, mut load) = ([Vec::new(), Vec::new()], [0u64, 0u64]);
-    for table in tables {
-        let lane = usize::from(load[1] < load[0]);
-        load[lane] += work(table);
-        for kind in kinds {
-            lanes[lane].extend(
-                deferred
-                    .iter()
-                    .filter(|d| d.table == table && d.kind == *kind),
-            );
-        }
-    }
-    lanes
+    two_lanes(tables, |t| work(t)).map(|lane| {
+        lane.into_iter()
+            .flat_map(|table| {
+                kinds.iter().flat_map(move |kind| {
+                    deferred
+                        .iter()
+                        .filter(move |d| d.table == table && d.kind == *kind)
+                })
+            })
+            .collect()
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -45,7 +45,9 @@ use crate::archive::ArchiveReader;
 use crate::archive::manifest::Manifest;
 use crate::context::Context;
 use crate::dataplane::load::{self, DumpReader, Piece, TableLoad};
-use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, fence, staging};
+use crate::dataplane::{
+    Cluster, Container, DataPlaneError, backend, catalog, fence, staging, two_lanes,
+};
 use crate::error::Error;
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
@@ -359,22 +361,9 @@ async fn verify(
 }
 
 /// The `check` step: reads every staged table back (two tables at a time) and compares it with
-/// what `verify` found in the archive.
+/// the rows `load` sent.
 async fn check(state: &State, cluster: &Cluster, staged: &Container) -> Result<(), StepError> {
-    // Two lanes of about equal rows, the largest tables first.
-    let mut tables: Vec<&TableLoad> = state.expected.iter().collect();
-    tables.sort_by_key(|t| std::cmp::Reverse(t.rows));
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    let (mut rows_a, mut rows_b) = (0, 0);
-    for t in tables {
-        if rows_a <= rows_b {
-            rows_a += t.rows;
-            a.push(t);
-        } else {
-            rows_b += t.rows;
-            b.push(t);
-        }
-    }
+    let [a, b] = two_lanes(state.expected.iter().collect(), |t| t.rows);
     tokio::try_join!(
         check_tables(cluster, staged, a),
         check_tables(cluster, staged, b)
