@@ -149,23 +149,8 @@ async fn cancellation_between_steps_rolls_back() {
     let mut env = TestEnv::spawn("provision.before_migrate=sleep(2000)").await;
     let op = env.create("cancel-me", pb::Tier::Schema, "").await;
     let tenant_id = op.metadata.as_ref().unwrap().tenant_id.clone();
-    // Wait until the container exists, then cancel.
-    loop {
-        let cur = env
-            .ops
-            .get_operation(pb::GetOperationRequest {
-                name: op.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let steps = cur.metadata.unwrap().steps;
-        let container = steps.iter().find(|s| s.name == "create_container").unwrap();
-        if container.state == pb::StepState::Done as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once the container exists, cancel.
+    env.until_step_done(&op.name, "create_container").await;
     let cancelled = env
         .ops
         .cancel_operation(pb::CancelOperationRequest {

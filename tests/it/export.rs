@@ -14,17 +14,21 @@ use uuid::Uuid;
 
 use crate::harness::{Place, TestEnv, admin, cluster_url, fill, snapshot};
 
-/// Exports `tenant` and waits; returns the export.
-pub async fn export(env: &mut TestEnv, tenant: &str) -> pb::Export {
-    let op = env
-        .exports
+/// Starts an export of `tenant` (with `request_id`, if not empty); the operation.
+pub async fn start_export(env: &mut TestEnv, tenant: &str, request_id: &str) -> pb::Operation {
+    env.exports
         .export_tenant(pb::ExportTenantRequest {
             tenant: tenant.into(),
-            request_id: String::new(),
+            request_id: request_id.into(),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// Exports `tenant` and waits; returns the export.
+pub async fn export(env: &mut TestEnv, tenant: &str) -> pb::Export {
+    let op = start_export(env, tenant, "").await;
     let done = env.wait(&op.name).await;
     let Some(pb::operation::Result::Export(e)) = done.result else {
         panic!("export of {tenant} did not succeed: {:?}", done.result);
@@ -286,15 +290,7 @@ async fn crash_mid_upload(mut env: TestEnv) {
     fill(&Place::pool("main"), id, 300).await;
     env.restart("export.mid_upload=exit").await;
     env.ready().await;
-    let op = env
-        .exports
-        .export_tenant(pb::ExportTenantRequest {
-            tenant: "exp-crash".into(),
-            request_id: "crash-export-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = start_export(&mut env, "exp-crash", "crash-export-1").await;
     assert_eq!(env.wait_exit(), Some(EXIT_CODE));
 
     // Dead in the middle: an incomplete upload, and no export counted as complete.
@@ -376,15 +372,7 @@ async fn a_cancelled_export_removes_its_objects() {
     let mut env = TestEnv::spawn("export.before_sign=sleep(3000)").await;
     let t = env.provision("exp-cancel", pb::Tier::Schema, "main").await;
     fill(&Place::of(&t), t.id.parse().unwrap(), 20).await;
-    let op = env
-        .exports
-        .export_tenant(pb::ExportTenantRequest {
-            tenant: "exp-cancel".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = start_export(&mut env, "exp-cancel", "").await;
     let objects = env.objects().await;
     let export_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
     let keys = tenantd::workflows::export::ExportKeys::new(t.id.parse().unwrap(), export_id);

@@ -312,6 +312,31 @@ impl TestEnv {
         }
     }
 
+    /// Returns once the operation's `step` is done (polling).
+    pub async fn until_step_done(&mut self, name: &str, step: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let op = self
+                .ops
+                .get_operation(pb::GetOperationRequest { name: name.into() })
+                .await
+                .unwrap()
+                .into_inner();
+            let steps = op.metadata.unwrap().steps;
+            if steps
+                .iter()
+                .any(|s| s.name == step && s.state == pb::StepState::Done as i32)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {step} not done after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a tenant and waits until provisioning succeeded; returns the tenant.
     pub async fn provision(&mut self, slug: &str, tier: pb::Tier, cluster: &str) -> pb::Tenant {
         let op = self.create(slug, tier, cluster).await;

@@ -7,7 +7,7 @@ use tenantd::workflows::Restore;
 use uuid::Uuid;
 
 use crate::crash::{boundaries, crash_through};
-use crate::export::export;
+use crate::export::{export, start_export};
 use crate::harness::{AppConnector, Place, TestEnv, admin, fill, snapshot};
 
 fn request(e: &pb::Export) -> pb::RestoreTenantRequest {
@@ -357,15 +357,7 @@ async fn damaged_archives_dead_keys_and_busy_tenants_are_refused_with_nothing_ch
     objects.put(&keys.manifest, &manifest).await.unwrap();
 
     // Another operation holds the tenant: FAILED_PRECONDITION naming it.
-    let busy = env
-        .exports
-        .export_tenant(pb::ExportTenantRequest {
-            tenant: "rst-refuse".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let busy = start_export(&mut env, "rst-refuse", "").await;
     let status = env.exports.restore_tenant(request(&e)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(
@@ -678,25 +670,8 @@ async fn a_cancelled_restore_changes_nothing() {
         .await
         .unwrap()
         .into_inner();
-    // Wait until the staging copy is loaded, checked and migrated, then cancel.
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let now = env
-            .ops
-            .get_operation(pb::GetOperationRequest {
-                name: op.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let steps = now.metadata.unwrap().steps;
-        if steps
-            .iter()
-            .any(|s| s.name == "migrate" && s.state == pb::StepState::Done as i32)
-        {
-            break;
-        }
-    }
+    // Once the staging copy is loaded, checked and migrated, cancel.
+    env.until_step_done(&op.name, "migrate").await;
     env.ops
         .cancel_operation(pb::CancelOperationRequest {
             name: op.name.clone(),
