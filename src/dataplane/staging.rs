@@ -13,7 +13,8 @@
 //!   settings are by name or by object and carry over; applications keep their connections.
 //! - pool tier: the tenant's rows are deleted from the shared tables (children first) and the
 //!   staged rows inserted (parents first), the fence is lifted and the staging schema dropped.
-//!   Other tenants' rows are never touched and never locked.
+//!   Other tenants' rows are neither touched nor locked; the shared tables take only the ROW
+//!   EXCLUSIVE lock every write takes.
 
 use serde::{Deserialize, Serialize};
 
