@@ -270,22 +270,34 @@ impl Cluster {
         database: &Ident,
         schema: &Ident,
     ) -> Result<(), DataPlaneError> {
-        let pool = self.database(database);
-        let exists: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM pg_namespace WHERE nspname = $1")
-                .bind(schema.as_str())
-                .fetch_optional(&pool)
-                .await
-                .map_err(|e| self.err(e))?;
-        if exists.is_some() {
+        if self.schema_exists(database, schema).await? {
             return Ok(());
         }
+        let pool = self.database(database);
         self.exec_serialised(
             &pool,
             &format!("tenantd:schema:{}", schema.as_str()),
             Statement::new("CREATE SCHEMA IF NOT EXISTS ").ident(schema),
         )
         .await
+    }
+
+    /// Whether `schema` exists in `database` (false if the database does not).
+    pub async fn schema_exists(
+        &self,
+        database: &Ident,
+        schema: &Ident,
+    ) -> Result<bool, DataPlaneError> {
+        if !self.database_exists(database).await? {
+            return Ok(false);
+        }
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(schema.as_str())
+                .fetch_one(&self.database(database))
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(exists)
     }
 
     /// Drops `schema` in `database` with everything in it, if both exist. Idempotent.

@@ -43,20 +43,6 @@ pub fn replaced(live: &Container) -> Container {
     }
 }
 
-/// Whether `c`'s schema exists (false if its database does not).
-pub async fn exists(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
-    if !cluster.database_exists(&c.database).await? {
-        return Ok(false);
-    }
-    let (exists,): (bool,) =
-        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(c.schema.as_str())
-            .fetch_one(&cluster.database(&c.database))
-            .await
-            .map_err(|e| cluster.err(e))?;
-    Ok(exists)
-}
-
 /// A key, index or foreign key of a staging table, set aside while the table is loaded and
 /// built again afterwards (as pg_restore does: one sorted index build beats a million index
 /// insertions, one join validates a foreign key faster than a trigger per row).
@@ -361,7 +347,10 @@ async fn rename_schema(
 /// out) unless it holds nothing yet.
 pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneError> {
     let staged = staging(live);
-    if !exists(cluster, &staged).await? {
+    if !cluster
+        .schema_exists(&staged.database, &staged.schema)
+        .await?
+    {
         return Ok(());
     }
     if live.tier == Tier::Pool {

@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{Control, OperationView, RequestId};
-use crate::dataplane::catalog;
 use crate::error::{Error, Result};
 use crate::keys::KeyState;
 use crate::tenant::{NewTenant, Slug, TenantRef, Tier};
@@ -61,17 +60,10 @@ impl Control {
                 operation: None,
             });
         }
-        if m.schema_version > catalog::latest_version() {
-            return Err(Error::FailedPrecondition {
-                reason: format!(
-                    "export exports/{export_id} is at tenant-schema version {}, newer than this \
-                     tenantd knows ({})",
-                    m.schema_version,
-                    catalog::latest_version()
-                ),
-                operation: None,
-            });
-        }
+        restore::known_version(m).map_err(|reason| Error::FailedPrecondition {
+            reason,
+            operation: None,
+        })?;
         let view = match target {
             RestoreTarget::InPlace => {
                 let tenant = self

@@ -301,19 +301,10 @@ async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Res
             }
         }
         Tier::Schema | Tier::Pool => {
-            if !cluster.database_exists(&dst.database).await? {
+            if !cluster.schema_exists(&dst.database, &dst.schema).await? {
                 return Ok(());
             }
             let db = cluster.database(&dst.database);
-            let (schema_exists,): (bool,) =
-                sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                    .bind(dst.schema.as_str())
-                    .fetch_one(&db)
-                    .await
-                    .map_err(|e| cluster.err(e))?;
-            if !schema_exists {
-                return Ok(());
-            }
             if dst.tier == Tier::Schema {
                 return Err(taken(format!("schema {} already exists", dst.schema)));
             }

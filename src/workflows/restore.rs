@@ -259,6 +259,21 @@ impl Workflow for Restore {
     }
 }
 
+/// Refuses an export at a tenant-schema version this build does not know (made by a newer
+/// tenantd): its tables cannot be created, nor migrated back.
+pub fn known_version(m: &Manifest) -> Result<(), String> {
+    if m.schema_version <= catalog::latest_version() {
+        return Ok(());
+    }
+    Err(format!(
+        "export exports/{} is at tenant-schema version {}, newer than this tenantd knows ({}); \
+         upgrade tenantd first",
+        m.export_id,
+        m.schema_version,
+        catalog::latest_version()
+    ))
+}
+
 /// The `verify` step (see the module doc).
 async fn verify(
     cx: &StepContext<'_>,
@@ -269,15 +284,7 @@ async fn verify(
     let deps = cx.deps;
     let export = VerifiedExport::open(deps, state.export_id).await?;
     let m = &export.manifest;
-    if m.schema_version > catalog::latest_version() {
-        return Err(precondition(format!(
-            "export exports/{} is at tenant-schema version {}, newer than this tenantd knows \
-             ({}); upgrade tenantd first",
-            state.export_id,
-            m.schema_version,
-            catalog::latest_version()
-        )));
-    }
+    known_version(m).map_err(precondition)?;
     let target_version = match (state.tier, state.mode) {
         (Tier::Pool, Mode::InPlace) => {
             let db = cluster.database(&live.database);
@@ -322,11 +329,15 @@ async fn verify(
                 catalog::FENCE_VERSION
             )));
         }
-        if staging::exists(cluster, &staging::replaced(live)).await? {
+        let replaced = staging::replaced(live);
+        if cluster
+            .schema_exists(&replaced.database, &replaced.schema)
+            .await?
+        {
             return Err(precondition(format!(
                 "schema {} (the replaced copy of an earlier restore) still exists in database \
                  {} on cluster {}; drop it first",
-                staging::replaced(live).schema.as_str(),
+                replaced.schema.as_str(),
                 live.database.as_str(),
                 cluster.name
             )));

@@ -385,13 +385,7 @@ async fn a_cancelled_export_removes_its_objects() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    env.ops
-        .cancel_operation(pb::CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
-    let done = env.wait(&op.name).await;
+    let done = env.cancel_and_wait(&op.name).await;
     assert_eq!(
         done.metadata.as_ref().unwrap().state,
         pb::OperationState::Cancelled as i32

@@ -312,6 +312,15 @@ impl TestEnv {
         }
     }
 
+    /// Requests the operation's cancellation and waits until it is done.
+    pub async fn cancel_and_wait(&mut self, name: &str) -> pb::Operation {
+        self.ops
+            .cancel_operation(pb::CancelOperationRequest { name: name.into() })
+            .await
+            .unwrap();
+        self.wait(name).await
+    }
+
     /// Returns once the operation's `step` is done (polling).
     pub async fn until_step_done(&mut self, name: &str, step: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -672,13 +672,7 @@ async fn a_cancelled_restore_changes_nothing() {
         .into_inner();
     // Once the staging copy is loaded, checked and migrated, cancel.
     env.until_step_done(&op.name, "migrate").await;
-    env.ops
-        .cancel_operation(pb::CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
-    let done = env.wait(&op.name).await;
+    let done = env.cancel_and_wait(&op.name).await;
     let Some(pb::operation::Result::Error(err)) = done.result else {
         panic!("the cancelled restore succeeded: {done:?}");
     };
