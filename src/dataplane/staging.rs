@@ -224,7 +224,7 @@ enum Phase {
     Validate,
 }
 
-/// Runs `phase` for `objects` in order on one connection.
+/// Runs `phase` for `objects` in order, in one transaction.
 async fn build(
     cluster: &Cluster,
     staging: &Container,
@@ -232,17 +232,21 @@ async fn build(
     phase: Phase,
 ) -> Result<(), DataPlaneError> {
     let err = |e| cluster.err(e);
+    // One transaction: its settings end with it (also on an error, which would otherwise
+    // leave them on a pooled connection), and a failed lane leaves nothing half-built.
     let mut conn = cluster
         .database(&staging.database)
-        .acquire()
+        .begin()
         .await
         .map_err(err)?;
     // A sorted build in memory (the default 64 MB spills a 1M-row index to disk); no parallel
     // workers, as two of these run at once.
-    sqlx::raw_sql("SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0")
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
+    sqlx::raw_sql(
+        "SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL max_parallel_maintenance_workers = 0",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
     for d in objects {
         let (table, name) = (Ident::new(d.table.clone())?, Ident::new(d.name.clone())?);
         let alter = || Statement::new("ALTER TABLE ").qualified(&staging.schema, &table);
@@ -285,12 +289,7 @@ async fn build(
             .await
             .map_err(err)?;
     }
-    // The session settings must not outlive this use of the pooled connection.
-    sqlx::raw_sql("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
-    Ok(())
+    conn.commit().await.map_err(err)
 }
 
 /// Renames schema `tenantd.rename_from` to `tenantd.rename_to` (set in the transaction) and
