@@ -343,12 +343,8 @@ async fn verify(
             )));
         }
     }
-    let source: Uuid = m
-        .tenant_id
-        .parse()
-        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
     // Counting, not digesting: `load` digests the rows it hands on.
-    let (mut pieces, reading) = read_dump(deps, &export, source, cx.tenant_id, false).await?;
+    let (mut pieces, reading) = read_dump(deps, &export, cx.tenant_id, false).await?;
     while pieces.recv().await.is_some() {}
     let tables = finished(reading).await?;
     let counted: Vec<(&str, u64)> = tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
@@ -421,11 +417,6 @@ async fn load_step(
     let deps = cx.deps;
     load::truncate(cluster, staged).await?;
     let export = VerifiedExport::open(deps, state.export_id).await?;
-    let source: Uuid = export
-        .manifest
-        .tenant_id
-        .parse()
-        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
     let progress = Mutex::new(
         state
             .expected
@@ -439,7 +430,7 @@ async fn load_step(
     );
     let first = progress.lock().expect("progress").clone();
     cx.progress(&first).await?;
-    let (pieces, reading) = read_dump(deps, &export, source, cx.tenant_id, true).await?;
+    let (pieces, reading) = read_dump(deps, &export, cx.tenant_id, true).await?;
     let loading = load::load(cluster, staged, pieces, |table, rows| {
         let mut items = progress.lock().expect("progress");
         if let Some(item) = items.iter_mut().find(|i| i.name == table) {
@@ -490,14 +481,13 @@ const STOPPED: &str = "the restore stopped reading the archive";
 const READ_CHUNK: usize = 256 * 1024;
 
 /// Streams the export's archive — object store → decrypt, decompress, [`DumpReader`] (on a
-/// blocking thread: CPU work) — into the returned queue, rows of `source` handed on as
-/// `target`'s. The handle ends with the tables read once the archive was authenticated to its
+/// blocking thread: CPU work) — into the returned queue, rows of the exported tenant handed
+/// on as `target`'s. The handle ends with the tables read once the archive was authenticated to its
 /// end and both digests matched the manifest; a consumer that stops early closes the queue,
 /// which stops the reading.
 async fn read_dump(
     deps: &Context,
     export: &VerifiedExport,
-    source: Uuid,
     target: Uuid,
     digests: bool,
 ) -> Result<
@@ -507,6 +497,11 @@ async fn read_dump(
     ),
     StepError,
 > {
+    let source: Uuid = export
+        .manifest
+        .tenant_id
+        .parse()
+        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
     let key = export.data_key(deps).await?;
     let mut archive = deps
         .objects
