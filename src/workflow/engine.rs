@@ -173,12 +173,14 @@ impl<W: Workflow> Run<'_, W> {
             });
             return self.compensate(state, error).await;
         }
-        let roll_forward_from = W::ROLL_FORWARD_FROM.map(|from| {
+        let position = |from: &str| {
             W::STEPS
                 .iter()
                 .position(|s| *s == from)
-                .expect("ROLL_FORWARD_FROM names a step")
-        });
+                .expect("ROLL_FORWARD_FROM and UNCANCELLABLE_FROM name steps")
+        };
+        let roll_forward_from = W::ROLL_FORWARD_FROM.map(position);
+        let uncancellable_from = W::UNCANCELLABLE_FROM.map(position);
         // Whether step `idx` was already marked started by the previous step's commit.
         let mut marked_started = false;
         for idx in self.claimed.next_step as usize..W::STEPS.len() {
@@ -188,7 +190,8 @@ impl<W: Workflow> Run<'_, W> {
                 tracing::info!("shutting down; releasing the operation to another worker");
                 return registry.release_lease(lease).await;
             }
-            if !rolling_forward && registry.cancel_requested(self.claimed.id).await? {
+            let cancellable = uncancellable_from.is_none_or(|from| idx < from);
+            if cancellable && registry.cancel_requested(self.claimed.id).await? {
                 let error = OperationError {
                     code: tonic::Code::Cancelled,
                     message: "operation cancelled by request".into(),

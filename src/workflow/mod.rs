@@ -68,6 +68,10 @@ pub trait Workflow: Send + Sync + 'static {
     /// the new copy): from it on, every error is retried with back-off instead of compensated,
     /// and cancellation is no longer honoured. `None`: every step can be undone.
     const ROLL_FORWARD_FROM: Option<&'static str> = None;
+    /// The step from which cancellation is no longer honoured: by default the point of no
+    /// return. A workflow that destroys data but must still be able to fail afterwards (a
+    /// deletion whose verification finds a survivor) sets only this.
+    const UNCANCELLABLE_FROM: Option<&'static str> = Self::ROLL_FORWARD_FROM;
 
     /// Runs step `step` (an index into `STEPS`). May update `state`; the new state is
     /// committed together with the step's done mark.
