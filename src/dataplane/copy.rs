@@ -71,7 +71,7 @@ pub(super) fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
 
 /// Copies the rows of `src.tenant_id` in `table` from `src` into `dst`; returns the number of
 /// rows written. The target table should hold none of the tenant's rows yet (a retry after a
-/// failure starts by emptying it, see [`delete_tenant_rows`]). `streamed` counts the rows
+/// failure starts by emptying it, see [`super::erasure::delete_rows`]). `streamed` counts the rows
 /// passed on so far, for progress reports while a large table is copied.
 pub async fn copy_table(
     src_cluster: &Cluster,
@@ -132,113 +132,6 @@ pub async fn copy_table(
     }
     drop(source);
     sink.finish().await.map_err(|e| dst_cluster.err(e))
-}
-
-/// Rows deleted per statement by [`delete_tenant_rows`]: small enough that each transaction is
-/// short (other tenants sharing a pool table are never blocked for long), large enough that
-/// the per-statement overhead does not dominate.
-pub const DELETE_BATCH: i64 = 500;
-
-/// The share of time [`delete_tenant_rows`] spends deleting; it sleeps the rest. Removing a
-/// moved tenant from the pool is background work: it may take minutes, it must not make the
-/// tenants still there wait.
-const DELETE_DUTY: u32 = 4; // 1 in 4
-
-/// The column after `tenant_id` in the table's primary key, and its type.
-async fn key_column(
-    cluster: &Cluster,
-    c: &Container,
-    table: &Ident,
-) -> Result<(Ident, Ident), DataPlaneError> {
-    let cols: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, NULL)
-         FROM pg_index i
-         JOIN pg_class t ON t.oid = i.indrelid
-         JOIN pg_namespace n ON n.oid = t.relnamespace
-         JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY (i.indkey)
-         WHERE n.nspname = $1 AND t.relname = $2 AND i.indisprimary
-         ORDER BY array_position(i.indkey, a.attnum)",
-    )
-    .bind(c.schema.as_str())
-    .bind(table.as_str())
-    .fetch_all(&cluster.database(&c.database))
-    .await
-    .map_err(|e| cluster.err(e))?;
-    match cols.as_slice() {
-        [(first, _), (key, ty)] if first == "tenant_id" => {
-            Ok((Ident::new(key.clone())?, Ident::new(ty.clone())?))
-        }
-        _ => Err(DataPlaneError::Invariant(format!(
-            "{}.{}: primary key is not (tenant_id, key)",
-            c.schema.as_str(),
-            table.as_str()
-        ))),
-    }
-}
-
-/// Deletes the tenant's rows from `table` in `c`, in primary-key order, [`DELETE_BATCH`] rows
-/// per transaction, resuming each batch where the last ended (so no batch rescans the index
-/// entries of rows already deleted). After each batch it pauses for three times as long as the
-/// batch took ([`DELETE_DUTY`]), whatever the tenant's size, so the other tenants sharing a
-/// pool table keep their latency. Returns the number of rows deleted.
-pub async fn delete_tenant_rows(
-    cluster: &Cluster,
-    c: &Container,
-    table: &Ident,
-) -> Result<u64, DataPlaneError> {
-    let (key, ty) = key_column(cluster, c, table).await?;
-    let pool = cluster.database(&c.database);
-    let err = |e| cluster.err(e);
-    // The smallest key (there is no min() for uuid).
-    let first = Statement::new("SELECT ")
-        .ident(&key)
-        .push("::text FROM ")
-        .qualified(&c.schema, table)
-        .push(" WHERE tenant_id = $1 ORDER BY ")
-        .ident(&key)
-        .push(" LIMIT 1");
-    let mut from: Option<String> = sqlx::query_scalar(first.into_sql())
-        .bind(c.tenant_id)
-        .fetch_optional(&pool)
-        .await
-        .map_err(err)?;
-    // Rows from `$2` on (deleted rows are invisible to the next statement, so `>=` is safe).
-    let batch = Statement::new("DELETE FROM ")
-        .qualified(&c.schema, table)
-        .push(" WHERE (tenant_id, ")
-        .ident(&key)
-        .push(") IN (SELECT tenant_id, ")
-        .ident(&key)
-        .push(" FROM ")
-        .qualified(&c.schema, table)
-        .push(" WHERE tenant_id = $1 AND ")
-        .ident(&key)
-        .push(" >= CAST($2 AS ")
-        .ident(&ty)
-        .push(") ORDER BY ")
-        .ident(&key)
-        .push(" LIMIT $3) RETURNING ")
-        .ident(&key)
-        .push("::text");
-    let mut total = 0u64;
-    while let Some(bound) = from.take() {
-        let started = std::time::Instant::now();
-        let keys: Vec<(String,)> = sqlx::query_as(batch.to_sql())
-            .bind(c.tenant_id)
-            .bind(&bound)
-            .bind(DELETE_BATCH)
-            .fetch_all(&pool)
-            .await
-            .map_err(err)?;
-        total += keys.len() as u64;
-        if keys.len() as i64 == DELETE_BATCH {
-            // Any key of this batch is a safe next bound (none is past the batch's last in
-            // the index order); the byte-wise maximum is the last one for uuid keys.
-            from = keys.into_iter().map(|k| k.0).max();
-            tokio::time::sleep(started.elapsed() * (DELETE_DUTY - 1)).await;
-        }
-    }
-    Ok(total)
 }
 
 /// Session settings that fix the text form of values (for digests and text dumps), for the

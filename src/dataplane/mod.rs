@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod copy;
 pub mod database;
 pub mod dump;
+pub mod erasure;
 pub mod fence;
 pub mod load;
 pub mod pool;
@@ -73,6 +74,13 @@ fn is_transient(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// The object a statement named no longer exists: database (3D000), schema (3F000) or table
+/// (42P01), e.g. dropped by another tenant's operation while a scan ran.
+pub fn is_gone(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| matches!(c.as_ref(), "3D000" | "3F000" | "42P01")))
 }
 
 impl From<DataPlaneError> for StepError {
@@ -150,6 +158,26 @@ impl Cluster {
                     .connect_lazy_with(self.base.clone().database(database.as_str()))
             })
             .clone()
+    }
+
+    /// A connection of its own to `database` (`None`: the database does not exist), for
+    /// one-off work across many databases, such as a scan, that should not keep a pool for
+    /// each.
+    pub async fn connect_once(
+        &self,
+        database: &Ident,
+    ) -> Result<Option<sqlx::PgConnection>, DataPlaneError> {
+        match self
+            .base
+            .clone()
+            .database(database.as_str())
+            .connect()
+            .await
+        {
+            Ok(conn) => Ok(Some(conn)),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Closes our connections to `database` (before it is dropped).

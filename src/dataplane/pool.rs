@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, catalog, copy, fence};
+use super::{Cluster, Container, DataPlaneError, TierBackend, catalog, erasure, fence};
 use crate::sql::Ident;
 
 pub fn schema() -> Ident {
@@ -40,7 +40,15 @@ impl TierBackend for PoolTier {
             .await
             .map_err(|e| cluster.err(e))?;
             if exists {
-                copy::delete_tenant_rows(cluster, c, &table).await?;
+                erasure::delete_rows(
+                    cluster,
+                    &c.database,
+                    &c.schema,
+                    &table,
+                    c.tenant_id,
+                    erasure::BACKGROUND,
+                )
+                .await?;
             }
         }
         fence::unfence(cluster, c).await

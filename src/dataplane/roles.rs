@@ -65,7 +65,7 @@ pub async fn ensure_role(
     cluster.exec(cluster.admin(), alter).await
 }
 
-async fn role_exists(cluster: &Cluster, role: &Ident) -> Result<bool, DataPlaneError> {
+pub async fn role_exists(cluster: &Cluster, role: &Ident) -> Result<bool, DataPlaneError> {
     let (exists,): (bool,) =
         sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
             .bind(role.as_str())

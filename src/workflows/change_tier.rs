@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::context::Context;
 use crate::dataplane::copy::{self, TableDigest};
-use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, fence};
+use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, erasure, fence};
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::sql::{Ident, Statement};
@@ -330,7 +330,15 @@ async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Res
 /// so a copy interrupted half-way never leaves duplicates.
 async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError> {
     for table in catalog::tables().rev() {
-        copy::delete_tenant_rows(e.dst_cluster, &e.dst, &table).await?;
+        erasure::delete_rows(
+            e.dst_cluster,
+            &e.dst.database,
+            &e.dst.schema,
+            &table,
+            e.dst.tenant_id,
+            erasure::BACKGROUND,
+        )
+        .await?;
     }
     let mut items = Vec::new();
     for table in catalog::tables() {

@@ -1,7 +1,8 @@
 //! Streaming one tenant's rows between containers, and the digest that verifies a copy.
 
 use tenantd::api::pb;
-use tenantd::dataplane::copy::{copy_table, delete_tenant_rows, digest};
+use tenantd::dataplane::copy::{copy_table, digest};
+use tenantd::dataplane::erasure::{self, delete_rows};
 use tenantd::dataplane::{Container, DataPlane, backend, catalog};
 use tenantd::tenant::Tier;
 use uuid::Uuid;
@@ -89,7 +90,10 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
 
     // An interrupted copy restarts from an empty table, children first.
     for table in catalog::tables().rev() {
-        delete_tenant_rows(second, &dst, &table).await.unwrap();
+        let (db, schema, tenant) = (&dst.database, &dst.schema, dst.tenant_id);
+        delete_rows(second, db, schema, &table, tenant, erasure::BACKGROUND)
+            .await
+            .unwrap();
     }
     for table in catalog::tables() {
         copy_table(main, &src, second, &dst, &table, &Default::default())
