@@ -8,6 +8,7 @@ pub mod api;
 pub mod archive;
 pub mod aws;
 pub mod blobs;
+pub mod certificate;
 pub mod config;
 pub mod context;
 pub mod dataplane;
