@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/operation.proto",
         "proto/tenantd/v1/tenant.proto",
         "proto/tenantd/v1/export.proto",
+        "proto/tenantd/v1/deletion.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))

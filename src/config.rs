@@ -27,6 +27,42 @@ pub struct Config {
     /// Shared AWS client settings for the `aws_kms` key provider and the `s3` object store.
     #[serde(default)]
     pub aws: AwsConfig,
+    #[serde(default)]
+    pub deletion: DeletionConfig,
+}
+
+/// Tenant deletion (docs/deletion.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionConfig {
+    /// Days a deleted tenant's key stays pending deletion before the key service destroys
+    /// it (7–30, the AWS KMS window); a request may ask for another value in that range.
+    #[serde(default = "default_key_pending_days")]
+    pub key_pending_days: u32,
+    /// How long the data-plane clusters' physical backups and WAL archives are kept: the
+    /// deletion certificate states the date by which the deleted rows are gone from them too.
+    #[serde(default = "default_backup_retention_days")]
+    pub backup_retention_days: u32,
+}
+
+/// The key deletion window AWS KMS accepts, in days.
+pub const KEY_PENDING_DAYS: std::ops::RangeInclusive<u32> = 7..=30;
+
+fn default_key_pending_days() -> u32 {
+    30
+}
+
+fn default_backup_retention_days() -> u32 {
+    35
+}
+
+impl Default for DeletionConfig {
+    fn default() -> Self {
+        DeletionConfig {
+            key_pending_days: default_key_pending_days(),
+            backup_retention_days: default_backup_retention_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -251,6 +287,12 @@ impl Config {
             crate::sql::Ident::new(c.shared_database.clone())
                 .map_err(|e| ConfigError::Invalid(format!("cluster {}: {e}", c.name)))?;
         }
+        if !KEY_PENDING_DAYS.contains(&self.deletion.key_pending_days) {
+            return Err(ConfigError::Invalid(format!(
+                "deletion.key_pending_days must be 7 to 30, got {}",
+                self.deletion.key_pending_days
+            )));
+        }
         if self.workflow.workers == 0 {
             return Err(ConfigError::Invalid("workflow.workers must be > 0".into()));
         }
@@ -293,6 +335,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.clusters.len(), 2);
         assert_eq!(c.default_cluster(), "main");
+        assert_eq!(c.deletion.key_pending_days, 30);
+        let mut short = c.clone();
+        short.deletion.key_pending_days = 6;
+        assert!(short.validate().is_err(), "AWS KMS takes 7 to 30 days");
     }
 
     #[test]

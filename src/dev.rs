@@ -80,6 +80,7 @@ pub async fn start(
             dir: state_dir.join("objects"),
         },
         aws: Default::default(),
+        deletion: Default::default(),
     };
     Ok(DevStack {
         postgres,

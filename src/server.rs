@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::deletions::DeletionApi;
 use crate::api::exports::ExportApi;
 use crate::api::operations::OperationApi;
 use crate::api::pb;
@@ -138,6 +139,9 @@ pub async fn run(
     health
         .set_serving::<pb::export_service_server::ExportServiceServer<ExportApi>>()
         .await;
+    health
+        .set_serving::<pb::deletion_service_server::DeletionServiceServer<DeletionApi>>()
+        .await;
     // v1 and v1alpha: grpcurl and other clients still differ in which they ask for.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -169,7 +173,10 @@ pub async fn run(
             OperationApi::new(control.clone()),
         ))
         .add_service(pb::export_service_server::ExportServiceServer::new(
-            ExportApi::new(control),
+            ExportApi::new(control.clone()),
+        ))
+        .add_service(pb::deletion_service_server::DeletionServiceServer::new(
+            DeletionApi::new(control),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;

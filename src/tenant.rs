@@ -57,13 +57,21 @@ pub enum TenantState {
     /// Provisioning failed and was compensated; nothing of the tenant is left in the data
     /// plane and its slug is free.
     Failed,
+    /// A deletion fenced the tenant and may have removed part of its data: never routed
+    /// again; only a deletion may run on it (a failed one is requested again).
+    Deleting,
+    /// Deleted, with a signed certificate: the registry keeps this tombstone (id, slug, tier,
+    /// key id), no tenant data; the slug is free.
+    Deleted,
 }
 
 impl TenantState {
-    pub const ALL: [TenantState; 3] = [
+    pub const ALL: [TenantState; 5] = [
         TenantState::Provisioning,
         TenantState::Active,
         TenantState::Failed,
+        TenantState::Deleting,
+        TenantState::Deleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +79,8 @@ impl TenantState {
             TenantState::Provisioning => "provisioning",
             TenantState::Active => "active",
             TenantState::Failed => "failed",
+            TenantState::Deleting => "deleting",
+            TenantState::Deleted => "deleted",
         }
     }
 }

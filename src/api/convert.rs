@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::pb;
+use crate::config::KEY_PENDING_DAYS;
 use crate::error::Error;
 use crate::operation::{Operation, OperationState, StepState};
+use crate::registry::certificates::StoredCertificate;
 use crate::registry::exports::ExportState;
 use crate::registry::tenants::TenantChanges;
+use crate::service::{CertificateRef, DeletionRequest};
 use crate::service::{ExportView, NewTenantFromExport, OperationView, RestoreTarget, Route};
 use crate::tenant::{self, NewTenant, Slug, Tenant, TenantRef, TenantState, Tier};
-use crate::workflows::{change_tier, restore};
+use crate::workflows::{change_tier, delete, restore};
 use uuid::Uuid;
 
 pub fn time(t: DateTime<Utc>) -> String {
@@ -51,6 +54,8 @@ pub fn tenant_state_from(v: i32) -> Result<Option<TenantState>, Error> {
         Ok(pb::TenantState::Provisioning) => Ok(Some(TenantState::Provisioning)),
         Ok(pb::TenantState::Active) => Ok(Some(TenantState::Active)),
         Ok(pb::TenantState::Failed) => Ok(Some(TenantState::Failed)),
+        Ok(pb::TenantState::Deleting) => Ok(Some(TenantState::Deleting)),
+        Ok(pb::TenantState::Deleted) => Ok(Some(TenantState::Deleted)),
         Err(_) => Err(Error::invalid("state", format!("unknown tenant state {v}"))),
     }
 }
@@ -60,6 +65,8 @@ fn tenant_state_to(s: TenantState) -> pb::TenantState {
         TenantState::Provisioning => pb::TenantState::Provisioning,
         TenantState::Active => pb::TenantState::Active,
         TenantState::Failed => pb::TenantState::Failed,
+        TenantState::Deleting => pb::TenantState::Deleting,
+        TenantState::Deleted => pb::TenantState::Deleted,
     }
 }
 
@@ -235,6 +242,78 @@ impl From<change_tier::State> for pb::TierChange {
     }
 }
 
+impl From<delete::State> for pb::Deletion {
+    fn from(s: delete::State) -> Self {
+        pb::Deletion {
+            rows: s.rows() as i64,
+            objects_deleted: s.objects.as_ref().map_or(0, |o| o.deleted as i64),
+            key_id: s.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default(),
+            key_deletion_time: s
+                .key
+                .as_ref()
+                .map(|k| k.deletion_date.clone())
+                .unwrap_or_default(),
+            final_export_name: s
+                .final_export
+                .as_ref()
+                .map(|f| f.export.clone())
+                .unwrap_or_default(),
+            reason: s.request.reason,
+            requested_by: s.request.requested_by,
+            ticket: s.request.ticket,
+            final_export: s.request.final_export,
+            key_pending_days: s.request.key_pending_days as i32,
+        }
+    }
+}
+
+impl From<StoredCertificate> for pb::DeletionCertificate {
+    fn from(c: StoredCertificate) -> Self {
+        pb::DeletionCertificate {
+            name: format!("deletion-certificates/{}", c.id),
+            tenant_id: c.tenant_id.to_string(),
+            tenant_slug: c.tenant_slug,
+            operation: format!("operations/{}", c.operation_id),
+            issue_time: time(c.issued_at),
+            signing_key_id: c.signing_key_id,
+            sha256: c.sha256,
+            document: c.document,
+        }
+    }
+}
+
+/// A validated DeleteTenant request.
+impl TryFrom<&pb::DeleteTenantRequest> for DeletionRequest {
+    type Error = Error;
+    fn try_from(r: &pb::DeleteTenantRequest) -> Result<Self, Error> {
+        let key_pending_days = match r.key_pending_days {
+            0 => None,
+            d if d >= 0 && KEY_PENDING_DAYS.contains(&(d as u32)) => Some(d as u32),
+            d => {
+                return Err(Error::invalid(
+                    "key_pending_days",
+                    format!("must be 7 to 30 (or 0 for the configured default), got {d}"),
+                ));
+            }
+        };
+        Ok(DeletionRequest {
+            reason: tenant::text_field("reason", &r.reason, true)?,
+            requested_by: tenant::text_field("requested_by", &r.requested_by, true)?,
+            ticket: tenant::text_field("ticket", &r.ticket, false)?,
+            final_export: r.final_export,
+            key_pending_days,
+        })
+    }
+}
+
+/// "deletion-certificates/{uuid}", or a tenant id or slug.
+pub fn certificate_ref(name: &str) -> Result<CertificateRef, Error> {
+    if name.starts_with("deletion-certificates") {
+        return resource_id("name", name, "deletion-certificates").map(CertificateRef::Id);
+    }
+    TenantRef::parse("name", name).map(CertificateRef::Tenant)
+}
+
 impl From<restore::State> for pb::Restore {
     fn from(s: restore::State) -> Self {
         pb::Restore {
@@ -379,6 +458,7 @@ impl From<ExportView> for pb::Export {
                 ExportState::Running => pb::ExportState::Running,
                 ExportState::Complete => pb::ExportState::Complete,
                 ExportState::Failed => pb::ExportState::Failed,
+                ExportState::Deleted => pb::ExportState::Deleted,
             } as i32,
             object_uri: v.object_uri,
             manifest_uri: v.manifest_uri,
@@ -419,6 +499,9 @@ impl From<OperationView> for pb::Operation {
             })),
             (_, Some(t)) => Some(pb::operation::Result::Tenant(t.into())),
             _ if v.export.is_some() => v.export.map(|e| pb::operation::Result::Export(e.into())),
+            _ if v.certificate.is_some() => v
+                .certificate
+                .map(|c| pb::operation::Result::Certificate(c.into())),
             _ => None,
         };
         pb::Operation {
@@ -462,6 +545,10 @@ impl From<OperationView> for pb::Operation {
                     .or_else(|| {
                         v.restore
                             .map(|r| pb::operation_metadata::Details::Restore(r.into()))
+                    })
+                    .or_else(|| {
+                        v.deletion
+                            .map(|d| pb::operation_metadata::Details::Deletion(d.into()))
                     }),
             }),
             result,

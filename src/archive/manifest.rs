@@ -31,6 +31,26 @@ pub struct Encryption {
     pub wrapped_data_key: String,
     /// Bound to the data key by the key service and to every chunk as associated data.
     pub context: BTreeMap<String, String>,
+    /// Which key wraps the data key: the tenant key (every export but one), or the service
+    /// key (a deleted tenant's final export, kept for handing over). Absent: the tenant key.
+    #[serde(default, skip_serializing_if = "WrappedBy::is_tenant_key")]
+    pub wrapped_by: WrappedBy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WrappedBy {
+    /// `key_id` is the tenant key; the key service unwraps the data key.
+    #[default]
+    TenantKey,
+    /// `key_id` is the service key; the data key was sealed as a service secret.
+    ServiceKey,
+}
+
+impl WrappedBy {
+    pub fn is_tenant_key(&self) -> bool {
+        *self == WrappedBy::TenantKey
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use tenantd::api::pb;
+use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
@@ -112,6 +113,36 @@ enum Command {
     /// Print the public key that signs export manifests (PEM), to pin it for `export get`
     /// and for offline checks with openssl.
     SigningKey,
+    /// Delete a tenant everywhere and watch it; the result is a signed deletion certificate
+    /// (written to --certificate-out). A failed deletion leaves the tenant deleting: run the
+    /// same command again to finish it.
+    Delete {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Why (recorded in the certificate).
+        #[arg(long)]
+        reason: String,
+        /// Who asked (recorded in the certificate).
+        #[arg(long)]
+        requested_by: String,
+        /// Ticket or case reference (recorded in the certificate).
+        #[arg(long, default_value = "")]
+        ticket: String,
+        /// Export the tenant for handing over first (kept outside the deletion).
+        #[arg(long)]
+        final_export: bool,
+        /// Days the tenant key stays pending deletion, 7-30 (default: the server's).
+        #[arg(long, default_value_t = 0)]
+        key_pending_days: i32,
+        /// Where to write the signed certificate.
+        #[arg(long)]
+        certificate_out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        start: Start,
+    },
+    /// Deletion certificates: get, list, and verify offline.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// Restore a tenant from an export and watch it: in place (the export's tenant, in its
     /// current tier), or with --as-new as a new tenant. The archive is verified end to end
     /// before anything changes.
@@ -132,6 +163,27 @@ enum Command {
         display_name: String,
         #[command(flatten)]
         start: Start,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertificateCommand {
+    /// Fetch a certificate (deletion-certificates/<id>, or the deleted tenant's id or slug)
+    /// and write its signed document to FILE (or stdout).
+    Get {
+        name: String,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// List every deletion certificate.
+    List,
+    /// Verify a certificate offline: no service needed, only the signing public key (PEM,
+    /// from `tenantctl signing-key`). Exits non-zero unless the document is intact and
+    /// signed by that key.
+    Verify {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        public_key: std::path::PathBuf,
     },
 }
 
@@ -195,6 +247,10 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Offline: no service involved.
+    if let Command::Certificate(CertificateCommand::Verify { file, public_key }) = &cli.command {
+        return verify_certificate(file, public_key);
+    }
     let channel = Channel::from_shared(cli.addr.clone())?
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -202,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach tenantd at {}", cli.addr))?;
     let mut tenants = TenantServiceClient::new(channel.clone());
     let mut exports = ExportServiceClient::new(channel.clone());
+    let mut deletions = DeletionServiceClient::new(channel.clone());
     let mut ops = OperationServiceClient::new(channel);
     match cli.command {
         Command::Create {
@@ -274,6 +331,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             finish(&mut ops, op, start.no_wait).await?;
         }
+        Command::Delete {
+            tenant,
+            reason,
+            requested_by,
+            ticket,
+            final_export,
+            key_pending_days,
+            certificate_out,
+            start,
+        } => {
+            let op = deletions
+                .delete_tenant(pb::DeleteTenantRequest {
+                    tenant,
+                    reason,
+                    requested_by,
+                    ticket,
+                    final_export,
+                    key_pending_days,
+                    request_id: start.request_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let op = finish(&mut ops, op, start.no_wait).await?;
+            if let (Some(out), Some(pb::operation::Result::Certificate(c))) =
+                (certificate_out, &op.result)
+            {
+                std::fs::write(&out, &c.document)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                println!("certificate written to {}", out.display());
+            }
+        }
+        Command::Certificate(cmd) => certificate_command(&mut deletions, cmd).await?,
         Command::Get { tenant } => {
             let t = tenants
                 .get_tenant(pb::GetTenantRequest { tenant })
@@ -381,7 +471,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            OperationCommand::Watch { name } => watch(&mut ops, &op_name(&name)).await?,
+            OperationCommand::Watch { name } => {
+                watch(&mut ops, &op_name(&name)).await?;
+            }
             OperationCommand::Cancel { name } => {
                 let op = ops
                     .cancel_operation(pb::CancelOperationRequest {
@@ -594,10 +686,10 @@ async fn finish(
     ops: &mut OperationServiceClient<Channel>,
     op: pb::Operation,
     no_wait: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<pb::Operation> {
     if no_wait {
         print_operation(&op);
-        Ok(())
+        Ok(op)
     } else {
         watch(ops, &op.name).await
     }
@@ -627,7 +719,10 @@ fn step_message(s: &pb::Step) -> String {
 
 /// Follows an operation with a progress bar: one tick per step, the running step's own
 /// progress in the message.
-async fn watch(ops: &mut OperationServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
+async fn watch(
+    ops: &mut OperationServiceClient<Channel>,
+    name: &str,
+) -> anyhow::Result<pb::Operation> {
     let mut stream = ops
         .watch_operation(pb::WatchOperationRequest {
             name: name.to_owned(),
@@ -669,6 +764,114 @@ async fn watch(ops: &mut OperationServiceClient<Channel>, name: &str) -> anyhow:
     print_operation(&op);
     if let Some(pb::operation::Result::Error(e)) = &op.result {
         bail!("{} failed: {}", op.name, e.message);
+    }
+    Ok(op)
+}
+
+async fn certificate_command(
+    deletions: &mut DeletionServiceClient<Channel>,
+    cmd: CertificateCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        CertificateCommand::Get { name, out } => {
+            let c = deletions
+                .get_deletion_certificate(pb::GetDeletionCertificateRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, &c.document)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                    println!(
+                        "{} written to {} (sha256 {})",
+                        c.name,
+                        out.display(),
+                        c.sha256
+                    );
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&c.document)?;
+                }
+            }
+        }
+        CertificateCommand::List => {
+            println!("{:<58}  {:<24}  {:<36}  ISSUED", "NAME", "SLUG", "TENANT");
+            let mut page_token = String::new();
+            loop {
+                let r = deletions
+                    .list_deletion_certificates(pb::ListDeletionCertificatesRequest {
+                        page_size: 100,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for c in &r.certificates {
+                    println!(
+                        "{:<58}  {:<24}  {:<36}  {}",
+                        c.name, c.tenant_slug, c.tenant_id, c.issue_time
+                    );
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+        }
+        CertificateCommand::Verify { file, public_key } => verify_certificate(&file, &public_key)?,
+    }
+    Ok(())
+}
+
+/// `certificate verify`: offline, with the public key alone.
+fn verify_certificate(file: &std::path::Path, public_key: &std::path::Path) -> anyhow::Result<()> {
+    let document = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let pem = std::fs::read_to_string(public_key)
+        .with_context(|| format!("reading {}", public_key.display()))?;
+    let spki = tenantd::keys::public_key_from_pem(&pem)?;
+    let c = tenantd::certificate::verify(&document, &spki)
+        .with_context(|| format!("{} does NOT verify", file.display()))?;
+    let e = &c.evidence;
+    let v = &c.verification;
+    println!(
+        "certificate {} verified: intact and signed by key {}",
+        c.certificate_id, c.signing_key_id
+    );
+    println!(
+        "tenant:      {} ({}), {} tier on {}",
+        c.tenant.slug, c.tenant.id, c.tenant.tier, c.tenant.cluster
+    );
+    println!(
+        "requested:   by {} at {}: {} [{}]",
+        c.request.requested_by, c.request.requested_at, c.request.reason, c.request.ticket
+    );
+    println!(
+        "deleted:     {} rows in {} tables; {} containers or roles dropped",
+        e.rows_deleted.iter().map(|t| t.rows).sum::<u64>(),
+        e.rows_deleted.len(),
+        e.dropped.len()
+    );
+    println!(
+        "objects:     {} ({} bytes) under {}, keys sha256 {}",
+        e.objects.deleted, e.objects.bytes, e.objects.prefix, e.objects.keys_sha256
+    );
+    println!(
+        "key:         {} {} until {}",
+        e.key.key_id, e.key.state, e.key.deletion_date
+    );
+    println!(
+        "verified:    {} at {}: {} tables, {} catalog checks, {} objects listed, key {}",
+        c.completed_at,
+        v.verified_at,
+        v.tables.len(),
+        v.catalog.len(),
+        v.objects.objects_listed,
+        v.key.state
+    );
+    for s in &c.scope {
+        println!("scope:       {s}");
     }
     Ok(())
 }
@@ -725,9 +928,34 @@ fn print_operation(op: &pb::Operation) {
         }
         print_pause(&r.fence_time, &r.unfence_time, r.write_pause_ms);
     }
+    if let Some(pb::operation_metadata::Details::Deletion(d)) = &m.details {
+        println!(
+            "deletion:    {} (by {}, ticket {:?})",
+            d.reason, d.requested_by, d.ticket
+        );
+        if d.rows > 0 || d.objects_deleted > 0 {
+            println!(
+                "deleted:     {} rows, {} objects",
+                d.rows, d.objects_deleted
+            );
+        }
+        if !d.key_id.is_empty() {
+            println!(
+                "key:         {} destroyed on {}",
+                d.key_id, d.key_deletion_time
+            );
+        }
+        if !d.final_export_name.is_empty() {
+            println!("handover:    {}", d.final_export_name);
+        }
+    }
     match &op.result {
         Some(pb::operation::Result::Tenant(t)) => print_tenant(t),
         Some(pb::operation::Result::Export(e)) => print_export(e),
+        Some(pb::operation::Result::Certificate(c)) => println!(
+            "certificate: {} (sha256 {}, signed by {})",
+            c.name, c.sha256, c.signing_key_id
+        ),
         Some(pb::operation::Result::Error(e)) => println!(
             "error:       {} (code {}, step {})",
             e.message, e.code, e.step

@@ -15,6 +15,8 @@ pub enum ExportState {
     Running,
     Complete,
     Failed,
+    /// The tenant was deleted: objects gone, key pending deletion.
+    Deleted,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct Export {
     pub snapshot_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A deleted tenant's final export, kept for handing over (see migration 0004).
+    pub handover: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -55,13 +59,14 @@ struct ExportRow {
     snapshot_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
+    handover: bool,
 }
 
 macro_rules! columns {
     () => {
         "id, tenant_id, operation_id, state, tier, schema_version, object_key, manifest_key, \
          key_id, size_bytes, sha256, plaintext_sha256, table_rows, snapshot_at, created_at, \
-         completed_at"
+         completed_at, handover"
     };
 }
 
@@ -74,6 +79,7 @@ impl From<ExportRow> for Export {
             state: match r.state.as_str() {
                 "complete" => ExportState::Complete,
                 "failed" => ExportState::Failed,
+                "deleted" => ExportState::Deleted,
                 _ => ExportState::Running,
             },
             tier: r.tier,
@@ -88,6 +94,7 @@ impl From<ExportRow> for Export {
             snapshot_at: r.snapshot_at,
             created_at: r.created_at,
             completed_at: r.completed_at,
+            handover: r.handover,
         }
     }
 }
@@ -100,6 +107,7 @@ pub struct NewExport<'a> {
     pub tier: &'a str,
     pub object_key: &'a str,
     pub manifest_key: &'a str,
+    pub handover: bool,
 }
 
 /// What a finished export records.
@@ -120,8 +128,9 @@ impl Registry {
         e: &NewExport<'_>,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO exports (id, tenant_id, operation_id, state, tier, object_key, manifest_key)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO exports (id, tenant_id, operation_id, state, tier, object_key,
+                                  manifest_key, handover)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
         )
         .bind(e.id)
         .bind(e.tenant_id)
@@ -129,6 +138,7 @@ impl Registry {
         .bind(e.tier)
         .bind(e.object_key)
         .bind(e.manifest_key)
+        .bind(e.handover)
         .execute(exec)
         .await?;
         Ok(())
@@ -200,5 +210,33 @@ impl Registry {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(Export::from).collect())
+    }
+
+    /// The tenant's complete exports (what a deletion crypto-shreds; not a handover export),
+    /// oldest first.
+    pub async fn complete_exports(&self, tenant_id: Uuid) -> Result<Vec<Uuid>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM exports WHERE tenant_id = $1 AND state = 'complete' AND NOT handover
+             ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Marks every export of a deleted tenant `deleted`, except a final export kept for
+    /// handing over.
+    pub async fn delete_exports<'e>(
+        exec: impl PgExecutor<'e>,
+        tenant_id: Uuid,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE exports SET state = 'deleted'
+             WHERE tenant_id = $1 AND state <> 'deleted' AND NOT handover",
+        )
+        .bind(tenant_id)
+        .execute(exec)
+        .await?;
+        Ok(())
     }
 }

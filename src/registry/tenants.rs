@@ -130,12 +130,13 @@ impl Registry {
                 .fetch_optional(self.pool())
                 .await?
             }
-            // The live tenant with that slug; failed ones are only reachable by id.
+            // The live tenant with that slug; failed and deleted ones are only reachable by
+            // id (a deleted tenant's certificate also by its slug).
             TenantRef::Slug(slug) => {
                 sqlx::query_as(concat!(
                     "SELECT ",
                     columns!(),
-                    " FROM tenants WHERE slug = $1 AND state <> 'failed'"
+                    " FROM tenants WHERE slug = $1 AND state NOT IN ('failed', 'deleted')"
                 ))
                 .bind(slug.as_str())
                 .fetch_optional(self.pool())
@@ -300,6 +301,47 @@ impl Registry {
         sqlx::query(
             "UPDATE tenants SET state = 'failed', routing_epoch = 0, updated_at = now()
              WHERE id = $1 AND state = 'provisioning'",
+        )
+        .bind(id)
+        .execute(exec)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks an active tenant `deleting` (no longer routed), or leaves one already deleting
+    /// as it is. Returns false for a tenant in any other state.
+    pub async fn begin_deletion<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE tenants SET state = 'deleting', updated_at = now()
+             WHERE id = $1 AND state IN ('active', 'deleting')",
+        )
+        .bind(id)
+        .execute(exec)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a tenant whose deletion was refused before any data went back its routes.
+    pub async fn abandon_deletion<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tenants SET state = 'active', updated_at = now()
+             WHERE id = $1 AND state = 'deleting'",
+        )
+        .bind(id)
+        .execute(exec)
+        .await?;
+        Ok(())
+    }
+
+    /// Leaves the tombstone of a deleted tenant: id, slug, tier, cluster and key id stay (the
+    /// certificate names them); display name, plan, labels and placement go. Idempotent.
+    pub async fn tombstone_tenant<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tenants SET state = 'deleted', display_name = '', plan = '',
+                    labels = '{}'::jsonb, database_name = NULL, schema_name = NULL,
+                    role_name = NULL, routing_epoch = 0,
+                    deleted_at = coalesce(deleted_at, now()), updated_at = now()
+             WHERE id = $1",
         )
         .bind(id)
         .execute(exec)

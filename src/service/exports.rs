@@ -53,7 +53,7 @@ impl Control {
     }
 
     fn export_view(&self, e: ExportRow) -> ExportView {
-        let keys = export::ExportKeys::new(e.tenant_id, e.id);
+        let keys = export::ExportKeys::for_row(&e);
         ExportView {
             object_uri: self.deps.objects.uri(&keys.archive),
             manifest_uri: self.deps.objects.uri(&keys.manifest),

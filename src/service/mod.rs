@@ -2,9 +2,11 @@
 //! into these calls and encode the answers; all registry and data-plane work happens here or
 //! in workflows.
 
+mod deletions;
 mod exports;
 mod restores;
 
+pub use deletions::{CertificateRef, DeletionRequest};
 pub use exports::{ExportRead, ExportView};
 pub use restores::{NewTenantFromExport, RestoreTarget};
 
@@ -19,12 +21,15 @@ use crate::error::{Error, Result};
 use crate::operation::Operation;
 use crate::paging;
 use crate::registry::Registry;
+use crate::registry::certificates::StoredCertificate;
 use crate::registry::events::OperationEvents;
 use crate::registry::operations::{NewOperation, OperationFilter};
 use crate::registry::tenants::{TenantChanges, TenantFilter};
 use crate::tenant::{NewTenant, Tenant, TenantRef, TenantState, Tier};
 use crate::workflow::{Workflow, wrap};
-use crate::workflows::{ChangeTier, Provision, Restore, change_tier, provision, restore};
+use crate::workflows::{
+    ChangeTier, Delete, Provision, Restore, change_tier, delete, provision, restore,
+};
 
 /// Longest WaitOperation the server grants.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -72,6 +77,10 @@ pub struct OperationView {
     pub tier_change: Option<change_tier::State>,
     /// A restore's details (export, mode, rows, fence times).
     pub restore: Option<restore::State>,
+    /// A deletion's details (request, evidence so far).
+    pub deletion: Option<delete::State>,
+    /// A deletion's certificate, once it succeeded.
+    pub certificate: Option<StoredCertificate>,
 }
 
 #[derive(Clone)]
@@ -295,6 +304,13 @@ impl Control {
 
     pub async fn update_tenant(&self, r: &TenantRef, changes: TenantChanges) -> Result<Tenant> {
         let tenant = self.registry().get_tenant(r).await?;
+        // A tombstone keeps no tenant data, and one on its way there gets none.
+        if matches!(tenant.state, TenantState::Deleting | TenantState::Deleted) {
+            return Err(Error::FailedPrecondition {
+                reason: format!("tenant {} is {}", tenant.slug, tenant.state.as_str()),
+                operation: None,
+            });
+        }
         self.registry().update_tenant(tenant.id, &changes).await
     }
 
@@ -350,12 +366,24 @@ impl Control {
         let details = |kind: &str| (operation.kind == kind).then(|| operation.data.clone());
         let tier_change = details(ChangeTier::KIND).and_then(|d| crate::workflow::unwrap(d).ok());
         let restore = details(Restore::KIND).and_then(|d| crate::workflow::unwrap(d).ok());
+        let deletion = details(Delete::KIND).and_then(|d| crate::workflow::unwrap(d).ok());
+        let certificate = if operation.state == crate::operation::OperationState::Succeeded
+            && operation.kind == Delete::KIND
+        {
+            self.registry()
+                .certificate_of_operation(operation.id)
+                .await?
+        } else {
+            None
+        };
         Ok(OperationView {
             operation,
             tenant,
             export,
             tier_change,
             restore,
+            deletion,
+            certificate,
         })
     }
 

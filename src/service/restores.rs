@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{Control, OperationView, RequestId};
+use crate::archive::manifest::WrappedBy;
 use crate::error::{Error, Result};
 use crate::keys::KeyState;
 use crate::tenant::{NewTenant, Slug, TenantRef, Tier};
@@ -45,8 +46,12 @@ impl Control {
     ) -> Result<OperationView> {
         let export = VerifiedExport::open(&self.deps, export_id).await?;
         let m = &export.manifest;
-        let key = self.deps.keys.describe_key(&m.encryption.key_id).await?;
-        if key.state != KeyState::Enabled {
+        // A handover export's data key is sealed by the service key, which is always usable.
+        let key = match m.encryption.wrapped_by {
+            WrappedBy::TenantKey => Some(self.deps.keys.describe_key(&m.encryption.key_id).await?),
+            WrappedBy::ServiceKey => None,
+        };
+        if let Some(key) = key.filter(|k| k.state != KeyState::Enabled) {
             let when = key
                 .deletion_date
                 .map(|d| format!(" (deletion on {})", d.to_rfc3339()))

@@ -20,13 +20,13 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::archive::manifest::{self, Encryption, Manifest, TableRows};
+use crate::archive::manifest::{self, Encryption, Manifest, TableRows, WrappedBy};
 use crate::archive::{ArchiveWriter, Digest256, aead_stream};
 use crate::blobs::{ObjectKey, Upload};
 use crate::context::Context;
 use crate::dataplane::{Container, dump};
 use crate::error::Error;
-use crate::keys::context_bytes;
+use crate::keys::{DataKey, Sealed, context_bytes};
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::registry::exports::{CompletedExport, Export as ExportRow, ExportState, NewExport};
@@ -46,8 +46,25 @@ pub struct ExportKeys {
 
 impl ExportKeys {
     pub fn new(tenant_id: Uuid, export_id: Uuid) -> ExportKeys {
-        let prefix = ObjectKey::new(format!("tenants/{tenant_id}/exports/{export_id}"))
-            .expect("uuids make valid keys");
+        Self::at(format!("tenants/{tenant_id}/exports/{export_id}"))
+    }
+
+    /// A deleted tenant's final export, outside the tenant's prefix so that the deletion
+    /// leaves it for handing over: `handover/<tenant>/<export>/`.
+    pub fn handover(tenant_id: Uuid, export_id: Uuid) -> ExportKeys {
+        Self::at(format!("handover/{tenant_id}/{export_id}"))
+    }
+
+    pub fn for_row(row: &ExportRow) -> ExportKeys {
+        if row.handover {
+            Self::handover(row.tenant_id, row.id)
+        } else {
+            Self::new(row.tenant_id, row.id)
+        }
+    }
+
+    fn at(prefix: String) -> ExportKeys {
+        let prefix = ObjectKey::new(prefix).expect("uuids make valid keys");
         let at = |name: &str| prefix.join(name).expect("valid key");
         ExportKeys {
             archive: at("dump.sql.zst.tdxs"),
@@ -88,7 +105,7 @@ impl VerifiedExport {
                 operation: Some(row.operation_id),
             });
         }
-        let keys = ExportKeys::new(row.tenant_id, id);
+        let keys = ExportKeys::for_row(&row);
         let manifest_bytes = deps.objects.get(&keys.manifest).await?;
         let signature = deps.objects.get(&keys.signature).await?;
         let public = deps.keys.public_key().await?;
@@ -119,10 +136,31 @@ impl VerifiedExport {
         let wrapped = m
             .wrapped_data_key()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let key = deps
-            .keys
-            .decrypt_data_key(&m.encryption.key_id, &wrapped, &m.context())
-            .await;
+        let key_id = &m.encryption.key_id;
+        let key = match m.encryption.wrapped_by {
+            WrappedBy::TenantKey => {
+                deps.keys
+                    .decrypt_data_key(key_id, &wrapped, &m.context())
+                    .await
+            }
+            WrappedBy::ServiceKey => {
+                let sealed = Sealed {
+                    key_id: key_id.clone(),
+                    ciphertext: wrapped,
+                };
+                deps.keys
+                    .open(&sealed, &m.context())
+                    .await
+                    .and_then(|plain| {
+                        let plain = Zeroizing::new(plain);
+                        let bytes: [u8; 32] = plain
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| crate::keys::KeyError::Undecryptable)?;
+                        Ok(Zeroizing::new(bytes))
+                    })
+            }
+        };
         match key {
             Err(crate::keys::KeyError::Unusable { key_id, state }) => {
                 Err(Error::FailedPrecondition {
@@ -162,6 +200,20 @@ pub struct Dumped {
     pub ciphertext: Digest256,
     /// The data key wrapped by the tenant key (base64); its plaintext is never stored.
     pub wrapped_data_key: String,
+    /// The key that wrapped it (older states: the tenant key in the export's state).
+    #[serde(default)]
+    pub key_id: String,
+    #[serde(default)]
+    pub wrapped_by: WrappedBy,
+}
+
+/// The key an export's data key is wrapped by.
+#[derive(Debug, Clone, Copy)]
+enum Wrap<'a> {
+    /// The tenant key (`key_id`): the export dies with the tenant key.
+    Tenant(&'a str),
+    /// The service key: a final export that outlives the tenant.
+    Service,
 }
 
 impl State {
@@ -212,6 +264,7 @@ impl Workflow for Export {
                         tier: tenant.tier.as_str(),
                         object_key: keys.archive.as_str(),
                         manifest_key: keys.manifest.as_str(),
+                        handover: false,
                     },
                 )
                 .await?;
@@ -221,65 +274,25 @@ impl Workflow for Export {
             "dump" => {
                 let key_id = state.key_id.clone().ok_or_else(|| missing("key"))?;
                 let slug = state.tenant_slug.clone().unwrap_or_default();
-                state.dumped = Some(dump_step(cx, state.export_id, &key_id, &slug, &keys).await?);
+                let wrap = Wrap::Tenant(&key_id);
+                state.dumped = Some(dump_step(cx, state.export_id, wrap, &slug, &keys).await?);
             }
             "sign" => {
                 let dumped = state.dumped.as_ref().ok_or_else(|| missing("dump"))?;
                 let key_id = state.key_id.as_ref().ok_or_else(|| missing("key"))?;
-                let public = deps.keys.public_key().await.map_err(Error::from)?;
-                let m = Manifest {
-                    format: manifest::FORMAT.to_owned(),
-                    export_id: state.export_id.to_string(),
-                    tenant_id: cx.tenant_id.to_string(),
-                    tenant_slug: state.tenant_slug.clone().unwrap_or_default(),
-                    source_tier: dumped.tier.clone(),
-                    schema_version: dumped.schema_version,
-                    snapshot_at: dumped.snapshot_at.to_rfc3339(),
-                    object_key: keys.archive.as_str().to_owned(),
-                    tables: dumped.tables.clone(),
-                    plaintext: dumped.plaintext.clone(),
-                    ciphertext: dumped.ciphertext.clone(),
-                    encryption: Encryption {
-                        cipher: manifest::CIPHER.to_owned(),
-                        chunk_bytes: aead_stream::DEFAULT_CHUNK as u32,
-                        compression: "zstd".to_owned(),
-                        key_id: key_id.clone(),
-                        wrapped_data_key: dumped.wrapped_data_key.clone(),
-                        context: manifest::export_context(
-                            &cx.tenant_id.to_string(),
-                            &state.export_id.to_string(),
-                        ),
-                    },
-                    signing_key_id: public.key_id,
+                let slug = state.tenant_slug.clone().unwrap_or_default();
+                let signed = Signed {
+                    tenant_id: cx.tenant_id,
+                    export_id: state.export_id,
+                    slug: &slug,
+                    key_id,
                 };
-                let bytes = m.to_bytes();
-                let signature = deps.keys.sign(&bytes).await.map_err(Error::from)?;
-                deps.objects
-                    .put(&keys.manifest, &bytes)
-                    .await
-                    .map_err(Error::from)?;
-                deps.objects
-                    .put(&keys.signature, &signature.der)
-                    .await
-                    .map_err(Error::from)?;
+                write_manifest(deps, &keys, &signed, dumped).await?;
             }
             "record" => {
                 let dumped = state.dumped.as_ref().ok_or_else(|| missing("dump"))?;
                 let key_id = state.key_id.as_deref().ok_or_else(|| missing("key"))?;
-                Registry::complete_export(
-                    deps.registry.pool(),
-                    state.export_id,
-                    &CompletedExport {
-                        schema_version: dumped.schema_version,
-                        key_id,
-                        size_bytes: dumped.ciphertext.bytes,
-                        sha256: &dumped.ciphertext.sha256,
-                        plaintext_sha256: &dumped.plaintext.sha256,
-                        tables: &dumped.tables,
-                        snapshot_at: dumped.snapshot_at,
-                    },
-                )
-                .await?;
+                record(deps, state.export_id, dumped, key_id).await?;
                 tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
                     bytes = dumped.ciphertext.bytes, "export complete");
             }
@@ -289,24 +302,151 @@ impl Workflow for Export {
     }
 
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
-        let deps = cx.deps;
         let keys = ExportKeys::new(cx.tenant_id, state.export_id);
-        deps.objects
-            .abort_uploads(&keys.prefix)
-            .await
-            .map_err(Error::from)?;
-        for key in [&keys.archive, &keys.manifest, &keys.signature] {
-            deps.objects.delete(key).await.map_err(Error::from)?;
-        }
-        Registry::fail_export(deps.registry.pool(), state.export_id).await?;
-        Ok(())
+        discard(cx.deps, &keys, state.export_id).await
     }
+}
+
+/// Removes an unfinished export: aborts its uploads, deletes its objects, marks it failed.
+pub async fn discard(deps: &Context, keys: &ExportKeys, export_id: Uuid) -> Result<(), StepError> {
+    deps.objects
+        .abort_uploads(&keys.prefix)
+        .await
+        .map_err(Error::from)?;
+    for key in [&keys.archive, &keys.manifest, &keys.signature] {
+        deps.objects.delete(key).await.map_err(Error::from)?;
+    }
+    Registry::fail_export(deps.registry.pool(), export_id).await?;
+    Ok(())
+}
+
+/// Who and what a manifest names.
+struct Signed<'a> {
+    tenant_id: Uuid,
+    export_id: Uuid,
+    slug: &'a str,
+    /// The key wrapping the data key.
+    key_id: &'a str,
+}
+
+/// Writes the export's manifest and its signature beside the archive.
+async fn write_manifest(
+    deps: &Context,
+    keys: &ExportKeys,
+    s: &Signed<'_>,
+    dumped: &Dumped,
+) -> Result<(), StepError> {
+    let public = deps.keys.public_key().await.map_err(Error::from)?;
+    let m = Manifest {
+        format: manifest::FORMAT.to_owned(),
+        export_id: s.export_id.to_string(),
+        tenant_id: s.tenant_id.to_string(),
+        tenant_slug: s.slug.to_owned(),
+        source_tier: dumped.tier.clone(),
+        schema_version: dumped.schema_version,
+        snapshot_at: dumped.snapshot_at.to_rfc3339(),
+        object_key: keys.archive.as_str().to_owned(),
+        tables: dumped.tables.clone(),
+        plaintext: dumped.plaintext.clone(),
+        ciphertext: dumped.ciphertext.clone(),
+        encryption: Encryption {
+            cipher: manifest::CIPHER.to_owned(),
+            chunk_bytes: aead_stream::DEFAULT_CHUNK as u32,
+            compression: "zstd".to_owned(),
+            key_id: s.key_id.to_owned(),
+            wrapped_data_key: dumped.wrapped_data_key.clone(),
+            context: manifest::export_context(&s.tenant_id.to_string(), &s.export_id.to_string()),
+            wrapped_by: dumped.wrapped_by,
+        },
+        signing_key_id: public.key_id,
+    };
+    let bytes = m.to_bytes();
+    let signature = deps.keys.sign(&bytes).await.map_err(Error::from)?;
+    deps.objects
+        .put(&keys.manifest, &bytes)
+        .await
+        .map_err(Error::from)?;
+    deps.objects
+        .put(&keys.signature, &signature.der)
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}
+
+/// Marks the export complete: only now does it count as an export.
+async fn record(
+    deps: &Context,
+    export_id: Uuid,
+    dumped: &Dumped,
+    key_id: &str,
+) -> Result<(), StepError> {
+    Registry::complete_export(
+        deps.registry.pool(),
+        export_id,
+        &CompletedExport {
+            schema_version: dumped.schema_version,
+            key_id,
+            size_bytes: dumped.ciphertext.bytes,
+            sha256: &dumped.ciphertext.sha256,
+            plaintext_sha256: &dumped.plaintext.sha256,
+            tables: &dumped.tables,
+            snapshot_at: dumped.snapshot_at,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A deleted tenant's final export, for handing over (one step of the deletion, idempotent
+/// like the export's own steps): dumped under [`ExportKeys::handover`] with its data key
+/// sealed by the service key, signed and recorded as a complete export.
+pub async fn handover(
+    cx: &StepContext<'_>,
+    export_id: Uuid,
+) -> Result<crate::certificate::FinalExportFacts, StepError> {
+    let deps = cx.deps;
+    let keys = ExportKeys::handover(cx.tenant_id, export_id);
+    let tenant = deps
+        .registry
+        .get_tenant(&TenantRef::Id(cx.tenant_id))
+        .await?;
+    Registry::insert_export(
+        deps.registry.pool(),
+        &NewExport {
+            id: export_id,
+            tenant_id: cx.tenant_id,
+            operation_id: cx.operation_id,
+            tier: tenant.tier.as_str(),
+            object_key: keys.archive.as_str(),
+            manifest_key: keys.manifest.as_str(),
+            handover: true,
+        },
+    )
+    .await?;
+    let dumped = dump_step(cx, export_id, Wrap::Service, &tenant.slug, &keys).await?;
+    let signed = Signed {
+        tenant_id: cx.tenant_id,
+        export_id,
+        slug: &tenant.slug,
+        key_id: &dumped.key_id,
+    };
+    write_manifest(deps, &keys, &signed, &dumped).await?;
+    record(deps, export_id, &dumped, &dumped.key_id).await?;
+    tracing::info!(tenant_id = %cx.tenant_id, export_id = %export_id,
+        bytes = dumped.ciphertext.bytes, "final export for handover complete");
+    Ok(crate::certificate::FinalExportFacts {
+        export: format!("exports/{export_id}"),
+        object_uri: deps.objects.uri(&keys.archive),
+        size_bytes: dumped.ciphertext.bytes,
+        sha256: dumped.ciphertext.sha256.clone(),
+        encrypted_with: format!("the service key {}", dumped.key_id),
+    })
 }
 
 async fn dump_step(
     cx: &StepContext<'_>,
     export_id: Uuid,
-    key_id: &str,
+    wrap: Wrap<'_>,
     slug: &str,
     keys: &ExportKeys,
 ) -> Result<Dumped, StepError> {
@@ -327,11 +467,30 @@ async fn dump_step(
         tracing::info!(export_id = %export_id, uploads = stale, "aborted uploads of an earlier attempt");
     }
     let context = manifest::export_context(&cx.tenant_id.to_string(), &export_id.to_string());
-    let data_key = deps
-        .keys
-        .generate_data_key(key_id, &context)
-        .await
-        .map_err(Error::from)?;
+    let (data_key, wrapped_by) = match wrap {
+        Wrap::Tenant(key_id) => (
+            deps.keys
+                .generate_data_key(key_id, &context)
+                .await
+                .map_err(Error::from)?,
+            WrappedBy::TenantKey,
+        ),
+        Wrap::Service => {
+            let mut plaintext = Zeroizing::new([0u8; 32]);
+            rand::Rng::fill(&mut rand::rng(), plaintext.as_mut_slice());
+            let sealed = deps
+                .keys
+                .seal(plaintext.as_slice(), &context)
+                .await
+                .map_err(Error::from)?;
+            let key = DataKey {
+                key_id: sealed.key_id,
+                plaintext,
+                wrapped: sealed.ciphertext,
+            };
+            (key, WrappedBy::ServiceKey)
+        }
+    };
     let mut upload = deps
         .objects
         .begin_upload(&keys.archive)
@@ -368,6 +527,8 @@ async fn dump_step(
         plaintext,
         ciphertext,
         wrapped_data_key: base64::engine::general_purpose::STANDARD.encode(&data_key.wrapped),
+        key_id: data_key.key_id.clone(),
+        wrapped_by,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The lifecycle workflows, one file each, dispatched by operation kind through one match.
 
 pub mod change_tier;
+pub mod delete;
 pub mod export;
 pub mod login;
 pub mod provision;
@@ -14,6 +15,7 @@ use crate::registry::operations::Claimed;
 use crate::workflow::{Workflow, engine};
 
 pub use change_tier::ChangeTier;
+pub use delete::Delete;
 pub use export::Export;
 pub use provision::Provision;
 pub use restore::Restore;
@@ -27,6 +29,7 @@ pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationT
         Export::KIND => engine::drive(&Export, deps, claimed, shutdown).await,
         KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
         Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
+        Delete::KIND => engine::drive(&Delete, deps, claimed, shutdown).await,
         other => {
             // Written by a newer release: leave it for a replica that knows the kind.
             tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");

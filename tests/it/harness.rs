@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use tenantd::api::pb;
+use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
@@ -92,6 +93,7 @@ pub struct TestEnv {
     pub tenants: TenantServiceClient<Channel>,
     pub ops: OperationServiceClient<Channel>,
     pub exports: ExportServiceClient<Channel>,
+    pub deletions: DeletionServiceClient<Channel>,
     pub registry: PgPool,
     shutdown: CancellationToken,
 }
@@ -120,6 +122,32 @@ impl TestEnv {
             shutdown.clone(),
         ));
         Self::connected(config, dir, format!("http://{addr}"), None, shutdown).await
+    }
+
+    /// GetTenant by id or slug; panics if it fails.
+    pub async fn tenant(&mut self, tenant: &str) -> pb::Tenant {
+        self.tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant: tenant.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The signing key's PEM, written to a file in the environment's directory (for
+    /// tenantctl), and its DER.
+    pub async fn signing_key(&mut self) -> (PathBuf, Vec<u8>) {
+        let pem = self
+            .exports
+            .get_signing_key(pb::GetSigningKeyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .public_key_pem;
+        let path = self.dir.join("signing.pem");
+        std::fs::write(&path, &pem).unwrap();
+        (path, tenantd::keys::public_key_from_pem(&pem).unwrap())
     }
 
     /// A fresh registry and tenantd as a child process with the given failpoints.
@@ -156,6 +184,7 @@ impl TestEnv {
         TestEnv {
             tenants: TenantServiceClient::new(channel.clone()),
             exports: ExportServiceClient::new(channel.clone()),
+            deletions: DeletionServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
             dir,
@@ -213,6 +242,7 @@ impl TestEnv {
                 dir: dir.join("objects"),
             },
             aws: Default::default(),
+            deletion: Default::default(),
         };
         (config, dir)
     }
