@@ -306,14 +306,7 @@ async fn invalid_tier_changes_name_the_field_and_change_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(ops.operations.len(), 1, "only the provisioning");
-    let now = env
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant: t.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = env.tenant(&t.id).await;
     assert_eq!((now.tier, now.routing_epoch), (t.tier, t.routing_epoch));
 }
 

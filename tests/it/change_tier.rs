@@ -400,14 +400,7 @@ async fn a_verification_mismatch_rolls_the_move_back() {
         pb::OperationState::Failed as i32
     );
     // Routing unchanged, target gone, source intact and writable again.
-    let now = env
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant: t.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = env.tenant(&t.id).await;
     assert_eq!(now.tier, pb::Tier::Pool as i32);
     assert_eq!(now.routing_epoch, t.routing_epoch);
     assert_eq!(now.placement, t.placement);

@@ -144,14 +144,7 @@ async fn failure_is_compensated(slug: &str, tier: pb::Tier) {
         NOTHING,
         "nothing left in the data plane"
     );
-    let failed = env
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            tenant: tenant_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let failed = env.tenant(&tenant_id).await;
     assert_eq!(failed.state, pb::TenantState::Failed as i32);
     // The slug is free: a new tenant takes it and provisions.
     env.provision(slug, tier, "").await;

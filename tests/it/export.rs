@@ -51,16 +51,8 @@ pub async fn export(env: &mut TestEnv, tenant: &str) -> pb::Export {
 
 /// `tenantctl export get` with the signing key pinned; the SQL file on success.
 pub async fn download(env: &mut TestEnv, name: &str) -> Result<PathBuf, String> {
-    let pem = env
-        .exports
-        .get_signing_key(pb::GetSigningKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .public_key_pem;
     let id = name.trim_start_matches("exports/");
-    let key = env.dir.join(format!("signing-{id}.pem"));
-    std::fs::write(&key, pem).unwrap();
+    let (key, _) = env.signing_key().await;
     let out = env.dir.join(format!("{id}.sql"));
     // Async: an in-process tenantd shares this test's runtime and must keep serving.
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))

@@ -6,6 +6,7 @@ mod bad_input;
 mod change_tier;
 mod copy;
 mod crash;
+mod delete;
 mod engine;
 mod export;
 mod harness;
