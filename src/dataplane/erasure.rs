@@ -59,6 +59,17 @@ impl TableCount {
     pub fn qualified(&self) -> String {
         format!("{}.{}.{}", self.database, self.schema, self.table)
     }
+
+    /// Database, schema and table, validated again (they come from the catalog or from a
+    /// stored state).
+    pub fn idents(&self) -> Result<(Ident, Ident, Ident), DataPlaneError> {
+        let ident = |s: &str| Ident::new(s.to_owned());
+        Ok((
+            ident(&self.database)?,
+            ident(&self.schema)?,
+            ident(&self.table)?,
+        ))
+    }
 }
 
 /// The count every table is scanned with (`$1`: the tenant id), as recorded in evidence.
@@ -328,13 +339,12 @@ async fn delete_by_row_id(
 
 /// Names that are the tenant's alone on any cluster: its schema, database and role
 /// (`t_<hex>`), and the staging and replaced schemas of a restore.
-pub fn own_names(tenant_id: Uuid) -> Vec<String> {
+pub fn own_names(tenant_id: Uuid) -> Vec<Ident> {
     let hex = tenant_id.simple();
-    vec![
-        format!("t_{hex}"),
-        format!("restore_{hex}"),
-        format!("replaced_{hex}"),
-    ]
+    ["t", "restore", "replaced"]
+        .into_iter()
+        .map(|prefix| Ident::new(format!("{prefix}_{hex}")).expect("uuid-derived name is valid"))
+        .collect()
 }
 
 /// One catalog check of the verification: the query run, with what it was bound to, and the
@@ -354,7 +364,10 @@ pub async fn catalog_checks(
     cluster: &Cluster,
     tenant_id: Uuid,
 ) -> Result<Vec<CatalogCheck>, DataPlaneError> {
-    let names = own_names(tenant_id);
+    let names: Vec<String> = own_names(tenant_id)
+        .iter()
+        .map(|n| n.as_str().to_owned())
+        .collect();
     let admin_db = "(admin)".to_owned();
     let mut out = Vec::new();
     let mut count = async |conn: &mut PgConnection, database: String, query: &'static str| {

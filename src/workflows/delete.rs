@@ -42,12 +42,11 @@ use crate::certificate::{
 };
 use crate::context::Context;
 use crate::dataplane::erasure::{self, CatalogCheck, TableCount};
-use crate::dataplane::{Cluster, Container, fence, roles};
+use crate::dataplane::{Cluster, Container, backend, fence, roles};
 use crate::error::Error;
 use crate::keys::KeyState;
 use crate::registry::Registry;
 use crate::registry::certificates::NewCertificate;
-use crate::sql::{Ident, Statement};
 use crate::tenant::{Tenant, TenantRef, TenantState, Tier};
 use crate::workflow::{StepContext, StepError, Workflow};
 use crate::workflows::export;
@@ -280,34 +279,27 @@ async fn fence_step(cx: &StepContext<'_>, state: &State) -> Result<(), StepError
 async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
     let deps = cx.deps;
     let own = erasure::own_names(cx.tenant_id);
+    let is_own = |name: &str| own.iter().any(|n| n.as_str() == name);
     let mut dropped = Vec::new();
     for cluster in deps.dataplane.clusters() {
         // Rows outside the tenant's own containers: the pool, or a leftover anywhere.
         for t in erasure::scan(cluster, cx.tenant_id).await? {
-            if t.rows == 0 || own.contains(&t.database) || own.contains(&t.schema) {
+            if t.rows == 0 || is_own(&t.database) || is_own(&t.schema) {
                 continue;
             }
-            let ident =
-                |s: &str| Ident::new(s.to_owned()).map_err(crate::dataplane::DataPlaneError::from);
-            let deleted = erasure::delete_rows(
-                cluster,
-                &ident(&t.database)?,
-                &ident(&t.schema)?,
-                &ident(&t.table)?,
-                cx.tenant_id,
-                erasure::DELETION,
-            )
-            .await?;
+            let (database, schema, table) = t.idents()?;
+            let pace = erasure::DELETION;
+            let deleted =
+                erasure::delete_rows(cluster, &database, &schema, &table, cx.tenant_id, pace)
+                    .await?;
             tracing::info!(tenant_id = %cx.tenant_id, table = %t.qualified(), rows = deleted,
                 "tenant rows deleted");
         }
         // Its own schemas (tenant schema, restore leftovers) in every tenant-data database.
         for database in erasure::databases(cluster).await? {
-            for name in &own {
-                let schema =
-                    Ident::new(name.clone()).map_err(crate::dataplane::DataPlaneError::from)?;
-                if cluster.schema_exists(&database, &schema).await? {
-                    cluster.drop_schema(&database, &schema).await?;
+            for schema in &own {
+                if cluster.schema_exists(&database, schema).await? {
+                    cluster.drop_schema(&database, schema).await?;
                     dropped.push(format!(
                         "schema {}.{} on cluster {}",
                         database.as_str(),
@@ -317,28 +309,23 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
                 }
             }
         }
-        let own_db = Ident::new(own[0].clone()).map_err(crate::dataplane::DataPlaneError::from)?;
-        if cluster.database_exists(&own_db).await? {
-            cluster.forget_database(&own_db).await;
-            cluster
-                .exec(
-                    cluster.admin(),
-                    Statement::new("DROP DATABASE IF EXISTS ")
-                        .ident(&own_db)
-                        .push(" WITH (FORCE)"),
-                )
+        // Its database, sessions forced off, and its role.
+        let own_db = Container::plan(cx.tenant_id, Tier::Database, cluster);
+        if cluster.database_exists(&own_db.database).await? {
+            backend(Tier::Database)
+                .drop_container(cluster, &own_db)
                 .await?;
             dropped.push(format!(
                 "database {} on cluster {}",
-                own_db.as_str(),
+                own_db.database.as_str(),
                 cluster.name
             ));
         }
-        if roles::role_exists(cluster, &own_db).await? {
-            roles::drop_role(cluster, &own_db, &[&cluster.shared_database]).await?;
+        if roles::role_exists(cluster, &own_db.role).await? {
+            roles::drop_role(cluster, &own_db.role, &[&cluster.shared_database]).await?;
             dropped.push(format!(
                 "role {} on cluster {}",
-                own_db.as_str(),
+                own_db.role.as_str(),
                 cluster.name
             ));
         }
