@@ -423,8 +423,16 @@ async fn deletes_on_aws_kms_and_s3() {
     let id: Uuid = t.id.parse().unwrap();
     fill(&Place::of(&t), id, 5).await;
     export(&mut env, "del-aws").await;
-    let op = delete(&mut env, request("del-aws")).await;
+    let r = pb::DeleteTenantRequest {
+        final_export: true,
+        ..request("del-aws")
+    };
+    let op = delete(&mut env, r).await;
     let (_, cert) = certified(&mut env, &op).await;
+    // The handover export's data key is sealed by the KMS service key: still readable.
+    let handover = cert.evidence.final_export.clone().expect("a final export");
+    assert!(handover.object_uri.starts_with("s3://"), "{handover:?}");
+    download(&mut env, &handover.export).await.unwrap();
     let keys = env.keys().await;
     let key = keys.describe_key(&cert.evidence.key.key_id).await.unwrap();
     assert_eq!(key.state, KeyState::PendingDeletion);
