@@ -1,6 +1,9 @@
 //! What every benchmark starts from: tenantd in-process on the embedded default (a durable,
 //! fsync-on PostgreSQL under a temporary state dir), and gRPC clients to it.
 
+#[allow(dead_code)] // used by the benches that measure other tenants' latency
+pub mod load;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use tenantd::api::pb;
+use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
@@ -49,6 +53,7 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
         clients: Clients {
             tenants: TenantServiceClient::new(channel.clone()),
             exports: ExportServiceClient::new(channel.clone()),
+            deletions: DeletionServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
         },
         state_dir,
@@ -73,6 +78,7 @@ pub struct Clients {
     pub tenants: TenantServiceClient<Channel>,
     pub ops: OperationServiceClient<Channel>,
     pub exports: ExportServiceClient<Channel>,
+    pub deletions: DeletionServiceClient<Channel>,
 }
 
 #[allow(dead_code)] // each bench uses its own subset
