@@ -19,6 +19,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use common::load::{Load, ms, span, step_window};
 use tenantd::api::pb;
+use tenantd::workflow::Workflow;
+use tenantd::workflows::Delete;
 
 const NEIGHBOURS: usize = 4;
 
@@ -93,15 +95,7 @@ async fn main() -> anyhow::Result<()> {
         c.name,
         c.document.len()
     );
-    for step in [
-        "fence",
-        "inventory",
-        "delete_data",
-        "delete_objects",
-        "delete_key",
-        "verify",
-        "certify",
-    ] {
+    for step in Delete::STEPS {
         let s = span(step_window(&op, step)?);
         println!("  {step:<15} {:>9.0} ms", ms(s));
     }
