@@ -60,7 +60,7 @@ impl Control {
                 request_id.as_ref(),
                 &hash,
                 |_| delete::State::new(&tenant, request.clone()),
-                || delete::deletable(&tenant),
+                || delete::deletable(&tenant, request.final_export),
             )
             .await?;
         self.get_operation(id).await

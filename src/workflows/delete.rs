@@ -72,6 +72,10 @@ pub struct State {
     pub tier: Tier,
     pub cluster: String,
     pub requested_at: DateTime<Utc>,
+    /// The tenant was already `deleting` (an earlier deletion failed part-way): nothing may
+    /// make it active again.
+    #[serde(default)]
+    pub resumed: bool,
     /// The final export's id (chosen at request time, so a retried step reuses it).
     #[serde(default)]
     pub final_export_id: Option<Uuid>,
@@ -107,6 +111,7 @@ impl State {
             tier: tenant.tier,
             cluster: tenant.placement.cluster.clone(),
             requested_at: Utc::now(),
+            resumed: tenant.state == TenantState::Deleting,
             final_export: None,
             inventory: None,
             dropped: Vec::new(),
@@ -214,7 +219,7 @@ impl Workflow for Delete {
     }
 
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
-        if state.inventory.is_some() {
+        if state.inventory.is_some() || state.resumed {
             // Data may be gone: the tenant stays `deleting`, for a new request to finish.
             tracing::warn!(tenant_id = %cx.tenant_id,
                 "deletion stopped after it began deleting; the tenant stays deleting");
@@ -637,11 +642,20 @@ fn scope(deps: &Context, state: &State, key: &KeyEvidence, now: DateTime<Utc>) -
     scope
 }
 
-/// A tenant in this state cannot be deleted (any other state can, and a deletion already
-/// under way can be requested again).
-pub fn deletable(tenant: &Tenant) -> Result<(), Error> {
+/// Whether `tenant` may be deleted: an active one, or one whose earlier deletion failed (it is
+/// requested again). A final export needs all of the tenant's data, so not the latter.
+pub fn deletable(tenant: &Tenant, final_export: bool) -> Result<(), Error> {
     match tenant.state {
-        TenantState::Active | TenantState::Deleting => Ok(()),
+        TenantState::Active => Ok(()),
+        TenantState::Deleting if final_export => Err(Error::FailedPrecondition {
+            reason: format!(
+                "tenant {} is deleting: an earlier deletion may have removed part of its data, \
+                 so no final export can be taken; request the deletion without one",
+                tenant.slug
+            ),
+            operation: None,
+        }),
+        TenantState::Deleting => Ok(()),
         other => Err(Error::FailedPrecondition {
             reason: format!(
                 "tenant {} is {}; only an active tenant (or one whose deletion failed) can be \

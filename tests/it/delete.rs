@@ -329,6 +329,20 @@ async fn a_survivor_fails_the_deletion_with_the_evidence_and_no_certificate() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let tenant = env.tenant(&t.id).await;
     assert_eq!(tenant.state, pb::TenantState::Deleting as i32);
+    // Part of its data is gone: no final export can be taken any more.
+    let refused = env
+        .deletions
+        .delete_tenant(pb::DeleteTenantRequest {
+            final_export: true,
+            ..request(&t.id)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     // Requested again, the deletion finds the survivor, removes it and certifies.
     let op = delete(&mut env, request(&t.id)).await;
     let (_, cert) = certified(&mut env, &op).await;
