@@ -343,6 +343,17 @@ async fn a_survivor_fails_the_deletion_with_the_evidence_and_no_certificate() {
         tonic::Code::FailedPrecondition,
         "{refused:?}"
     );
+    // A deletion requested again and cancelled before its inventory leaves the tenant
+    // deleting: part of its data is gone, it must never be routed again.
+    env.restart("delete.after_final_export=sleep(3000)*1").await;
+    env.ready().await;
+    let op = start_delete(&mut env, request(&t.id)).await;
+    env.until_step_done(&op.name, "fence").await;
+    let done = env.cancel_and_wait(&op.name).await;
+    let state = done.metadata.unwrap().state;
+    assert_eq!(state, pb::OperationState::Cancelled as i32);
+    let tenant = env.tenant(&t.id).await;
+    assert_eq!(tenant.state, pb::TenantState::Deleting as i32);
     // Requested again, the deletion finds the survivor, removes it and certifies.
     let op = delete(&mut env, request(&t.id)).await;
     let (_, cert) = certified(&mut env, &op).await;

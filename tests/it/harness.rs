@@ -276,9 +276,7 @@ impl TestEnv {
         drop(self.process.take());
         let p = Process::spawn(&self.config, &self.dir, failpoints);
         let channel = Channel::from_shared(p.addr.clone()).unwrap().connect_lazy();
-        self.tenants = TenantServiceClient::new(channel.clone());
-        self.exports = ExportServiceClient::new(channel.clone());
-        self.ops = OperationServiceClient::new(channel);
+        self.talk_to(channel);
         self.addr = p.addr.clone();
         self.process = Some(p);
     }
@@ -286,8 +284,14 @@ impl TestEnv {
     /// Waits until the (restarted) process accepts connections, and talks to it from then on.
     pub async fn ready(&mut self) {
         let channel = connect(&self.addr).await;
+        self.talk_to(channel);
+    }
+
+    /// Every client of the environment on `channel` (after a restart: the new process).
+    fn talk_to(&mut self, channel: Channel) {
         self.tenants = TenantServiceClient::new(channel.clone());
         self.exports = ExportServiceClient::new(channel.clone());
+        self.deletions = DeletionServiceClient::new(channel.clone());
         self.ops = OperationServiceClient::new(channel);
     }
 
