@@ -58,12 +58,15 @@ async fn main() -> anyhow::Result<()> {
     let mb = common::tenant_megabytes(&shared, "pool", big).await?;
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
 
-    // Warm-up, then the baseline: the neighbours' latency before the deletion.
+    // Warm-up (hint bits, caches), then the baseline: the neighbours' latency before the
+    // deletion, over long enough a window that a stray autovacuum does not decide it.
     let load = Load::start(shared.clone(), neighbours.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let from = Utc::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let before = (from, Utc::now());
+    let lsn = "SELECT pg_current_wal_lsn()::text";
+    let wal_before: String = sqlx::query_scalar(lsn).fetch_one(&shared).await?;
     let requested = Instant::now();
     let op = clients
         .deletions
@@ -77,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
         .into_inner();
     let op = clients.wait(op.name).await?;
     let total = requested.elapsed();
+    let wal_after: String = sqlx::query_scalar(lsn).fetch_one(&shared).await?;
+    let (wal,): (f64,) = sqlx::query_as("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+        .bind(&wal_after)
+        .bind(&wal_before)
+        .fetch_one(&shared)
+        .await?;
     let Some(pb::operation::Result::Certificate(c)) = &op.result else {
         anyhow::bail!("deletion failed: {:?}", op.result);
     };
@@ -100,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
         println!("  {step:<15} {:>9.0} ms", ms(s));
     }
     let secs = span(deleting).as_secs_f64();
+    println!(
+        "  WAL written while deleting (neighbours' included): {:.1} MB",
+        wal / 1e6
+    );
     println!(
         "  delete_data: {:.0} rows/s, {:.1} MB/s",
         rows as f64 / secs,
