@@ -287,7 +287,8 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
     let is_own = |name: &str| own.iter().any(|n| n.as_str() == name);
     let mut dropped = Vec::new();
     for cluster in deps.dataplane.clusters() {
-        // Rows outside the tenant's own containers: the pool, or a leftover anywhere.
+        // Rows outside the tenant's own containers: the pool, or a leftover anywhere. Scanned
+        // again rather than taken from the inventory: a retried step must see what is left.
         for t in erasure::scan(cluster, cx.tenant_id).await? {
             if t.rows == 0 || is_own(&t.database) || is_own(&t.schema) {
                 continue;
