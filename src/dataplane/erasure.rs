@@ -391,6 +391,35 @@ pub struct CatalogCheck {
     pub found: u64,
 }
 
+/// The tenant's own schemas ([`own_names`]) that exist in the tenant-data databases of
+/// `cluster`, as (database, schema), found with one-off connections (no pool kept per
+/// database).
+pub async fn own_schemas(
+    cluster: &Cluster,
+    tenant_id: Uuid,
+) -> Result<Vec<(Ident, Ident)>, DataPlaneError> {
+    let names: Vec<String> = own_names(tenant_id)
+        .iter()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    let mut out = Vec::new();
+    for database in databases(cluster).await? {
+        let Some(mut conn) = cluster.connect_once(&database).await? else {
+            continue;
+        };
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = ANY ($1)")
+                .bind(&names)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| cluster.err(e))?;
+        for schema in found {
+            out.push((database.clone(), Ident::new(schema)?));
+        }
+    }
+    Ok(out)
+}
+
 /// Looks for the tenant's own schemas in every tenant-data database, and for its database and
 /// role, on `cluster`.
 pub async fn catalog_checks(

@@ -302,18 +302,14 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
                 "tenant rows deleted");
         }
         // Its own schemas (tenant schema, restore leftovers) in every tenant-data database.
-        for database in erasure::databases(cluster).await? {
-            for schema in &own {
-                if cluster.schema_exists(&database, schema).await? {
-                    cluster.drop_schema(&database, schema).await?;
-                    dropped.push(format!(
-                        "schema {}.{} on cluster {}",
-                        database.as_str(),
-                        schema.as_str(),
-                        cluster.name
-                    ));
-                }
-            }
+        for (database, schema) in erasure::own_schemas(cluster, cx.tenant_id).await? {
+            cluster.drop_schema(&database, &schema).await?;
+            dropped.push(format!(
+                "schema {}.{} on cluster {}",
+                database.as_str(),
+                schema.as_str(),
+                cluster.name
+            ));
         }
         // Its database, sessions forced off, and its role.
         let own_db = Container::plan(cx.tenant_id, Tier::Database, cluster);
