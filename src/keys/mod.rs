@@ -65,6 +65,19 @@ pub enum KeyState {
     Destroyed,
 }
 
+impl KeyState {
+    /// The state's stored and serialised name (`pending_deletion`), as in deletion
+    /// certificates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "enabled",
+            KeyState::Disabled => "disabled",
+            KeyState::PendingDeletion => "pending_deletion",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
 impl std::fmt::Display for KeyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

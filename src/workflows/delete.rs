@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::blobs::ObjectKey;
 use crate::certificate::{
     self, Certificate, Evidence, FinalExportFacts, KeyCheck, KeyEvidence, ObjectCheck,
     ObjectEvidence, RequestFacts, TenantFacts, Verification,
@@ -141,11 +140,6 @@ pub struct Inventory {
     pub exports: Vec<Uuid>,
 }
 
-/// Everything of a tenant in the object store is below this prefix.
-pub fn object_prefix(tenant_id: Uuid) -> ObjectKey {
-    ObjectKey::new(format!("tenants/{tenant_id}")).expect("a uuid makes a valid key")
-}
-
 fn missing(what: &str) -> StepError {
     StepError::fatal(tonic::Code::Internal, format!("delete state has no {what}"))
 }
@@ -187,7 +181,7 @@ impl Workflow for Delete {
                 }
                 let objects = deps
                     .objects
-                    .list(&object_prefix(cx.tenant_id))
+                    .list(&export::tenant_prefix(cx.tenant_id))
                     .await
                     .map_err(Error::from)?
                     .into_iter()
@@ -343,7 +337,7 @@ async fn delete_objects(
     tenant_id: Uuid,
     inventory: &Inventory,
 ) -> Result<ObjectEvidence, StepError> {
-    let prefix = object_prefix(tenant_id);
+    let prefix = export::tenant_prefix(tenant_id);
     let aborted = deps
         .objects
         .abort_uploads(&prefix)
@@ -390,17 +384,10 @@ async fn delete_key(
     tracing::info!(tenant_id = %tenant_id, key_id = %info.key_id, "tenant key deletion scheduled");
     Ok(Some(KeyEvidence {
         key_id: info.key_id,
-        state: key_state(info.state),
+        state: info.state.as_str().to_owned(),
         deletion_date: info.deletion_date.map(rfc3339).unwrap_or_default(),
         pending_window_days: state.request.key_pending_days,
     }))
-}
-
-fn key_state(s: KeyState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -417,22 +404,25 @@ async fn verify(cx: &StepContext<'_>, state: &State) -> Result<Verification, Ste
         tables.extend(erasure::scan(cluster, cx.tenant_id).await?);
         catalog.extend(erasure::catalog_checks(cluster, cx.tenant_id).await?);
     }
-    let prefix = object_prefix(cx.tenant_id);
+    let prefix = export::tenant_prefix(cx.tenant_id);
     let objects = deps.objects.list(&prefix).await.map_err(Error::from)?;
     let uploads = deps
         .objects
         .incomplete_uploads(&prefix)
         .await
         .map_err(Error::from)?;
-    let key = match deps
+    let found = deps
         .keys
         .tenant_key(cx.tenant_id)
         .await
-        .map_err(Error::from)?
-    {
+        .map_err(Error::from)?;
+    let key_gone = found
+        .as_ref()
+        .is_none_or(|k| matches!(k.state, KeyState::PendingDeletion | KeyState::Destroyed));
+    let key = match found {
         Some(k) => KeyCheck {
             key_id: k.key_id,
-            state: key_state(k.state),
+            state: k.state.as_str().to_owned(),
         },
         None => KeyCheck {
             key_id: String::new(),
@@ -466,7 +456,6 @@ async fn verify(cx: &StepContext<'_>, state: &State) -> Result<Verification, Ste
             prefix.as_str()
         ));
     }
-    let key_gone = ["pending_deletion", "destroyed", "none"].contains(&key.state.as_str());
     if !key_gone {
         survivors.push(format!("tenant key {} is {}", key.key_id, key.state));
     }
@@ -555,7 +544,6 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
             exports: inventory
                 .exports
                 .iter()
-                .filter(|e| Some(**e) != state.final_export_id)
                 .map(|e| format!("exports/{e}"))
                 .collect(),
             final_export: state.final_export.clone(),

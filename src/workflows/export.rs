@@ -44,9 +44,18 @@ pub struct ExportKeys {
     pub signature: ObjectKey,
 }
 
+/// Everything of a tenant in the object store is below this prefix (a deletion empties it);
+/// only a deleted tenant's final export lives elsewhere ([`ExportKeys::handover`]).
+pub fn tenant_prefix(tenant_id: Uuid) -> ObjectKey {
+    ObjectKey::new(format!("tenants/{tenant_id}")).expect("a uuid makes a valid key")
+}
+
 impl ExportKeys {
     pub fn new(tenant_id: Uuid, export_id: Uuid) -> ExportKeys {
-        Self::at(format!("tenants/{tenant_id}/exports/{export_id}"))
+        Self::at(format!(
+            "{}/exports/{export_id}",
+            tenant_prefix(tenant_id).as_str()
+        ))
     }
 
     /// A deleted tenant's final export, outside the tenant's prefix so that the deletion
