@@ -862,9 +862,10 @@ fn verify_certificate(file: &std::path::Path, public_key: &std::path::Path) -> a
         e.key.key_id, e.key.state, e.key.deletion_date
     );
     println!(
-        "verified:    {} at {}: {} tables, {} catalog checks, {} objects listed, key {}",
-        c.completed_at,
+        "verified:    at {} (completed {}): {} tables, {} catalog checks, {} objects listed, \
+         key {}",
         v.verified_at,
+        c.completed_at,
         v.tables.len(),
         v.catalog.len(),
         v.objects.objects_listed,
