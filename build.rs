@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/tenant.proto",
         "proto/tenantd/v1/export.proto",
         "proto/tenantd/v1/deletion.proto",
+        "proto/tenantd/v1/audit.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Role;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -29,6 +31,92 @@ pub struct Config {
     pub aws: AwsConfig,
     #[serde(default)]
     pub deletion: DeletionConfig,
+    /// Who may call (docs/security.md).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// TLS for the gRPC server; with `client_ca_file`, client certificates too.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// Callers and their roles. At least one way in is required.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens, by SHA-256 (`tenantd token new` makes one and prints its entry).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Client certificates (verified against `tls.client_ca_file`), by subject.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Calls without credentials act as an admin named `anonymous`. Only with a loopback
+    /// `listen` address and no TLS: `tenantd dev --insecure-no-auth` sets it.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal: written to the audit log for every call made with the token.
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token. The token itself is never in the configuration.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// RFC 4514 subject of the client certificate, e.g. `CN=billing,O=Example Health`
+    /// (tenantd logs the subject of a certificate it does not know).
+    pub subject: String,
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key of the server.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign client certificates. Set: clients may authenticate with
+    /// a certificate (a token still works without one).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Limits on each call.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED unread.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Longest a call may take before DEADLINE_EXCEEDED, whatever deadline the caller sent
+    /// (a shorter `grpc-timeout` wins). For streams, the time to the first response.
+    #[serde(default = "default_max_call_seconds")]
+    pub max_call_seconds: u64,
+}
+
+fn default_max_request_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_call_seconds() -> u64 {
+    120
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request_bytes: default_max_request_bytes(),
+            max_call_seconds: default_max_call_seconds(),
+        }
+    }
 }
 
 /// Tenant deletion (docs/deletion.md).
@@ -293,8 +381,37 @@ impl Config {
                 self.deletion.key_pending_days
             )));
         }
+        self.validate_access()?;
         if self.workflow.workers == 0 {
             return Err(ConfigError::Invalid("workflow.workers must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        crate::auth::Authenticator::new(&self.auth)?;
+        let a = &self.auth;
+        if a.tokens.is_empty() && a.certificates.is_empty() && !a.allow_unauthenticated {
+            return invalid(
+                "no way in: list [[auth.tokens]] (tenantd token new) or [[auth.certificates]]",
+            );
+        }
+        if a.allow_unauthenticated && (!self.listen.ip().is_loopback() || self.tls.is_some()) {
+            return invalid(
+                "auth.allow_unauthenticated needs a loopback listen address and no TLS: \
+                 it is for one developer's machine",
+            );
+        }
+        let client_ca = self.tls.as_ref().and_then(|t| t.client_ca_file.as_ref());
+        if !a.certificates.is_empty() && client_ca.is_none() {
+            return invalid("auth.certificates needs tls.client_ca_file to verify them");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.server.max_request_bytes) {
+            return invalid("server.max_request_bytes must be 1 KiB to 16 MiB");
+        }
+        if self.server.max_call_seconds == 0 {
+            return invalid("server.max_call_seconds must be > 0");
         }
         Ok(())
     }
@@ -355,10 +472,50 @@ mod tests {
             [objects]
             provider = "local"
             dir = "/tmp/objects"
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
             "#,
         )
         .unwrap();
         c.validate().unwrap();
+        let refused = |change: &dyn Fn(&mut Config), why: &str| {
+            let mut bad = c.clone();
+            change(&mut bad);
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(&|c| c.auth.tokens.clear(), "no way in");
+        refused(&|c| c.auth.tokens[0].sha256 = "abc".into(), "64 hex digits");
+        refused(&|c| c.auth.tokens[0].name = "a b".into(), "must be 1 to 64");
+        refused(
+            &|c| c.auth.tokens.push(c.auth.tokens[0].clone()),
+            "listed twice",
+        );
+        refused(
+            &|c| {
+                c.listen = "0.0.0.0:50051".parse().unwrap();
+                c.auth.allow_unauthenticated = true;
+            },
+            "loopback listen address",
+        );
+        refused(
+            &|c| {
+                c.auth.certificates.push(CertificateConfig {
+                    subject: "CN=x".into(),
+                    name: "x".into(),
+                    role: Role::Viewer,
+                })
+            },
+            "tls.client_ca_file",
+        );
+        refused(&|c| c.server.max_request_bytes = 10, "max_request_bytes");
+        let mut dev = c.clone();
+        dev.listen = "127.0.0.1:50051".parse().unwrap();
+        dev.auth.tokens.clear();
+        dev.auth.allow_unauthenticated = true;
+        dev.validate().unwrap();
         assert_eq!(c.default_cluster(), "main");
         assert_eq!(c.clusters[0].shared_database, "tenants");
         assert_eq!(c.workflow.workers, 4);

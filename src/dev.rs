@@ -12,6 +12,9 @@ use crate::sql::Ident;
 
 pub const REGISTRY_DATABASE: &str = "tenantd_registry";
 
+/// Where `tenantd dev` keeps its admin token, under the state directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error(transparent)]
@@ -81,10 +84,41 @@ pub async fn start(
         },
         aws: Default::default(),
         deletion: Default::default(),
+        auth: Default::default(),
+        tls: None,
+        server: Default::default(),
     };
     Ok(DevStack {
         postgres,
         config,
         state_dir,
     })
+}
+
+/// The dev admin token: made once per state directory and kept in `admin.token` (mode 0600),
+/// so that tenantctl finds it and it survives restarts. Returns the file and the token.
+pub fn admin_token(state_dir: &Path) -> Result<(PathBuf, String), DevError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    let io = |source| DevError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((path, t.trim().to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let token = crate::auth::new_token();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
+    Ok((path, token))
 }

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod archive;
+pub mod audit;
+pub mod auth;
 pub mod aws;
 pub mod blobs;
 pub mod certificate;

@@ -3,19 +3,19 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::Error;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
 
+/// `c`: the keyset position of the last item returned (e.g. `(create_time, id)`, or an
+/// audit entry's `seq`); `f`: the filter it was returned for.
 #[derive(Serialize, Deserialize)]
-struct Token {
-    t: DateTime<Utc>,
-    i: Uuid,
+struct Token<C> {
+    c: C,
     f: String,
 }
 
@@ -27,39 +27,38 @@ pub fn page_size(requested: i32) -> Result<i64, Error> {
     }
 }
 
-pub fn encode(cursor: (DateTime<Utc>, Uuid), filter: &str) -> String {
+pub fn encode<C: Serialize>(cursor: C, filter: &str) -> String {
     let json = serde_json::to_vec(&Token {
-        t: cursor.0,
-        i: cursor.1,
+        c: cursor,
         f: filter.to_owned(),
     })
     .expect("token serialises");
     B64.encode(json)
 }
 
-pub fn decode(token: &str, filter: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Error> {
+pub fn decode<C: DeserializeOwned>(token: &str, filter: &str) -> Result<Option<C>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
     let bad = || Error::invalid("page_token", "not a page token from a previous response");
     let bytes = B64.decode(token).map_err(|_| bad())?;
-    let t: Token = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let t: Token<C> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     if t.f != filter {
         return Err(Error::invalid(
             "page_token",
             "was issued for a different filter",
         ));
     }
-    Ok(Some((t.t, t.i)))
+    Ok(Some(t.c))
 }
 
 /// Cuts a page fetched with `limit + 1` rows down to `limit` and, when there was more, returns
 /// the token for the next page (empty on the last page).
-pub fn finish<T>(
+pub fn finish<T, C: Serialize>(
     mut items: Vec<T>,
     limit: i64,
     filter: &str,
-    cursor: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+    cursor: impl Fn(&T) -> C,
 ) -> (Vec<T>, String) {
     if items.len() as i64 <= limit {
         return (items, String::new());
@@ -71,6 +70,9 @@ pub fn finish<T>(
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+    use uuid::Uuid;
+
     use super::*;
 
     #[test]
@@ -78,9 +80,10 @@ mod tests {
         let c = (Utc::now(), Uuid::new_v4());
         let tok = encode(c, "tier=pool");
         assert_eq!(decode(&tok, "tier=pool").unwrap(), Some(c));
-        assert!(decode(&tok, "tier=schema").is_err());
-        assert!(decode("garbage!", "").is_err());
-        assert_eq!(decode("", "x").unwrap(), None);
+        assert!(decode::<(DateTime<Utc>, Uuid)>(&tok, "tier=schema").is_err());
+        assert!(decode::<(DateTime<Utc>, Uuid)>("garbage!", "").is_err());
+        assert_eq!(decode::<i64>("", "x").unwrap(), None);
+        assert!(decode::<i64>(&tok, "tier=pool").is_err());
         assert!(page_size(-1).is_err());
         assert_eq!(page_size(10_000).unwrap(), MAX_PAGE_SIZE);
     }

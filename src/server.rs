@@ -3,19 +3,24 @@
 //! `tenantd serve`, `tenantd dev` and the tests all call [`run`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::api::audit::AuditApi;
 use crate::api::deletions::DeletionApi;
 use crate::api::exports::ExportApi;
 use crate::api::operations::OperationApi;
 use crate::api::pb;
 use crate::api::tenants::TenantApi;
+use crate::auth::Authenticator;
+use crate::auth::layer::AdmissionLayer;
 use crate::blobs::ObjectStore;
 use crate::blobs::local::LocalDir;
 use crate::blobs::s3::S3Store;
-use crate::config::{Config, KeysConfig, ObjectsConfig};
+use crate::config::{Config, KeysConfig, ObjectsConfig, TlsConfig};
 use crate::context::Context;
 use crate::dataplane::DataPlane;
 use crate::keys::KeyService;
@@ -115,12 +120,32 @@ pub async fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>, Serve
     })
 }
 
+/// The server's identity and, with `client_ca_file`, the CA its clients' certificates must
+/// chain to. Client certificates stay optional at the TLS layer: a caller with a token needs
+/// none, and admission refuses a caller with neither.
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    };
+    let mut c = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        c = c
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(c)
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let deps = context(config).await?;
+    let (config, registry) = (deps.config.clone(), deps.registry.clone());
     let events = OperationEvents::start(deps.registry.pool().clone(), shutdown.child_token());
     let workers = crate::workflow::engine::start(deps.clone(), events.clone(), shutdown.clone());
     // Tenants from before per-tenant keys get theirs, as workflows like any other change.
@@ -142,6 +167,9 @@ pub async fn run(
     health
         .set_serving::<pb::deletion_service_server::DeletionServiceServer<DeletionApi>>()
         .await;
+    health
+        .set_serving::<pb::audit_service_server::AuditServiceServer<AuditApi>>()
+        .await;
     // v1 and v1alpha: grpcurl and other clients still differ in which they ask for.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -155,6 +183,17 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
 
+    let admission = AdmissionLayer::new(
+        Authenticator::new(&config.auth).map_err(|e| ServerError::Config(e.to_string()))?,
+        registry,
+        Duration::from_secs(config.server.max_call_seconds),
+    );
+    let max = config.server.max_request_bytes;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?)?;
+    }
+
     let addr = listener.local_addr().ok();
     // TCP_NODELAY: small gRPC replies must not wait out Nagle and the peer's delayed ACK
     // (a 40 ms stall per round trip otherwise).
@@ -162,22 +201,35 @@ pub async fn run(
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
     tracing::info!(addr = ?addr, "serving gRPC");
-    tonic::transport::Server::builder()
+    builder
+        .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::tenant_service_server::TenantServiceServer::new(
-            TenantApi::new(control.clone()),
-        ))
-        .add_service(pb::operation_service_server::OperationServiceServer::new(
-            OperationApi::new(control.clone()),
-        ))
-        .add_service(pb::export_service_server::ExportServiceServer::new(
-            ExportApi::new(control.clone()),
-        ))
-        .add_service(pb::deletion_service_server::DeletionServiceServer::new(
-            DeletionApi::new(control),
-        ))
+        .add_service(
+            pb::tenant_service_server::TenantServiceServer::new(TenantApi::new(control.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::operation_service_server::OperationServiceServer::new(OperationApi::new(
+                control.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::export_service_server::ExportServiceServer::new(ExportApi::new(control.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::deletion_service_server::DeletionServiceServer::new(DeletionApi::new(
+                control.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::new(AuditApi::new(control))
+                .max_decoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;
     tracing::info!("gRPC server stopped; waiting for workers");

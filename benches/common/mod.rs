@@ -7,6 +7,7 @@ pub mod load;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tenantd::auth::client::{AuthChannel, Bearer, with_token};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -33,7 +34,13 @@ pub struct Running {
 pub async fn start(name: &str) -> anyhow::Result<Running> {
     let state_dir =
         std::env::temp_dir().join(format!("tenantd-bench-{name}-{}", std::process::id()));
-    let stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
+    let mut stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
+    let token = tenantd::auth::new_token();
+    stack.config.auth.tokens.push(tenantd::config::TokenConfig {
+        name: "bench".into(),
+        role: tenantd::auth::Role::Admin,
+        sha256: tenantd::auth::token_hash(&token),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
@@ -44,7 +51,7 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
     ));
     let channel = loop {
         match Channel::from_shared(addr.clone())?.connect().await {
-            Ok(c) => break c,
+            Ok(c) => break with_token(c, Bearer::new(Some(&token))?),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
@@ -75,10 +82,10 @@ pub fn rows() -> i64 {
 #[derive(Clone)]
 #[allow(dead_code)] // each bench uses its own subset
 pub struct Clients {
-    pub tenants: TenantServiceClient<Channel>,
-    pub ops: OperationServiceClient<Channel>,
-    pub exports: ExportServiceClient<Channel>,
-    pub deletions: DeletionServiceClient<Channel>,
+    pub tenants: TenantServiceClient<AuthChannel>,
+    pub ops: OperationServiceClient<AuthChannel>,
+    pub exports: ExportServiceClient<AuthChannel>,
+    pub deletions: DeletionServiceClient<AuthChannel>,
 }
 
 #[allow(dead_code)] // each bench uses its own subset

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::audit::audited;
 use super::convert;
 use super::pb;
 use crate::service::{Control, DeletionRequest, RequestId};
@@ -23,15 +24,17 @@ impl pb::deletion_service_server::DeletionService for DeletionApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let tenant = TenantRef::parse("tenant", &r.tenant)?;
-        let deletion = DeletionRequest::try_from(&r)?;
-        let request_id = RequestId::parse(&r.request_id)?;
-        let op = self
-            .control
-            .delete_tenant(&tenant, deletion, request_id)
-            .await?;
-        Ok(Response::new(op.into()))
+        audited(&self.control, request, |r| async move {
+            let tenant = TenantRef::parse("tenant", &r.tenant)?;
+            let deletion = DeletionRequest::try_from(&r)?;
+            let request_id = RequestId::parse(&r.request_id)?;
+            let op = self
+                .control
+                .delete_tenant(&tenant, deletion, request_id)
+                .await?;
+            Ok(op.into())
+        })
+        .await
     }
 
     async fn get_deletion_certificate(

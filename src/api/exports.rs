@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::audit::{Outcome, audited};
 use super::convert;
 use super::pb;
 use crate::service::{Control, RequestId};
@@ -33,11 +34,16 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::ExportTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let tenant = TenantRef::parse("tenant", &r.tenant)?;
-        let request_id = RequestId::parse(&r.request_id)?;
-        let op = self.control.export_tenant(&tenant, request_id).await?;
-        Ok(Response::new(op.into()))
+        audited(&self.control, request, |r| async move {
+            let tenant = TenantRef::parse("tenant", &r.tenant)?;
+            let request_id = RequestId::parse(&r.request_id)?;
+            Ok(self
+                .control
+                .export_tenant(&tenant, request_id)
+                .await?
+                .into())
+        })
+        .await
     }
 
     async fn get_export(
@@ -68,14 +74,16 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::RestoreTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let restore = convert::RestoreRequest::try_from(&r)?;
-        let request_id = RequestId::parse(&r.request_id)?;
-        let op = self
-            .control
-            .restore_tenant(restore.export_id, restore.target, request_id)
-            .await?;
-        Ok(Response::new(op.into()))
+        audited(&self.control, request, |r| async move {
+            let restore = convert::RestoreRequest::try_from(&r)?;
+            let request_id = RequestId::parse(&r.request_id)?;
+            let op = self
+                .control
+                .restore_tenant(restore.export_id, restore.target, request_id)
+                .await?;
+            Ok(op.into())
+        })
+        .await
     }
 
     type ReadExportStream = ReadStream;
@@ -84,7 +92,32 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::ReadExportRequest>,
     ) -> Result<Response<ReadStream>, Status> {
-        let id = convert::resource_id("name", &request.into_inner().name, "exports")?;
+        audited(&self.control, request, |r| self.read_export_stream(r)).await
+    }
+
+    async fn get_signing_key(
+        &self,
+        _request: Request<pb::GetSigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let key = self.control.signing_key().await?;
+        Ok(Response::new(pb::SigningKey {
+            public_key_pem: key.pem(),
+            key_id: key.key_id,
+            algorithm: "ECDSA_SHA_256".into(),
+        }))
+    }
+}
+
+impl Outcome for ReadStream {
+    fn detail(&self) -> String {
+        "archive and data key sent".into()
+    }
+}
+
+impl ExportApi {
+    /// The export's header (manifest, signature, data key), then its archive in chunks.
+    async fn read_export_stream(&self, r: pb::ReadExportRequest) -> Result<ReadStream, Status> {
+        let id = convert::resource_id("name", &r.name, "exports")?;
         let mut read = self.control.read_export(id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let header = pb::ReadExportResponse {
@@ -122,18 +155,6 @@ impl pb::export_service_server::ExportService for ExportApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn get_signing_key(
-        &self,
-        _request: Request<pb::GetSigningKeyRequest>,
-    ) -> Result<Response<pb::SigningKey>, Status> {
-        let key = self.control.signing_key().await?;
-        Ok(Response::new(pb::SigningKey {
-            public_key_pem: key.pem(),
-            key_id: key.key_id,
-            algorithm: "ECDSA_SHA_256".into(),
-        }))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }

@@ -2,6 +2,7 @@
 //! domain types (`convert`), calls one [`Control`](crate::service::Control) method, and
 //! encodes the answer; errors become gRPC statuses in exactly one place (`status`).
 
+pub mod audit;
 pub mod convert;
 pub mod deletions;
 pub mod exports;

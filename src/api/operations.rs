@@ -8,6 +8,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::audit::audited;
 use super::convert;
 use super::pb;
 use crate::service::{Control, MAX_WAIT};
@@ -60,10 +61,11 @@ impl pb::operation_service_server::OperationService for OperationApi {
         &self,
         request: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let id = convert::resource_id("name", &request.into_inner().name, "operations")?;
-        Ok(Response::new(
-            self.control.cancel_operation(id).await?.into(),
-        ))
+        audited(&self.control, request, |r| async move {
+            let id = convert::resource_id("name", &r.name, "operations")?;
+            Ok(self.control.cancel_operation(id).await?.into())
+        })
+        .await
     }
 
     async fn wait_operation(

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::audit::audited;
 use super::convert::{self, TenantUpdate, TierChangeRequest};
 use super::pb;
 use crate::service::{Control, RequestId};
@@ -23,11 +24,12 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let request_id = RequestId::parse(&r.request_id)?;
-        let new = NewTenant::try_from(r)?;
-        let op = self.control.create_tenant(new, request_id).await?;
-        Ok(Response::new(op.into()))
+        audited(&self.control, request, |r| async move {
+            let request_id = RequestId::parse(&r.request_id)?;
+            let new = NewTenant::try_from(r)?;
+            Ok(self.control.create_tenant(new, request_id).await?.into())
+        })
+        .await
     }
 
     async fn get_tenant(
@@ -59,23 +61,31 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let u = TenantUpdate::try_from(request.into_inner())?;
-        let tenant = self.control.update_tenant(&u.tenant, u.changes).await?;
-        Ok(Response::new(tenant.into()))
+        audited(&self.control, request, |r| async move {
+            let u = TenantUpdate::try_from(r)?;
+            Ok(self
+                .control
+                .update_tenant(&u.tenant, u.changes)
+                .await?
+                .into())
+        })
+        .await
     }
 
     async fn change_tier(
         &self,
         request: Request<pb::ChangeTierRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let request_id = RequestId::parse(&r.request_id)?;
-        let c = TierChangeRequest::try_from(&r)?;
-        let op = self
-            .control
-            .change_tier(&c.tenant, c.tier, c.cluster, request_id)
-            .await?;
-        Ok(Response::new(op.into()))
+        audited(&self.control, request, |r| async move {
+            let request_id = RequestId::parse(&r.request_id)?;
+            let c = TierChangeRequest::try_from(&r)?;
+            let op = self
+                .control
+                .change_tier(&c.tenant, c.tier, c.cluster, request_id)
+                .await?;
+            Ok(op.into())
+        })
+        .await
     }
 
     async fn resolve_tenant(

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use tenantd::config::Config;
+use tenantd::auth::Role;
+use tenantd::config::{AuthConfig, Config, TokenConfig};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +38,36 @@ enum Command {
         /// PostgreSQL port; 0 picks a free one.
         #[arg(long, default_value_t = 0)]
         pg_port: u16,
+        /// Accept calls without credentials (as an admin). Only on a loopback address; by
+        /// default dev generates an admin token, prints it and keeps it in STATE_DIR/admin.token.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
+    /// Bearer tokens for `[[auth.tokens]]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new token: prints it once, and the configuration entry that holds only its hash.
+    New {
+        /// The principal written to the audit log for calls made with it.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "admin" => Ok(Role::Admin),
+        "billing" => Ok(Role::Billing),
+        "compliance" => Ok(Role::Compliance),
+        "viewer" => Ok(Role::Viewer),
+        _ => Err("one of admin, billing, compliance, viewer".into()),
+    }
 }
 
 #[tokio::main]
@@ -75,7 +105,31 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             listen,
             pg_port,
-        } => dev(state_dir, listen, pg_port, shutdown).await?,
+            insecure_no_auth,
+        } => dev(state_dir, listen, pg_port, insecure_no_auth, shutdown).await?,
+        Command::Token(TokenCommand::New { name, role }) => {
+            let token = tenantd::auth::new_token();
+            let entry = TokenConfig {
+                name,
+                role,
+                sha256: tenantd::auth::token_hash(&token),
+            };
+            let auth = AuthConfig {
+                tokens: vec![entry],
+                ..Default::default()
+            };
+            tenantd::auth::Authenticator::new(&auth)?;
+            eprintln!("token (shown once; give it to the caller, keep it out of logs):");
+            println!("{token}");
+            eprintln!("\nadd to the configuration:\n");
+            eprintln!(
+                "{}",
+                toml::to_string(&toml::Table::from_iter([(
+                    "auth".to_owned(),
+                    toml::Value::try_from(&auth)?,
+                )]))?
+            );
+        }
     }
     Ok(())
 }
@@ -84,15 +138,35 @@ async fn dev(
     state_dir: PathBuf,
     listen: std::net::SocketAddr,
     pg_port: u16,
+    insecure_no_auth: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if insecure_no_auth && !listen.ip().is_loopback() {
+        anyhow::bail!("--insecure-no-auth is refused on {listen}: only on a loopback address");
+    }
     tracing::info!(state_dir = %state_dir.display(), "starting embedded PostgreSQL");
-    let stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
+    let mut stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
+    let access = if insecure_no_auth {
+        stack.config.auth.allow_unauthenticated = true;
+        "no credentials needed (--insecure-no-auth)".to_owned()
+    } else {
+        let (token_file, token) = tenantd::dev::admin_token(&stack.state_dir)?;
+        stack.config.auth.tokens.push(TokenConfig {
+            name: "dev-admin".into(),
+            role: Role::Admin,
+            sha256: tenantd::auth::token_hash(&token),
+        });
+        format!(
+            "admin token {token}\n(kept in {}; tenantctl reads it from there)",
+            token_file.display()
+        )
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!(
         "tenantd dev: gRPC on {listen}; PostgreSQL on 127.0.0.1:{} (state in {}).\n\
+         Access: {access}\n\
          Try: tenantctl create acme-health --tier pool",
         stack.postgres.port,
         stack.state_dir.display()

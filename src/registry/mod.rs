@@ -10,6 +10,7 @@
 //! SQLSTATE handling lives in [`sqlstate`]: one function tells which constraint a statement
 //! violated, so callers map it to a domain error.
 
+pub mod audit;
 pub mod certificates;
 pub mod clusters;
 pub mod credentials;

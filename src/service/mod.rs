@@ -2,10 +2,12 @@
 //! into these calls and encode the answers; all registry and data-plane work happens here or
 //! in workflows.
 
+mod audit;
 mod deletions;
 mod exports;
 mod restores;
 
+pub use audit::AuditReport;
 pub use deletions::{CertificateRef, DeletionRequest};
 pub use exports::{ExportRead, ExportView};
 pub use restores::{NewTenantFromExport, RestoreTarget};

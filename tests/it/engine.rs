@@ -209,7 +209,7 @@ async fn replicas_sharing_a_registry_run_each_operation_once() {
         shutdown.clone(),
     ));
     let mut second = tenantd::api::pb::tenant_service_client::TenantServiceClient::new(
-        crate::harness::connect(&addr).await,
+        crate::harness::as_admin(crate::harness::connect(&addr).await),
     );
     let mut names = Vec::new();
     for i in 0..8 {

@@ -56,6 +56,10 @@ pub async fn download(env: &mut TestEnv, name: &str) -> Result<PathBuf, String> 
     let out = env.dir.join(format!("{id}.sql"));
     // Async: an in-process tenantd shares this test's runtime and must keep serving.
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
+        .env(
+            "TENANTD_TOKEN",
+            crate::harness::token(tenantd::auth::Role::Admin),
+        )
         .args(["--addr", &env.addr, "export", "get", name, "--out"])
         .arg(&out)
         .arg("--public-key")

@@ -14,12 +14,16 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use tenantd::api::pb;
+use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::auth::Role;
+use tenantd::auth::client::{AuthChannel, Bearer, with_token};
 use tenantd::config::{
-    AwsConfig, ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig,
+    AuthConfig, AwsConfig, ClusterConfig, Config, KeysConfig, ObjectsConfig, TokenConfig,
+    WorkflowConfig,
 };
 use tenantd::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tenantd::sql::Ident;
@@ -90,10 +94,11 @@ pub struct TestEnv {
     pub addr: String,
     /// Set when tenantd runs as a child process ([`TestEnv::spawn`]).
     pub process: Option<Process>,
-    pub tenants: TenantServiceClient<Channel>,
-    pub ops: OperationServiceClient<Channel>,
-    pub exports: ExportServiceClient<Channel>,
-    pub deletions: DeletionServiceClient<Channel>,
+    pub tenants: TenantServiceClient<AuthChannel>,
+    pub ops: OperationServiceClient<AuthChannel>,
+    pub exports: ExportServiceClient<AuthChannel>,
+    pub deletions: DeletionServiceClient<AuthChannel>,
+    pub audit: AuditServiceClient<AuthChannel>,
     pub registry: PgPool,
     shutdown: CancellationToken,
 }
@@ -175,7 +180,7 @@ impl TestEnv {
         process: Option<Process>,
         shutdown: CancellationToken,
     ) -> TestEnv {
-        let channel = connect(&addr).await;
+        let channel = as_admin(connect(&addr).await);
         let registry = PgPoolOptions::new()
             .max_connections(2)
             .connect(&config.registry_url)
@@ -185,6 +190,7 @@ impl TestEnv {
             tenants: TenantServiceClient::new(channel.clone()),
             exports: ExportServiceClient::new(channel.clone()),
             deletions: DeletionServiceClient::new(channel.clone()),
+            audit: AuditServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
             dir,
@@ -243,6 +249,19 @@ impl TestEnv {
             },
             aws: Default::default(),
             deletion: Default::default(),
+            auth: AuthConfig {
+                tokens: ROLES
+                    .iter()
+                    .map(|&role| TokenConfig {
+                        name: format!("it-{role}"),
+                        role,
+                        sha256: tenantd::auth::token_hash(&token(role)),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            tls: None,
+            server: Default::default(),
         };
         (config, dir)
     }
@@ -289,6 +308,8 @@ impl TestEnv {
 
     /// Every client of the environment on `channel` (after a restart: the new process).
     fn talk_to(&mut self, channel: Channel) {
+        let channel = as_admin(channel);
+        self.audit = AuditServiceClient::new(channel.clone());
         self.tenants = TenantServiceClient::new(channel.clone());
         self.exports = ExportServiceClient::new(channel.clone());
         self.deletions = DeletionServiceClient::new(channel.clone());
@@ -418,6 +439,24 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Every role, for tests that call as each.
+pub const ROLES: [Role; 4] = [Role::Admin, Role::Billing, Role::Compliance, Role::Viewer];
+
+/// The test environment's bearer token for `role` (its hash is in every test configuration).
+pub fn token(role: Role) -> String {
+    format!("tdt_it-{role}-token")
+}
+
+/// `channel` calling as `role`.
+pub fn as_role(channel: Channel, role: Role) -> AuthChannel {
+    with_token(channel, Bearer::new(Some(&token(role))).unwrap())
+}
+
+/// `channel` calling as the admin: what the environment's clients do.
+pub fn as_admin(channel: Channel) -> AuthChannel {
+    as_role(channel, Role::Admin)
 }
 
 pub async fn connect(addr: &str) -> Channel {
@@ -741,7 +780,7 @@ pub async fn snapshot(place: &Place, tenant: Uuid) -> Vec<(String, Vec<String>)>
 /// pool role, as an application's own role would be.
 #[derive(Clone)]
 pub struct AppConnector {
-    pub tenants: TenantServiceClient<Channel>,
+    pub tenants: TenantServiceClient<AuthChannel>,
     pub registry: PgPool,
     pub master_key: PathBuf,
 }

@@ -1,18 +1,25 @@
 //! `tenantctl`: the operator CLI for tenantd.
 
+mod audit;
+mod connect;
+
+use audit::AuditCommand;
+use connect::Connection;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use tenantd::api::pb;
+use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::auth::client::AuthChannel;
 
 #[derive(Parser)]
 #[command(
@@ -20,14 +27,8 @@ use tenantd::api::pb::tenant_service_client::TenantServiceClient;
     about = "Operate tenantd: create, inspect and watch tenants and operations"
 )]
 struct Cli {
-    /// tenantd gRPC address.
-    #[arg(
-        long,
-        env = "TENANTD_ADDR",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    addr: String,
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,6 +144,9 @@ enum Command {
     /// Deletion certificates: get, list, and verify offline.
     #[command(subcommand)]
     Certificate(CertificateCommand),
+    /// The audit log: list a tenant's entries, verify the hash chains.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Restore a tenant from an export and watch it: in place (the export's tenant, in its
     /// current tier), or with --as-new as a new tenant. The archive is verified end to end
     /// before anything changes.
@@ -251,14 +255,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Certificate(CertificateCommand::Verify { file, public_key }) = &cli.command {
         return verify_certificate(file, public_key);
     }
-    let channel = Channel::from_shared(cli.addr.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach tenantd at {}", cli.addr))?;
+    let channel = cli.connection.channel().await?;
     let mut tenants = TenantServiceClient::new(channel.clone());
     let mut exports = ExportServiceClient::new(channel.clone());
     let mut deletions = DeletionServiceClient::new(channel.clone());
+    let mut audit = AuditServiceClient::new(channel.clone());
     let mut ops = OperationServiceClient::new(channel);
     match cli.command {
         Command::Create {
@@ -364,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Certificate(cmd) => certificate_command(&mut deletions, cmd).await?,
+        Command::Audit(cmd) => audit::run(&mut audit, cmd).await?,
         Command::Get { tenant } => {
             let t = tenants
                 .get_tenant(pb::GetTenantRequest { tenant })
@@ -490,8 +492,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn export_command(
-    exports: &mut ExportServiceClient<Channel>,
-    ops: &mut OperationServiceClient<Channel>,
+    exports: &mut ExportServiceClient<AuthChannel>,
+    ops: &mut OperationServiceClient<AuthChannel>,
     cmd: ExportCommand,
 ) -> anyhow::Result<()> {
     match cmd {
@@ -553,7 +555,7 @@ async fn export_command(
 /// Streams an export, checks it end to end and writes the SQL to `out` (via a temporary file
 /// renamed into place only when every check passed).
 async fn download(
-    exports: &mut ExportServiceClient<Channel>,
+    exports: &mut ExportServiceClient<AuthChannel>,
     name: &str,
     out: &std::path::Path,
     public_key: Option<&std::path::Path>,
@@ -683,7 +685,7 @@ fn op_name(name: &str) -> String {
 
 /// Prints a just-started operation, or watches it until it is done.
 async fn finish(
-    ops: &mut OperationServiceClient<Channel>,
+    ops: &mut OperationServiceClient<AuthChannel>,
     op: pb::Operation,
     no_wait: bool,
 ) -> anyhow::Result<pb::Operation> {
@@ -720,7 +722,7 @@ fn step_message(s: &pb::Step) -> String {
 /// Follows an operation with a progress bar: one tick per step, the running step's own
 /// progress in the message.
 async fn watch(
-    ops: &mut OperationServiceClient<Channel>,
+    ops: &mut OperationServiceClient<AuthChannel>,
     name: &str,
 ) -> anyhow::Result<pb::Operation> {
     let mut stream = ops
@@ -769,7 +771,7 @@ async fn watch(
 }
 
 async fn certificate_command(
-    deletions: &mut DeletionServiceClient<Channel>,
+    deletions: &mut DeletionServiceClient<AuthChannel>,
     cmd: CertificateCommand,
 ) -> anyhow::Result<()> {
     match cmd {
