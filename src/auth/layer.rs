@@ -102,7 +102,7 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Box::pin(async move {
                     match tokio::time::timeout(deadline, inner.call(request)).await {
-                        Ok(answer) => answer,
+                        Ok(answer) => answer.map(size_limit_is_resource_exhausted),
                         Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
                     }
                 })
@@ -127,6 +127,28 @@ where
             }
         }
     }
+}
+
+/// tonic answers a request over `max_decoding_message_size` with OUT_OF_RANGE; the gRPC
+/// status code table says RESOURCE_EXHAUSTED ("request size over limit"), which is also
+/// what clients retry on differently. The refusal is a trailers-only answer, so its status
+/// is in the headers.
+fn size_limit_is_resource_exhausted(
+    mut answer: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    // As sent: grpc-message is percent-encoded.
+    const TOO_LARGE: &[u8] = b"Error,%20decoded%20message%20length%20too%20large";
+    let h = answer.headers();
+    let over_limit = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(TOO_LARGE));
+    if over_limit {
+        answer.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from_static("8"), // RESOURCE_EXHAUSTED
+        );
+    }
+    answer
 }
 
 /// The caller's deadline from `grpc-timeout` (up to 8 digits and a unit, per the gRPC HTTP/2

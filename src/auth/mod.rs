@@ -444,6 +444,25 @@ mod tests {
     }
 
     #[test]
+    fn certificate_subjects_print_as_rfc_4514() {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "billing-system");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Example Health");
+        let cert = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        // rcgen encodes CN before O; RFC 4514 (like `openssl x509 -subject -nameopt
+        // RFC2253`) prints the last RDN first. Certificates issued with O before CN print
+        // as "CN=…,O=…".
+        assert_eq!(
+            certificate_subject(cert.der()).as_deref(),
+            Some("O=Example Health,CN=billing-system")
+        );
+        assert_eq!(certificate_subject(b"not a certificate"), None);
+    }
+
+    #[test]
     fn new_tokens_are_distinct_and_hash_to_hex() {
         let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);

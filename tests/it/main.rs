@@ -1,6 +1,7 @@
 //! Black-box tests against real PostgreSQL: tenantd runs on 127.0.0.1:0 (or as a child process
 //! for crash tests) and is driven through gRPC; outcomes are checked in the data plane.
 
+mod access;
 mod adapters;
 mod bad_input;
 mod change_tier;
