@@ -3,6 +3,7 @@
 
 mod access;
 mod adapters;
+mod audit;
 mod bad_input;
 mod change_tier;
 mod copy;
