@@ -69,14 +69,21 @@ impl fmt::Debug for Ident {
     }
 }
 
-/// Quotes a string as an SQL literal (`'it''s'`). Standard-conforming strings are on by
-/// default since PostgreSQL 9.1, so backslashes are ordinary characters; NUL cannot appear
-/// in a PostgreSQL text value and is refused.
+/// Quotes a string as an SQL literal (`'it''s'`). A value with a backslash is written as an
+/// escape string (`E'a\\b'`), which means the same whatever the server's
+/// `standard_conforming_strings`: a plain literal would let a backslash escape the closing
+/// quote on a server where it is off. NUL cannot appear in a PostgreSQL text value and is
+/// refused.
 pub fn literal(value: &str) -> Result<String, InvalidLiteral> {
     if value.contains('\0') {
         return Err(InvalidLiteral);
     }
-    Ok(format!("'{}'", value.replace('\'', "''")))
+    let quoted = value.replace('\'', "''");
+    Ok(if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +178,7 @@ mod tests {
             .ident(&Ident::from_static("r"));
         assert_eq!(s.as_str(), "GRANT USAGE ON SCHEMA \"select\" TO \"r\"");
         assert_eq!(literal("it's").unwrap(), "'it''s'");
-        assert_eq!(literal("a\\'b").unwrap(), "'a\\''b'");
+        assert_eq!(literal("a\\'b").unwrap(), "E'a\\\\''b'");
         assert!(literal("a\0").is_err());
     }
 }
