@@ -13,6 +13,7 @@ mod engine;
 mod export;
 mod harness;
 mod idempotency;
+mod identifiers;
 mod isolation;
 mod provision;
 mod restore;
