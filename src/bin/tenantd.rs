@@ -114,20 +114,15 @@ async fn main() -> anyhow::Result<()> {
                 role,
                 sha256: tenantd::auth::token_hash(&token),
             };
-            let auth = AuthConfig {
-                tokens: vec![entry],
+            tenantd::auth::Authenticator::new(&AuthConfig {
+                tokens: vec![entry.clone()],
                 ..Default::default()
-            };
-            tenantd::auth::Authenticator::new(&auth)?;
+            })?;
             eprintln!("token (shown once; give it to the caller, keep it out of logs):");
             println!("{token}");
-            eprintln!("\nadd to the configuration:\n");
             eprintln!(
-                "{}",
-                toml::to_string(&toml::Table::from_iter([(
-                    "auth".to_owned(),
-                    toml::Value::try_from(&auth)?,
-                )]))?
+                "\nadd to the configuration:\n\n[[auth.tokens]]\nname = {:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+                entry.name, entry.role, entry.sha256
             );
         }
     }

@@ -1027,5 +1027,9 @@ fn op_state_name(s: i32) -> &'static str {
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", s.code(), s.message())
+    anyhow::anyhow!(
+        "{}: {}",
+        tenantd::api::audit::code_name(s.code()),
+        s.message()
+    )
 }
