@@ -601,8 +601,9 @@ fn scope(deps: &Context, state: &State, key: &KeyEvidence, now: DateTime<Utc>) -
                 key.key_id, key.deletion_date
             )
         },
-        "The registry keeps a tombstone (tenant id, slug, tier, cluster, key id) and the \
-         history of operations on the tenant; they hold no tenant data."
+        "The registry keeps a tombstone (tenant id, slug, tier, cluster, key id), the \
+         history of operations on the tenant and its audit log (who did what, when); they \
+         hold no tenant data."
             .to_owned(),
         "Copies made outside tenantd (by applications, logs, caches or downstream systems) \
          are not covered."
