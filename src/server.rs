@@ -189,7 +189,11 @@ pub async fn run(
         Duration::from_secs(config.server.max_call_seconds),
     );
     let max = config.server.max_request_bytes;
-    let mut builder = tonic::transport::Server::builder();
+    // Stated, not left to library defaults: headers (the token among them) are at most
+    // 16 KiB per request, and one connection runs at most 200 calls at once.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_max_header_list_size(16 * 1024)
+        .max_concurrent_streams(200);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?)?;
     }

@@ -342,7 +342,25 @@ async fn malformed_and_oversized_messages_get_clean_errors_and_the_server_keeps_
     .await;
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
 
+    // Headers past 16 KiB (here a 64 KiB "token") are refused by HTTP/2 itself.
+    let long = "x".repeat(64 * 1024);
+    let s = call(&channel, create, false, Some(&long), Bytes::new()).await;
+    assert!(
+        !matches!(s.code(), Code::Ok | Code::InvalidArgument),
+        "{s:?}"
+    );
+
     // Still serving, and nothing was created.
+    let channel = connect(&env.addr).await;
+    let s = call(
+        &channel,
+        "tenantd.v1.TenantService/ListTenants",
+        false,
+        Some(&admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s.code(), Code::Ok, "{s:?}");
     let tenants = env
         .tenants
         .list_tenants(pb::ListTenantsRequest::default())
