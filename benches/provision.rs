@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use tenantd::api::pb;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
+use common::percentile;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use tenantd::api::pb;
+use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
@@ -61,12 +62,20 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
             tenants: TenantServiceClient::new(channel.clone()),
             exports: ExportServiceClient::new(channel.clone()),
             deletions: DeletionServiceClient::new(channel.clone()),
+            audit: AuditServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
         },
         state_dir,
         shutdown,
         server,
     })
+}
+
+/// The `p` quantile (0–1) of sorted durations.
+#[allow(dead_code)] // each bench uses its own subset
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
 }
 
 /// The tenant size the data benchmarks use: 1,000,000 rows, or `TENANTD_BENCH_ROWS`.
@@ -86,6 +95,7 @@ pub struct Clients {
     pub ops: OperationServiceClient<AuthChannel>,
     pub exports: ExportServiceClient<AuthChannel>,
     pub deletions: DeletionServiceClient<AuthChannel>,
+    pub audit: AuditServiceClient<AuthChannel>,
 }
 
 #[allow(dead_code)] // each bench uses its own subset

@@ -368,16 +368,7 @@ async fn malformed_and_oversized_messages_get_clean_errors_and_the_server_keeps_
         .unwrap()
         .into_inner();
     assert!(tenants.tenants.is_empty());
-    let op = env
-        .tenants
-        .create_tenant(pb::CreateTenantRequest {
-            slug: "after-garbage".into(),
-            tier: pb::Tier::Pool as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = env.create("after-garbage", pb::Tier::Pool, "").await;
     assert!(op.name.starts_with("operations/"));
 }
 
@@ -388,16 +379,7 @@ async fn deadlines_are_honoured_and_capped() {
     config.server.max_call_seconds = 2;
     let mut env =
         TestEnv::spawn_with(config, dir, "provision.before_create_key=sleep(20000)").await;
-    let op = env
-        .tenants
-        .create_tenant(pb::CreateTenantRequest {
-            slug: "slow".into(),
-            tier: pb::Tier::Pool as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = env.create("slow", pb::Tier::Pool, "").await;
     let wait = |timeout: Option<Duration>| {
         let mut r = Request::new(pb::WaitOperationRequest {
             name: op.name.clone(),

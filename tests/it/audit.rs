@@ -11,7 +11,7 @@ use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::auth::Role;
 
-use crate::harness::{TestEnv, as_role, connect, sqlstate, token};
+use crate::harness::{TestEnv, as_role, connect, sqlstate, tenantctl};
 
 async fn events(env: &mut TestEnv, tenant: &str) -> Vec<pb::AuditEvent> {
     let mut out = Vec::new();
@@ -46,19 +46,17 @@ async fn verify(env: &mut TestEnv) -> Vec<pb::AuditProblem> {
 
 /// `tenantctl audit verify` as compliance staff: Ok(stdout) when intact, else Err(all output).
 async fn tenantctl_verify(env: &TestEnv) -> Result<String, String> {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
-        .env("TENANTD_TOKEN", token(Role::Compliance))
-        .args(["--addr", &env.addr, "audit", "verify"])
-        .output()
+    let args = ["--addr", &env.addr, "audit", "verify"].map(std::ffi::OsStr::new);
+    tenantctl(&args, Some(Role::Compliance)).await
+}
+
+/// Runs `sql` with `$1` = the tenant id on a connection that bypasses the triggers.
+async fn tamper(intruder: &mut sqlx::PgConnection, sql: &'static str, tenant: uuid::Uuid) {
+    sqlx::query(sql)
+        .bind(tenant)
+        .execute(intruder)
         .await
         .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    let err = String::from_utf8_lossy(&run.stderr).into_owned();
-    if run.status.success() {
-        Ok(out)
-    } else {
-        Err(format!("{out}{err}"))
-    }
 }
 
 #[tokio::test]
@@ -187,11 +185,12 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
         .await
         .unwrap();
     let id: uuid::Uuid = tenant.id.parse().unwrap();
-    sqlx::query("UPDATE audit_events SET principal = 'it-viewer' WHERE tenant_id = $1 AND seq = 2")
-        .bind(id)
-        .execute(&mut intruder)
-        .await
-        .unwrap();
+    tamper(
+        &mut intruder,
+        "UPDATE audit_events SET principal = 'it-viewer' WHERE tenant_id = $1 AND seq = 2",
+        id,
+    )
+    .await;
     let problems = verify(&mut env).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(
@@ -212,19 +211,21 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
         "{err}"
     );
     // Put back exactly: intact again.
-    sqlx::query("UPDATE audit_events SET principal = 'it-admin' WHERE tenant_id = $1 AND seq = 2")
-        .bind(id)
-        .execute(&mut intruder)
-        .await
-        .unwrap();
+    tamper(
+        &mut intruder,
+        "UPDATE audit_events SET principal = 'it-admin' WHERE tenant_id = $1 AND seq = 2",
+        id,
+    )
+    .await;
     assert!(verify(&mut env).await.is_empty());
 
     // An entry removed from the middle, then the last one.
-    sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 3")
-        .bind(id)
-        .execute(&mut intruder)
-        .await
-        .unwrap();
+    tamper(
+        &mut intruder,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 3",
+        id,
+    )
+    .await;
     let problems = verify(&mut env).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(
@@ -239,11 +240,12 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
             "entry 3 was removed"
         )
     );
-    sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 4")
-        .bind(id)
-        .execute(&mut intruder)
-        .await
-        .unwrap();
+    tamper(
+        &mut intruder,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 4",
+        id,
+    )
+    .await;
     let problems = verify(&mut env).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(

@@ -77,22 +77,9 @@ fn counts(rows: &[(String, Vec<String>)]) -> Vec<(String, u64)> {
 
 /// `tenantctl certificate verify FILE --public-key PEM`, offline: no --addr at all.
 async fn tenantctl_verify(file: &Path, key: &Path) -> Result<String, String> {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
-        .env_remove("TENANTD_ADDR")
-        .args(["certificate", "verify"])
-        .arg(file)
-        .arg("--public-key")
-        .arg(key)
-        .output()
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    let err = String::from_utf8_lossy(&run.stderr).into_owned();
-    if run.status.success() {
-        Ok(out)
-    } else {
-        Err(err)
-    }
+    let args = ["certificate".as_ref(), "verify".as_ref(), file.as_os_str()];
+    let key = ["--public-key".as_ref(), key.as_os_str()];
+    crate::harness::tenantctl(&[&args[..], &key[..]].concat(), None).await
 }
 
 #[tokio::test]

@@ -441,6 +441,23 @@ impl Drop for TestEnv {
     }
 }
 
+/// The real `tenantctl` with `args` (async: an in-process tenantd shares the test's runtime
+/// and must keep serving): Ok(stdout) when it succeeds, else Err(stdout and stderr).
+pub async fn tenantctl(args: &[&std::ffi::OsStr], token: Option<Role>) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"));
+    cmd.env_remove("TENANTD_ADDR").env_remove("TENANTD_TOKEN");
+    if let Some(role) = token {
+        cmd.env("TENANTD_TOKEN", self::token(role));
+    }
+    let run = cmd.args(args).output().await.unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    if run.status.success() {
+        Ok(out)
+    } else {
+        Err(out + &String::from_utf8_lossy(&run.stderr))
+    }
+}
+
 /// Every role, for tests that call as each.
 pub const ROLES: [Role; 4] = [Role::Admin, Role::Billing, Role::Compliance, Role::Viewer];
 
