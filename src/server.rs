@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::api::audit::AuditApi;
 use crate::api::deletions::DeletionApi;
@@ -120,6 +123,58 @@ pub async fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>, Serve
     })
 }
 
+/// The services whose health tenantd reports; "" is the server as a whole.
+const SERVICES: &[&str] = &[
+    "",
+    <pb::tenant_service_server::TenantServiceServer<TenantApi> as NamedService>::NAME,
+    <pb::operation_service_server::OperationServiceServer<OperationApi> as NamedService>::NAME,
+    <pb::export_service_server::ExportServiceServer<ExportApi> as NamedService>::NAME,
+    <pb::deletion_service_server::DeletionServiceServer<DeletionApi> as NamedService>::NAME,
+    <pb::audit_service_server::AuditServiceServer<AuditApi> as NamedService>::NAME,
+];
+
+/// How often health is checked against the registry, and how long one check may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps gRPC health true to what tenantd can do: SERVING while the registry answers,
+/// NOT_SERVING while it does not (every RPC needs it), and NOT_SERVING from the moment
+/// shutdown begins, so that load balancers stop sending calls while running ones finish.
+async fn report_health(health: HealthReporter, registry: Registry, shutdown: CancellationToken) {
+    let mut last = Some(ServingStatus::Serving);
+    loop {
+        let status = if shutdown.is_cancelled() {
+            ServingStatus::NotServing
+        } else {
+            let ping = sqlx::query("SELECT 1").execute(registry.pool());
+            match tokio::time::timeout(HEALTH_TIMEOUT, ping).await {
+                Ok(Ok(_)) => ServingStatus::Serving,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "registry unreachable: reporting NOT_SERVING");
+                    ServingStatus::NotServing
+                }
+                Err(_) => {
+                    tracing::warn!("registry did not answer: reporting NOT_SERVING");
+                    ServingStatus::NotServing
+                }
+            }
+        };
+        if last != Some(status) {
+            for name in SERVICES {
+                health.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
 /// The server's identity and, with `client_ca_file`, the CA its clients' certificates must
 /// chain to. Client certificates stay optional at the TLS layer: a caller with a token needs
 /// none, and admission refuses a caller with neither.
@@ -155,21 +210,13 @@ pub async fn run(
     let control = Control::new(deps, events);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
-        .await;
-    health
-        .set_serving::<pb::operation_service_server::OperationServiceServer<OperationApi>>()
-        .await;
-    health
-        .set_serving::<pb::export_service_server::ExportServiceServer<ExportApi>>()
-        .await;
-    health
-        .set_serving::<pb::deletion_service_server::DeletionServiceServer<DeletionApi>>()
-        .await;
-    health
-        .set_serving::<pb::audit_service_server::AuditServiceServer<AuditApi>>()
-        .await;
+    // The registry has just been migrated: serving from the start.
+    for name in SERVICES {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    tokio::spawn(report_health(health, registry.clone(), shutdown.clone()));
     // v1 and v1alpha: grpcurl and other clients still differ in which they ask for.
     let reflection = || {
         tonic_reflection::server::Builder::configure()

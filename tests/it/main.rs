@@ -16,4 +16,5 @@ mod idempotency;
 mod identifiers;
 mod isolation;
 mod provision;
+mod replicas;
 mod restore;
