@@ -518,10 +518,12 @@ impl Registry {
     }
 
     /// Records a fatal failure (or a cancellation) and moves the operation to compensation.
+    /// `premarked`: a step marked started with the previous step's commit that never ran.
     pub async fn begin_compensation(
         &self,
         lease: &Lease,
         idx: Option<i32>,
+        premarked: Option<i32>,
         error: &OperationError,
     ) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
@@ -536,7 +538,7 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         }
-        mark_not_started(&mut tx, lease.operation_id).await?;
+        mark_not_started(&mut tx, lease.operation_id, premarked).await?;
         sqlx::query(
             "UPDATE operations SET state = 'compensating', failures = 0,
                     error_code = $2, error_message = $3, error_step = $4
@@ -575,7 +577,13 @@ impl Registry {
 
     /// Gives the lease back without changing anything else (graceful shutdown), so another
     /// replica resumes the operation at once instead of waiting for the lease to expire.
-    pub async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+    /// Gives the operation up (shutdown) for another worker to claim at once. `premarked`: a
+    /// step marked started with the previous step's commit that never ran here.
+    pub async fn release_lease(
+        &self,
+        lease: &Lease,
+        premarked: Option<i32>,
+    ) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
         sqlx::query(
             "UPDATE operations SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
@@ -584,7 +592,7 @@ impl Registry {
         .bind(lease.operation_id)
         .execute(&mut *tx)
         .await?;
-        mark_not_started(&mut tx, lease.operation_id).await?;
+        mark_not_started(&mut tx, lease.operation_id, premarked).await?;
         finish_write(tx, lease.operation_id).await
     }
 }
@@ -607,16 +615,24 @@ async fn mark_started(
     Ok(())
 }
 
-/// Puts a step that was marked started but will not run now (cancellation, shutdown) back to
-/// pending, so the operation view never shows a step running that is not.
+/// Puts running steps back to pending (cancellation, shutdown), so the operation view never
+/// shows a step running that is not. The step in `premarked` was only marked started with the
+/// previous step's commit and never ran: its attempt is taken back too, so attempts keep
+/// counting runs (a step that ran and was cut off by a crash keeps its attempt).
 async fn mark_not_started(
     tx: &mut Transaction<'static, Postgres>,
     operation_id: Uuid,
+    premarked: Option<i32>,
 ) -> Result<(), LeaseError> {
     sqlx::query(
-        "UPDATE operation_steps SET state = 'pending' WHERE operation_id = $1 AND state = 'running'",
+        "UPDATE operation_steps
+         SET state = 'pending',
+             attempts = attempts - CASE WHEN idx = $2 THEN 1 ELSE 0 END,
+             started_at = CASE WHEN idx = $2 AND attempts = 1 THEN NULL ELSE started_at END
+         WHERE operation_id = $1 AND state = 'running'",
     )
     .bind(operation_id)
+    .bind(premarked)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -159,7 +159,7 @@ impl<W: Workflow> Run<'_, W> {
                     message: e.to_string(),
                     step: None,
                 };
-                registry.begin_compensation(lease, None, &err).await?;
+                registry.begin_compensation(lease, None, None, &err).await?;
                 return registry
                     .finish_operation(lease, OperationState::Failed, &self.claimed.data)
                     .await;
@@ -188,7 +188,8 @@ impl<W: Workflow> Run<'_, W> {
             let rolling_forward = roll_forward_from.is_some_and(|from| idx >= from);
             if shutdown.is_cancelled() {
                 tracing::info!("shutting down; releasing the operation to another worker");
-                return registry.release_lease(lease).await;
+                let premarked = marked_started.then_some(idx as i32);
+                return registry.release_lease(lease, premarked).await;
             }
             let cancellable = uncancellable_from.is_none_or(|from| idx < from);
             if cancellable && registry.cancel_requested(self.claimed.id).await? {
@@ -197,7 +198,10 @@ impl<W: Workflow> Run<'_, W> {
                     message: "operation cancelled by request".into(),
                     step: Some(name.to_owned()),
                 };
-                registry.begin_compensation(lease, None, &error).await?;
+                let premarked = marked_started.then_some(idx as i32);
+                registry
+                    .begin_compensation(lease, None, premarked, &error)
+                    .await?;
                 return self.compensate(state, error).await;
             }
             if !marked_started {
@@ -251,7 +255,7 @@ impl<W: Workflow> Run<'_, W> {
                     };
                     tracing::warn!(step = name, error = %error.message, "step failed; compensating");
                     registry
-                        .begin_compensation(lease, Some(idx as i32), &error)
+                        .begin_compensation(lease, Some(idx as i32), None, &error)
                         .await?;
                     return self.compensate(state, error).await;
                 }
