@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use uuid::Uuid;
+
+use tenantd::api::pb;
 use tenantd::sql::{Ident, Statement};
 
-use crate::harness::{TestEnv, admin, connect};
+use crate::harness::{Place, Process, TestEnv, admin, connect, fill, snapshot};
 
 async fn health(client: &mut HealthClient<tonic::transport::Channel>) -> Option<ServingStatus> {
     let r = client
@@ -70,4 +73,122 @@ async fn health_follows_the_registry() {
     // Back: serving again, and calls work.
     cut(true).await;
     until(&mut client, ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn a_second_replica_finishes_a_move_the_first_died_in() {
+    // Replica A stalls at the start of the copy, with the tenant fenced.
+    let mut env = TestEnv::spawn("change_tier.before_copy=sleep(60000)").await;
+    let t = env.provision("two-replicas", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 40).await;
+    let before = snapshot(&Place::of(&t), id).await;
+    let op = env
+        .tenants
+        .change_tier(pb::ChangeTierRequest {
+            tenant: t.id.clone(),
+            tier: pb::Tier::Schema as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    env.until_step_done(&op.name, "fence").await;
+
+    // Replica B joins on the same registry; then A is killed (SIGKILL) in the middle.
+    let b = Process::spawn(&env.config, &env.dir, "");
+    drop(env.process.take());
+    env.addr = b.addr.clone();
+    env.process = Some(b);
+    env.ready().await;
+
+    // B takes the operation over once A's lease lapses, and finishes it.
+    let done = env.wait(&op.name).await;
+    let moved = match &done.result {
+        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
+        other => panic!("the move did not finish on the second replica: {other:?}"),
+    };
+    assert_eq!(moved.tier, pb::Tier::Schema as i32);
+    assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
+    let left = snapshot(&Place::pool("main"), id).await;
+    assert!(
+        left.iter().all(|(_, rows)| rows.is_empty()),
+        "source emptied: {left:?}"
+    );
+    // No step ran twice to a different effect: what A finished, B did not redo; the
+    // routing epoch moved once.
+    let steps = done.metadata.unwrap().steps;
+    assert!(
+        steps.iter().all(|s| s.state == pb::StepState::Done as i32),
+        "{steps:?}"
+    );
+    for s in steps.iter().take_while(|s| s.name != "copy") {
+        assert_eq!(s.attempts, 1, "{} ran again on the second replica", s.name);
+    }
+    assert_eq!(moved.routing_epoch, t.routing_epoch + 1);
+}
+
+#[tokio::test]
+async fn a_replica_shutting_down_hands_its_operation_over_at_once() {
+    // Leases long enough that a takeover by expiry would show: 5 minutes.
+    let (mut config, dir) = TestEnv::config().await;
+    config.workflow.lease_ms = 300_000;
+    let mut env = TestEnv::spawn_with(config, dir, "change_tier.before_copy=sleep(1500)").await;
+    let t = env.provision("handover", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 20).await;
+    let before = snapshot(&Place::of(&t), id).await;
+    let op = env
+        .tenants
+        .change_tier(pb::ChangeTierRequest {
+            tenant: t.id.clone(),
+            tier: pb::Tier::Schema as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    env.until_step_done(&op.name, "fence").await;
+    let op_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
+    let lease_owner = |registry: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, Option<String>>("SELECT lease_owner FROM operations WHERE id = $1")
+            .bind(op_id)
+            .fetch_one(&registry)
+            .await
+            .unwrap()
+    };
+    let a_owner = lease_owner(env.registry.clone())
+        .await
+        .expect("A holds the lease");
+    let b = Process::spawn(&env.config, &env.dir, "");
+
+    // SIGTERM: A finishes the step it is in, releases the operation and exits cleanly.
+    let mut a = env.process.take().unwrap();
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "A exited with {status:?}");
+    // A's lease is gone well before it would have expired: released, and B may already
+    // hold the operation.
+    assert_ne!(lease_owner(env.registry.clone()).await, Some(a_owner));
+
+    // B picks it up without waiting out the 5-minute lease, and finishes the move.
+    env.addr = b.addr.clone();
+    env.process = Some(b);
+    env.ready().await;
+    let done = env.wait(&op.name).await;
+    let moved = match &done.result {
+        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
+        other => panic!("the move did not finish: {other:?}"),
+    };
+    assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
+    let steps = done.metadata.unwrap().steps;
+    assert!(
+        steps.iter().all(|s| s.attempts == 1),
+        "no step ran twice: {steps:?}"
+    );
 }
