@@ -340,10 +340,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |message: String| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut value: toml::Value = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        expand_env(&mut value, &|name| std::env::var(name).ok()).map_err(parse)?;
+        let config: Config = value.try_into().map_err(|e| parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -422,6 +425,57 @@ impl Config {
 }
 
 /// A URL with its password replaced, for logs and errors.
+/// Replaces `${NAME}` in every string value with the environment variable NAME, so that
+/// secrets (registry and cluster URLs with passwords) come from a secret store through the
+/// environment while the file itself holds none (deploy/kubernetes). Done on parsed values,
+/// so a secret's characters can never change the TOML's structure. An unset variable is an
+/// error naming it; the value is never part of an error.
+pub fn expand_env(
+    value: &mut toml::Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {:?}", redact_url(s)))?;
+                let name = &after[..end];
+                let valid = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    return Err(format!("${{{name}}}: variable names are [A-Z0-9_]+"));
+                }
+                let v = lookup(name).ok_or_else(|| {
+                    format!("environment variable {name} (named in the configuration) is not set")
+                })?;
+                out.push_str(&v);
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Array(items) => {
+            for v in items {
+                expand_env(v, lookup)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (_, v) in t.iter_mut() {
+                expand_env(v, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
@@ -436,6 +490,39 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expands_environment_variables_in_string_values_only() {
+        let mut v: toml::Value = toml::from_str(
+            r#"
+            url = "postgres://app:${PG_PASSWORD}@db/${DB}"
+            list = ["${DB}"]
+            n = 3
+            [t]
+            plain = "no variables"
+            "#,
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "PG_PASSWORD" => Some("p\"a'ss]\n".to_owned()),
+            "DB" => Some("registry".to_owned()),
+            _ => None,
+        };
+        expand_env(&mut v, &env).unwrap();
+        assert_eq!(
+            v["url"].as_str(),
+            Some("postgres://app:p\"a'ss]\n@db/registry")
+        );
+        assert_eq!(v["list"][0].as_str(), Some("registry"));
+        assert_eq!(v["t"]["plain"].as_str(), Some("no variables"));
+        let mut missing: toml::Value = toml::from_str(r#"x = "${NOPE}""#).unwrap();
+        let e = expand_env(&mut missing, &env).unwrap_err();
+        assert!(e.contains("NOPE") && e.contains("not set"), "{e}");
+        let mut bad: toml::Value = toml::from_str(r#"x = "${lower}""#).unwrap();
+        assert!(expand_env(&mut bad, &env).is_err());
+        let mut open: toml::Value = toml::from_str(r#"x = "${OPEN""#).unwrap();
+        assert!(expand_env(&mut open, &env).is_err());
+    }
 
     #[test]
     fn redacts_passwords() {

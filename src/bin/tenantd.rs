@@ -16,8 +16,23 @@ use tenantd::config::{AuthConfig, Config, TokenConfig};
     about = "Tenant lifecycle control plane for multi-tenant PostgreSQL"
 )]
 struct Cli {
+    /// Log lines as text for people, or as one JSON object per line for log pipelines.
+    #[arg(
+        long,
+        env = "TENANTD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -72,12 +87,20 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn,tower=warn,h2=warn".into()),
-        )
-        .init();
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
+            .unwrap_or_else(|_| "info,sqlx=warn,tower=warn,h2=warn".into()),
+    );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Span fields (operation_id, tenant_id, step, …) as well as the event's own.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -93,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         });
     }
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let listener = tokio::net::TcpListener::bind(config.listen)

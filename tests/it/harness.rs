@@ -579,6 +579,7 @@ pub async fn create_bucket(aws: &AwsConfig, bucket: &str) {
 pub struct Process {
     pub child: Child,
     pub addr: String,
+    pub log: PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -600,13 +601,26 @@ pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBu
 
 impl Process {
     pub fn spawn(config: &Config, dir: &std::path::Path, failpoints: &str) -> Process {
+        Self::spawn_logging(config, dir, failpoints, "text")
+    }
+
+    /// [`Process::spawn`] with `TENANTD_LOG_FORMAT` set to `format`; the log is in
+    /// [`Process::log`].
+    pub fn spawn_logging(
+        config: &Config,
+        dir: &std::path::Path,
+        failpoints: &str,
+        format: &str,
+    ) -> Process {
         let port = free_port();
         let path = write_config(config, dir, port);
-        let log = std::fs::File::create(dir.join(format!("tenantd-{port}.log"))).unwrap();
+        let log_path = dir.join(format!("tenantd-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tenantd"))
             .args(["serve", "--config"])
             .arg(&path)
             .env("TENANTD_FAILPOINTS", failpoints)
+            .env("TENANTD_LOG_FORMAT", format)
             .env("TENANTD_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -616,6 +630,7 @@ impl Process {
         Process {
             child,
             addr: format!("http://127.0.0.1:{port}"),
+            log: log_path,
         }
     }
 

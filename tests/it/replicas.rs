@@ -192,3 +192,40 @@ async fn a_replica_shutting_down_hands_its_operation_over_at_once() {
         "no step ran twice: {steps:?}"
     );
 }
+
+#[tokio::test]
+async fn logs_can_be_json_lines_with_the_operation_in_them_and_no_secrets() {
+    let (config, dir) = TestEnv::config().await;
+    let p = Process::spawn_logging(&config, &dir, "", "json");
+    let mut env = TestEnv::spawn_with(config, dir, "").await;
+    // Talk to the JSON-logging process.
+    env.addr = p.addr.clone();
+    env.process = Some(p);
+    env.ready().await;
+    let t = env.provision("json-logs", pb::Tier::Schema, "main").await;
+    let log = env.process.as_ref().unwrap().log.clone();
+    drop(env.process.take());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 5, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["fields"]["message"].is_string())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["tenant_id"] == t.id.as_str()
+                && l["fields"]["message"] == "step done"),
+        "step lines carry the operation's span fields: {text}"
+    );
+    // Neither the bearer token nor a connection password reaches the log.
+    assert!(!text.contains(&crate::harness::token(tenantd::auth::Role::Admin)));
+    assert!(!text.contains("tdt_"));
+}
