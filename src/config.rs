@@ -340,15 +340,22 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let parse = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        let mut value: toml::Value = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-        expand_env(&mut value, &|name| std::env::var(name).ok()).map_err(parse)?;
-        let config: Config = value.try_into().map_err(|e| parse(e.to_string()))?;
+        let config = Self::parse(&text, &|name| std::env::var(name).ok()).map_err(|message| {
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses configuration text, with `${NAME}` in string values taken from `lookup`
+    /// ([`expand_env`]). Not validated.
+    pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        expand_env(&mut value, lookup)?;
+        value.try_into().map_err(|e| e.to_string())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -9,6 +9,7 @@ mod change_tier;
 mod copy;
 mod crash;
 mod delete;
+mod deploy;
 mod engine;
 mod export;
 mod harness;
