@@ -11,6 +11,53 @@ use aws_sdk_kms::config::http::HttpResponse;
 
 use crate::config::AwsConfig;
 
+/// Times every KMS and S3 call and counts failures ([`crate::metrics`]), for every client
+/// built with it: one interceptor rather than a wrapper at each call site.
+#[derive(Debug)]
+pub struct CloudMetrics;
+
+#[derive(Debug, Clone, Copy)]
+struct Started(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for Started {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CloudMetrics {
+    fn name(&self) -> &'static str {
+        "tenantd-metrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(Started(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let took = cfg
+            .load::<Started>()
+            .map(|s| s.0.elapsed())
+            .unwrap_or_default();
+        let (service, call) = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| (m.service().to_owned(), m.name().to_owned()))
+            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        let failed = !matches!(context.output_or_error(), Some(Ok(_)));
+        crate::metrics::cloud_call(&service, &call, took, failed);
+        Ok(())
+    }
+}
+
 pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &aws.region {

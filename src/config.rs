@@ -39,6 +39,18 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (docs/operations.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (plain HTTP; keep it on an internal address). Unset:
+    /// no metrics endpoint.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// Callers and their roles. At least one way in is required.

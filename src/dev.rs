@@ -87,6 +87,7 @@ pub async fn start(
         auth: Default::default(),
         tls: None,
         server: Default::default(),
+        metrics: Default::default(),
     };
     Ok(DevStack {
         postgres,

@@ -18,6 +18,7 @@ pub mod dev;
 pub mod embedded;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod operation;
 pub mod paging;
 pub mod registry;

@@ -232,7 +232,7 @@ pub async fn run(
 
     let admission = AdmissionLayer::new(
         Authenticator::new(&config.auth).map_err(|e| ServerError::Config(e.to_string()))?,
-        registry,
+        registry.clone(),
         Duration::from_secs(config.server.max_call_seconds),
     );
     let max = config.server.max_request_bytes;
@@ -243,6 +243,17 @@ pub async fn run(
         .max_concurrent_streams(200);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?)?;
+    }
+
+    if let Some(at) = config.metrics.listen {
+        let metrics = TcpListener::bind(at)
+            .await
+            .map_err(|e| ServerError::Config(format!("metrics: cannot listen on {at}: {e}")))?;
+        tokio::spawn(crate::metrics::serve(
+            metrics,
+            registry.clone(),
+            shutdown.clone(),
+        ));
     }
 
     let addr = listener.local_addr().ok();

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -73,7 +73,13 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
         let path = request.uri().path().to_owned();
+        // A metrics label: only methods the policy knows, so callers cannot mint labels.
+        let method = match super::access(&path) {
+            Some(_) => path.clone(),
+            None => "unknown".to_owned(),
+        };
         let subject = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -101,10 +107,14 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Box::pin(async move {
-                    match tokio::time::timeout(deadline, inner.call(request)).await {
+                    let answer = match tokio::time::timeout(deadline, inner.call(request)).await {
                         Ok(answer) => answer.map(size_limit_is_resource_exhausted),
                         Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+                    };
+                    if let Ok(a) = &answer {
+                        crate::metrics::grpc_call(&method, code_of(a.headers()), started.elapsed());
                     }
+                    answer
                 })
             }
             Err(denied) => {
@@ -122,11 +132,29 @@ where
                             tracing::info!(method = %path, reason = why, "call refused: unauthenticated");
                         }
                     }
-                    Ok(Status::from(denied).into_http())
+                    let answer = Status::from(denied).into_http();
+                    crate::metrics::grpc_call(
+                        &method,
+                        code_of(answer.headers()),
+                        started.elapsed(),
+                    );
+                    Ok(answer)
                 })
             }
         }
     }
+}
+
+/// The status code name of an answer: from its headers when the call ended there (errors,
+/// trailers-only); otherwise OK as far as admission can see (a status in trailers, after
+/// the body, is not waited for).
+fn code_of(headers: &http::HeaderMap) -> &'static str {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from);
+    crate::api::audit::code_name(code)
 }
 
 /// tonic answers a request over `max_decoding_message_size` with OUT_OF_RANGE; the gRPC

@@ -53,6 +53,9 @@ enum Command {
         /// PostgreSQL port; 0 picks a free one.
         #[arg(long, default_value_t = 0)]
         pg_port: u16,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Accept calls without credentials (as an admin). Only on a loopback address; by
         /// default dev generates an admin token, prints it and keeps it in STATE_DIR/admin.token.
         #[arg(long)]
@@ -128,8 +131,15 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             listen,
             pg_port,
+            metrics_listen,
             insecure_no_auth,
-        } => dev(state_dir, listen, pg_port, insecure_no_auth, shutdown).await?,
+        } => {
+            let options = DevOptions {
+                metrics_listen,
+                insecure_no_auth,
+            };
+            dev(state_dir, listen, pg_port, options, shutdown).await?
+        }
         Command::Token(TokenCommand::New { name, role }) => {
             let token = tenantd::auth::new_token();
             let entry = TokenConfig {
@@ -152,11 +162,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+struct DevOptions {
+    metrics_listen: Option<std::net::SocketAddr>,
+    insecure_no_auth: bool,
+}
+
 async fn dev(
     state_dir: PathBuf,
     listen: std::net::SocketAddr,
     pg_port: u16,
-    insecure_no_auth: bool,
+    DevOptions {
+        metrics_listen,
+        insecure_no_auth,
+    }: DevOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if insecure_no_auth && !listen.ip().is_loopback() {
@@ -164,6 +182,7 @@ async fn dev(
     }
     tracing::info!(state_dir = %state_dir.display(), "starting embedded PostgreSQL");
     let mut stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
+    stack.config.metrics.listen = metrics_listen;
     let access = if insecure_no_auth {
         stack.config.auth.allow_unauthenticated = true;
         "no credentials needed (--insecure-no-auth)".to_owned()

@@ -49,7 +49,9 @@ impl S3Store {
                 "s3 prefix {prefix:?} must be empty or key segments followed by '/'"
             )));
         }
-        let mut config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(force_path_style);
+        let mut config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(force_path_style)
+            .interceptor(crate::aws::CloudMetrics);
         if let Some(url) = endpoint_url {
             config = config.endpoint_url(url);
         }

@@ -94,7 +94,11 @@ impl AwsKms {
             )));
         }
         let kms = AwsKms {
-            client: Client::new(sdk),
+            client: Client::from_conf(
+                aws_sdk_kms::config::Builder::from(sdk)
+                    .interceptor(crate::aws::CloudMetrics)
+                    .build(),
+            ),
             alias_prefix: alias_prefix.to_owned(),
             service_key: service_key.to_owned(),
             signing_key: signing_key.to_owned(),

@@ -284,6 +284,17 @@ impl Registry {
 
     /// Flags the operation for cancellation; the worker acts on it at the next step boundary.
     /// A finished operation, or one already rolling back, is left as it is.
+    /// Operations not finished, by kind and state: (kind, state, count).
+    pub async fn active_operation_counts(&self) -> Result<Vec<(String, String, i64)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT kind, state, count(*) FROM operations
+             WHERE state IN ('pending', 'running', 'compensating')
+             GROUP BY kind, state ORDER BY kind, state",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub async fn request_cancel(&self, id: Uuid) -> Result<(), Error> {
         let mut tx = self.pool().begin().await?;
         let (exists,): (bool,) =

@@ -224,6 +224,7 @@ impl<W: Workflow> Run<'_, W> {
                         .step_done(lease, idx as i32, &wrap(&state), next)
                         .await?;
                     marked_started = next.is_some();
+                    crate::metrics::step(W::KIND, name, "done", started.elapsed());
                     tracing::info!(
                         step = name,
                         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -236,6 +237,7 @@ impl<W: Workflow> Run<'_, W> {
                             && self.claimed.failures + 1
                                 < self.deps.config.workflow.max_failures =>
                 {
+                    crate::metrics::step(W::KIND, name, "retry", started.elapsed());
                     let delay = backoff(self.deps, self.claimed.failures);
                     let msg = e.to_string();
                     tracing::warn!(step = name, error = %msg, retry_in_ms = delay.as_millis() as u64, rolling_forward, "step failed; will retry");
@@ -253,6 +255,7 @@ impl<W: Workflow> Run<'_, W> {
                         message: e.to_string(),
                         step: Some(name.to_owned()),
                     };
+                    crate::metrics::step(W::KIND, name, "failed", started.elapsed());
                     tracing::warn!(step = name, error = %error.message, "step failed; compensating");
                     registry
                         .begin_compensation(lease, Some(idx as i32), None, &error)
@@ -264,6 +267,7 @@ impl<W: Workflow> Run<'_, W> {
         registry
             .finish_operation(lease, OperationState::Succeeded, &wrap(&state))
             .await?;
+        crate::metrics::operation_finished(W::KIND, OperationState::Succeeded.as_str());
         tracing::info!("operation succeeded");
         Ok(())
     }
@@ -290,6 +294,7 @@ impl<W: Workflow> Run<'_, W> {
                     OperationState::Failed
                 };
                 registry.finish_operation(lease, end, &wrap(&state)).await?;
+                crate::metrics::operation_finished(W::KIND, end.as_str());
                 tracing::info!(state = end.as_str(), "compensation done");
                 Ok(())
             }

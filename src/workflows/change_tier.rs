@@ -374,6 +374,7 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
         };
         items[i].done = copied as i64;
         cx.progress(&items).await?;
+        crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, copied as u64);
         tracing::info!(table = %table, rows = copied, "table copied");
     }
     if failpoint::armed(CORRUPT_TARGET) {

@@ -292,6 +292,7 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
             let deleted =
                 erasure::delete_rows(cluster, &database, &schema, &table, cx.tenant_id, pace)
                     .await?;
+            crate::metrics::rows_moved(<Delete as Workflow>::KIND, deleted);
             tracing::info!(tenant_id = %cx.tenant_id, table = %t.qualified(), rows = deleted,
                 "tenant rows deleted");
         }

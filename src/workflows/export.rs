@@ -302,6 +302,9 @@ impl Workflow for Export {
                 let dumped = state.dumped.as_ref().ok_or_else(|| missing("dump"))?;
                 let key_id = state.key_id.as_deref().ok_or_else(|| missing("key"))?;
                 record(deps, state.export_id, dumped, key_id).await?;
+                let kind = <Export as Workflow>::KIND;
+                crate::metrics::bytes_moved(kind, dumped.ciphertext.bytes);
+                crate::metrics::rows_moved(kind, dumped.tables.iter().map(|t| t.rows).sum());
                 tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
                     bytes = dumped.ciphertext.bytes, "export complete");
             }

@@ -219,6 +219,7 @@ impl Workflow for Restore {
             "swap" => {
                 staging::swap(cluster, &live).await?;
                 state.pause.unfenced_at.get_or_insert_with(Utc::now);
+                crate::metrics::rows_moved(<Restore as Workflow>::KIND, state.rows());
                 tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
                     rows = state.rows(), "restored copy swapped in");
             }

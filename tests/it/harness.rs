@@ -262,6 +262,7 @@ impl TestEnv {
             },
             tls: None,
             server: Default::default(),
+            metrics: Default::default(),
         };
         (config, dir)
     }

@@ -12,6 +12,19 @@ use tenantd::sql::{Ident, Statement};
 
 use crate::harness::{Place, Process, TestEnv, admin, connect, fill, snapshot};
 
+/// Starts moving `t` to the schema tier.
+async fn to_schema(env: &mut TestEnv, t: &pb::Tenant) -> pb::Operation {
+    env.tenants
+        .change_tier(pb::ChangeTierRequest {
+            tenant: t.id.clone(),
+            tier: pb::Tier::Schema as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn health(client: &mut HealthClient<tonic::transport::Channel>) -> Option<ServingStatus> {
     let r = client
         .check(tonic_health::pb::HealthCheckRequest {
@@ -83,16 +96,7 @@ async fn a_second_replica_finishes_a_move_the_first_died_in() {
     let id: Uuid = t.id.parse().unwrap();
     fill(&Place::of(&t), id, 40).await;
     let before = snapshot(&Place::of(&t), id).await;
-    let op = env
-        .tenants
-        .change_tier(pb::ChangeTierRequest {
-            tenant: t.id.clone(),
-            tier: pb::Tier::Schema as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = to_schema(&mut env, &t).await;
     env.until_step_done(&op.name, "fence").await;
 
     // Replica B joins on the same registry; then A is killed (SIGKILL) in the middle.
@@ -138,16 +142,7 @@ async fn a_replica_shutting_down_hands_its_operation_over_at_once() {
     let id: Uuid = t.id.parse().unwrap();
     fill(&Place::of(&t), id, 20).await;
     let before = snapshot(&Place::of(&t), id).await;
-    let op = env
-        .tenants
-        .change_tier(pb::ChangeTierRequest {
-            tenant: t.id.clone(),
-            tier: pb::Tier::Schema as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = to_schema(&mut env, &t).await;
     env.until_step_done(&op.name, "fence").await;
     let op_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
     let lease_owner = |registry: sqlx::PgPool| async move {
@@ -228,4 +223,101 @@ async fn logs_can_be_json_lines_with_the_operation_in_them_and_no_secrets() {
     // Neither the bearer token nor a connection password reaches the log.
     assert!(!text.contains(&crate::harness::token(tenantd::auth::Role::Admin)));
     assert!(!text.contains("tdt_"));
+}
+
+/// `GET path` on the metrics port: (status line, body).
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: tenantd\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_calls_operations_steps_rows_and_cloud_calls() {
+    let (mut config, dir) = TestEnv::config_aws().await;
+    let port = crate::harness::free_port();
+    config.metrics.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut env = TestEnv::spawn_with(config, dir, "").await;
+    let t = env.provision("metered", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 30).await;
+    let rows: usize = snapshot(&Place::of(&t), id)
+        .await
+        .iter()
+        .map(|(_, r)| r.len())
+        .sum();
+    let op = to_schema(&mut env, &t).await;
+    env.wait(&op.name).await;
+    let mut viewer = tenantd::api::pb::deletion_service_client::DeletionServiceClient::new(
+        crate::harness::as_role(connect(&env.addr).await, tenantd::auth::Role::Viewer),
+    );
+    viewer
+        .delete_tenant(pb::DeleteTenantRequest::default())
+        .await
+        .unwrap_err();
+
+    let (status, body) = http_get(port, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let at =
+        |series: &str| sample(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    let create = r#"method="/tenantd.v1.TenantService/CreateTenant""#;
+    assert_eq!(
+        at(&format!(
+            r#"tenantd_grpc_requests_total{{{create},code="OK"}}"#
+        )),
+        1.0
+    );
+    let delete = r#"method="/tenantd.v1.DeletionService/DeleteTenant""#;
+    assert_eq!(
+        at(&format!(
+            r#"tenantd_grpc_requests_total{{{delete},code="PERMISSION_DENIED"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"tenantd_grpc_request_duration_seconds_count{{{create}}}"#
+        )),
+        1.0
+    );
+    for kind in ["provision", "change_tier"] {
+        assert_eq!(
+            at(&format!(
+                r#"tenantd_operations_finished_total{{kind="{kind}",state="succeeded"}}"#
+            )),
+            1.0
+        );
+    }
+    assert_eq!(
+        at(r#"tenantd_step_duration_seconds_count{kind="change_tier",step="copy",outcome="done"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"tenantd_rows_moved_total{kind="change_tier"}"#),
+        rows as f64
+    );
+    // The tenant's key was created in KMS, on the emulator.
+    assert!(
+        at(r#"tenantd_cloud_call_duration_seconds_count{service="KMS",call="CreateKey"}"#) >= 1.0
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics text");
+    // Nothing runs now: the fleet-wide gauge is empty.
+    assert!(!body.contains("tenantd_operations{"), "{body}");
+
+    let (status, _) = http_get(port, "/other").await;
+    assert!(status.contains("404"), "{status}");
 }
