@@ -41,6 +41,18 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub grpc_web: GrpcWebConfig,
+}
+
+/// gRPC-web for browser consoles: always translated on the gRPC port; which web origins may
+/// call cross-origin is listed here (none by default).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcWebConfig {
+    /// Exact origins, e.g. `https://console.example.com`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Prometheus metrics (docs/operations.md).
@@ -432,6 +444,18 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&self.server.max_request_bytes) {
             return invalid("server.max_request_bytes must be 1 KiB to 16 MiB");
         }
+        for origin in &self.grpc_web.allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin != "*"
+                && http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "grpc_web.allowed_origins: {origin:?} must be an exact origin such as \
+                     https://console.example.com (no wildcard, no path)"
+                )));
+            }
+        }
         if self.server.max_call_seconds == 0 {
             return invalid("server.max_call_seconds must be > 0");
         }
@@ -617,6 +641,12 @@ mod tests {
             "tls.client_ca_file",
         );
         refused(&|c| c.server.max_request_bytes = 10, "max_request_bytes");
+        for origin in ["*", "console.example.com", "https://console.example.com/"] {
+            refused(
+                &|c| c.grpc_web.allowed_origins = vec![origin.into()],
+                "exact origin",
+            );
+        }
         let mut dev = c.clone();
         dev.listen = "127.0.0.1:50051".parse().unwrap();
         dev.auth.tokens.clear();

@@ -88,6 +88,7 @@ pub async fn start(
         tls: None,
         server: Default::default(),
         metrics: Default::default(),
+        grpc_web: Default::default(),
     };
     Ok(DevStack {
         postgres,

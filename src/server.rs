@@ -23,7 +23,7 @@ use crate::auth::layer::AdmissionLayer;
 use crate::blobs::ObjectStore;
 use crate::blobs::local::LocalDir;
 use crate::blobs::s3::S3Store;
-use crate::config::{Config, KeysConfig, ObjectsConfig, TlsConfig};
+use crate::config::{Config, GrpcWebConfig, KeysConfig, ObjectsConfig, TlsConfig};
 use crate::context::Context;
 use crate::dataplane::DataPlane;
 use crate::keys::KeyService;
@@ -33,6 +33,7 @@ use crate::registry::Registry;
 use crate::registry::clusters::ClusterRow;
 use crate::registry::events::OperationEvents;
 use crate::service::Control;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -175,6 +176,37 @@ async fn report_health(health: HealthReporter, registry: Registry, shutdown: Can
     }
 }
 
+/// CORS for gRPC-web: only the configured origins, only POST, the headers a gRPC-web client
+/// sends (the bearer token among them) and the status headers it must read. No cookies:
+/// credentials travel in `authorization`.
+fn cors(web: &GrpcWebConfig) -> Result<CorsLayer, ServerError> {
+    let origins = web
+        .allowed_origins
+        .iter()
+        .map(|o| {
+            http::HeaderValue::from_str(o)
+                .map_err(|_| ServerError::Config(format!("grpc_web origin {o:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let header = http::HeaderName::from_static;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("grpc-timeout"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600)))
+}
+
 /// The server's identity and, with `client_ca_file`, the CA its clients' certificates must
 /// chain to. Client certificates stay optional at the TLS layer: a caller with a token needs
 /// none, and admission refuses a caller with neither.
@@ -238,7 +270,9 @@ pub async fn run(
     let max = config.server.max_request_bytes;
     // Stated, not left to library defaults: headers (the token among them) are at most
     // 16 KiB per request, and one connection runs at most 200 calls at once.
+    // HTTP/1.1 too, for gRPC-web from browsers.
     let mut builder = tonic::transport::Server::builder()
+        .accept_http1(true)
         .http2_max_header_list_size(16 * 1024)
         .max_concurrent_streams(200);
     if let Some(tls) = &config.tls {
@@ -263,7 +297,10 @@ pub async fn run(
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
     tracing::info!(addr = ?addr, "serving gRPC");
+    // Outermost first: CORS answers preflights, gRPC-web becomes gRPC, then admission.
     builder
+        .layer(cors(&config.grpc_web)?)
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)

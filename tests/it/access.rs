@@ -557,3 +557,88 @@ async fn mutual_tls_maps_certificate_subjects_to_principals() {
         assert_ne!(s.code(), Code::InvalidArgument, "{s:?}");
     }
 }
+
+/// One HTTP/1.1 exchange with the gRPC port, as a browser makes it: the raw answer.
+async fn http1(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+fn preflight(origin: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS /tenantd.v1.TenantService/ListTenants HTTP/1.1\r\nHost: tenantd\r\n\
+         Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A gRPC-web call of ListTenants with an empty request message.
+fn grpc_web_call(origin: &str, bearer: Option<&str>) -> Vec<u8> {
+    let frame = [0u8, 0, 0, 0, 0]; // uncompressed, length 0
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let mut r = format!(
+        "POST /tenantd.v1.TenantService/ListTenants HTTP/1.1\r\nHost: tenantd\r\n\
+         Origin: {origin}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        frame.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&frame);
+    r
+}
+
+#[tokio::test]
+async fn browsers_call_over_grpc_web_from_allowed_origins_only() {
+    let (mut config, dir) = TestEnv::config().await;
+    let console = "https://console.example.com";
+    config.grpc_web.allowed_origins = vec![console.into()];
+    let env = TestEnv::start_with(config, dir).await;
+
+    // Preflight from the console: allowed, with the token header and the status headers.
+    let answer = http1(&env.addr, &preflight(console)).await.to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("access-control-allow-origin: {console}")),
+        "{answer}"
+    );
+    assert!(answer.contains("authorization"), "{answer}");
+    // From anywhere else: no CORS grant, so the browser refuses to send the call.
+    let answer = http1(&env.addr, &preflight("https://evil.example"))
+        .await
+        .to_lowercase();
+    assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+
+    // The call itself, translated to gRPC and admitted like any other.
+    let answer = http1(
+        &env.addr,
+        &grpc_web_call(console, Some(&token(Role::Viewer))),
+    )
+    .await;
+    let lower = answer.to_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        lower.contains("content-type: application/grpc-web"),
+        "{answer}"
+    );
+    assert!(
+        lower.contains("grpc-status:0"),
+        "OK in the trailer frame: {answer}"
+    );
+    assert!(lower.contains("access-control-expose-headers"), "{answer}");
+    let answer = http1(&env.addr, &grpc_web_call(console, None))
+        .await
+        .to_lowercase();
+    assert!(
+        answer.contains("grpc-status: 16"),
+        "UNAUTHENTICATED: {answer}"
+    );
+}

@@ -263,6 +263,7 @@ impl TestEnv {
             tls: None,
             server: Default::default(),
             metrics: Default::default(),
+            grpc_web: Default::default(),
         };
         (config, dir)
     }
