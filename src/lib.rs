@@ -25,6 +25,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod sql;
+pub mod telemetry;
 pub mod tenant;
 pub mod workflow;
 pub mod workflows;

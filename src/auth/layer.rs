@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tracing::Instrument as _;
 
 use super::{Authenticator, Caller, Denied};
 use crate::audit::{NewAuditEvent, Subject};
@@ -75,6 +76,7 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
+        let span = crate::telemetry::grpc_span(&path, request.headers());
         // A metrics label: only methods the policy knows, so callers cannot mint labels.
         let method = match super::access(&path) {
             Some(_) => path.clone(),
@@ -106,20 +108,29 @@ where
                 // The clone that was made ready is the one that must be called.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move {
-                    let answer = match tokio::time::timeout(deadline, inner.call(request)).await {
-                        Ok(answer) => answer.map(size_limit_is_resource_exhausted),
-                        Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
-                    };
-                    if let Ok(a) = &answer {
-                        crate::metrics::grpc_call(&method, code_of(a.headers()), started.elapsed());
+                Box::pin(
+                    async move {
+                        let answer = match tokio::time::timeout(deadline, inner.call(request)).await
+                        {
+                            Ok(answer) => answer.map(size_limit_is_resource_exhausted),
+                            Err(_) => {
+                                Ok(Status::deadline_exceeded("deadline exceeded").into_http())
+                            }
+                        };
+                        if let Ok(a) = &answer {
+                            let code = code_of(a.headers());
+                            tracing::Span::current().record("rpc.grpc.status_code", code);
+                            crate::metrics::grpc_call(&method, code, started.elapsed());
+                        }
+                        answer
                     }
-                    answer
-                })
+                    .instrument(span),
+                )
             }
             Err(denied) => {
                 let audit = self.layer.audit.clone();
-                Box::pin(async move {
+                Box::pin(
+                    async move {
                     match &denied {
                         Denied::Forbidden { principal, method } => {
                             tracing::warn!(principal = %principal.name, role = %principal.role, method, "call refused: permission denied");
@@ -139,7 +150,9 @@ where
                         started.elapsed(),
                     );
                     Ok(answer)
-                })
+                }
+                    .instrument(span),
+                )
             }
         }
     }

@@ -91,19 +91,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
-            .unwrap_or_else(|_| "info,sqlx=warn,tower=warn,h2=warn".into()),
-    );
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        // Span fields (operation_id, tenant_id, step, …) as well as the event's own.
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    // Flushes traces when main returns.
+    let _telemetry = tenantd::telemetry::init(matches!(cli.log_format, LogFormat::Json))?;
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();

@@ -211,11 +211,14 @@ impl<W: Workflow> Run<'_, W> {
             let started = std::time::Instant::now();
             let cx = self.cx(idx as i32);
             let result = self
-                .guarded(async {
-                    failpoint::hit(&format!("{}.before_{name}", W::KIND)).await?;
-                    self.workflow.run_step(&cx, idx, &mut state).await?;
-                    failpoint::hit(&format!("{}.after_{name}", W::KIND)).await
-                })
+                .guarded(
+                    async {
+                        failpoint::hit(&format!("{}.before_{name}", W::KIND)).await?;
+                        self.workflow.run_step(&cx, idx, &mut state).await?;
+                        failpoint::hit(&format!("{}.after_{name}", W::KIND)).await
+                    }
+                    .instrument(tracing::info_span!("step", step = name)),
+                )
                 .await?;
             match result {
                 Ok(()) => {

@@ -603,16 +603,16 @@ pub fn write_config(config: &Config, dir: &std::path::Path, port: u16) -> PathBu
 
 impl Process {
     pub fn spawn(config: &Config, dir: &std::path::Path, failpoints: &str) -> Process {
-        Self::spawn_logging(config, dir, failpoints, "text")
+        Self::spawn_env(config, dir, failpoints, &[])
     }
 
-    /// [`Process::spawn`] with `TENANTD_LOG_FORMAT` set to `format`; the log is in
-    /// [`Process::log`].
-    pub fn spawn_logging(
+    /// [`Process::spawn`] with more environment variables (`TENANTD_LOG_FORMAT`, `OTEL_*`);
+    /// the log is in [`Process::log`].
+    pub fn spawn_env(
         config: &Config,
         dir: &std::path::Path,
         failpoints: &str,
-        format: &str,
+        env: &[(&str, &str)],
     ) -> Process {
         let port = free_port();
         let path = write_config(config, dir, port);
@@ -622,7 +622,7 @@ impl Process {
             .args(["serve", "--config"])
             .arg(&path)
             .env("TENANTD_FAILPOINTS", failpoints)
-            .env("TENANTD_LOG_FORMAT", format)
+            .envs(env.iter().copied())
             .env("TENANTD_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

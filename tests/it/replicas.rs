@@ -191,7 +191,7 @@ async fn a_replica_shutting_down_hands_its_operation_over_at_once() {
 #[tokio::test]
 async fn logs_can_be_json_lines_with_the_operation_in_them_and_no_secrets() {
     let (config, dir) = TestEnv::config().await;
-    let p = Process::spawn_logging(&config, &dir, "", "json");
+    let p = Process::spawn_env(&config, &dir, "", &[("TENANTD_LOG_FORMAT", "json")]);
     let mut env = TestEnv::spawn_with(config, dir, "").await;
     // Talk to the JSON-logging process.
     env.addr = p.addr.clone();
@@ -320,4 +320,142 @@ async fn metrics_count_calls_operations_steps_rows_and_cloud_calls() {
 
     let (status, _) = http_get(port, "/other").await;
     assert!(status.contains("404"), "{status}");
+}
+
+/// An OTLP collector that keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector(
+    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.0.lock().unwrap();
+        for r in request.into_inner().resource_spans {
+            for s in r.scope_spans {
+                spans.extend(s.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+        match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        }
+    })
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_and_continue_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                    collector.clone(),
+                ),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let (config, dir) = TestEnv::config().await;
+    let p = Process::spawn_env(
+        &config,
+        &dir,
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut env = TestEnv::spawn_with(config, dir, "").await;
+    env.addr = p.addr.clone();
+    env.process = Some(p);
+    env.ready().await;
+
+    // The caller's trace: CreateTenant sent with a W3C traceparent.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(pb::CreateTenantRequest {
+        slug: "traced".into(),
+        tier: pb::Tier::Pool as i32,
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let op = env
+        .tenants
+        .create_tenant(request)
+        .await
+        .unwrap()
+        .into_inner();
+    env.wait(&op.name).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = collector.0.lock().unwrap().clone();
+        let create = spans.iter().find(|s| {
+            attribute(s, "rpc.method").as_deref() == Some("/tenantd.v1.TenantService/CreateTenant")
+        });
+        let steps: Vec<String> = spans
+            .iter()
+            .filter(|s| s.name == "step")
+            .filter_map(|s| attribute(s, "step"))
+            .collect();
+        let operation = spans.iter().find(|s| {
+            s.name == "operation" && attribute(s, "kind").as_deref() == Some("provision")
+        });
+        if let (Some(create), Some(operation)) = (create, operation)
+            && steps.iter().any(|s| s == "activate")
+        {
+            assert_eq!(
+                hex::encode(&create.trace_id),
+                trace_id,
+                "continues the caller's trace"
+            );
+            assert_eq!(
+                attribute(create, "rpc.grpc.status_code").as_deref(),
+                Some("OK")
+            );
+            assert_eq!(
+                create.kind,
+                opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32
+            );
+            // Steps are children of their operation's span.
+            let step = spans
+                .iter()
+                .find(|s| s.name == "step" && s.parent_span_id == operation.span_id)
+                .expect("step spans under the operation span");
+            assert_eq!(step.trace_id, operation.trace_id);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans never arrived: {} so far",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
