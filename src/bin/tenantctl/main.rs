@@ -1,9 +1,11 @@
 //! `tenantctl`: the operator CLI for tenantd.
 
 mod audit;
+mod certificate;
 mod connect;
 
 use audit::AuditCommand;
+use certificate::CertificateCommand;
 use connect::Connection;
 
 use std::collections::HashMap;
@@ -171,27 +173,6 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum CertificateCommand {
-    /// Fetch a certificate (deletion-certificates/<id>, or the deleted tenant's id or slug)
-    /// and write its signed document to FILE (or stdout).
-    Get {
-        name: String,
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
-    /// List every deletion certificate.
-    List,
-    /// Verify a certificate offline: no service needed, only the signing public key (PEM,
-    /// from `tenantctl signing-key`). Exits non-zero unless the document is intact and
-    /// signed by that key.
-    Verify {
-        file: std::path::PathBuf,
-        #[arg(long)]
-        public_key: std::path::PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
 enum ExportCommand {
     /// Export a tenant (encrypted with its own key) and watch the operation.
     Create {
@@ -253,7 +234,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Offline: no service involved.
     if let Command::Certificate(CertificateCommand::Verify { file, public_key }) = &cli.command {
-        return verify_certificate(file, public_key);
+        return certificate::verify(file, public_key);
     }
     let channel = cli.connection.channel().await?;
     let mut tenants = TenantServiceClient::new(channel.clone());
@@ -364,7 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("certificate written to {}", out.display());
             }
         }
-        Command::Certificate(cmd) => certificate_command(&mut deletions, cmd).await?,
+        Command::Certificate(cmd) => certificate::run(&mut deletions, cmd).await?,
         Command::Audit(cmd) => audit::run(&mut audit, cmd).await?,
         Command::Get { tenant } => {
             let t = tenants
@@ -768,115 +749,6 @@ async fn watch(
         bail!("{} failed: {}", op.name, e.message);
     }
     Ok(op)
-}
-
-async fn certificate_command(
-    deletions: &mut DeletionServiceClient<AuthChannel>,
-    cmd: CertificateCommand,
-) -> anyhow::Result<()> {
-    match cmd {
-        CertificateCommand::Get { name, out } => {
-            let c = deletions
-                .get_deletion_certificate(pb::GetDeletionCertificateRequest { name })
-                .await
-                .map_err(status)?
-                .into_inner();
-            match out {
-                Some(out) => {
-                    std::fs::write(&out, &c.document)
-                        .with_context(|| format!("writing {}", out.display()))?;
-                    println!(
-                        "{} written to {} (sha256 {})",
-                        c.name,
-                        out.display(),
-                        c.sha256
-                    );
-                }
-                None => {
-                    use std::io::Write;
-                    std::io::stdout().write_all(&c.document)?;
-                }
-            }
-        }
-        CertificateCommand::List => {
-            println!("{:<58}  {:<24}  {:<36}  ISSUED", "NAME", "SLUG", "TENANT");
-            let mut page_token = String::new();
-            loop {
-                let r = deletions
-                    .list_deletion_certificates(pb::ListDeletionCertificatesRequest {
-                        page_size: 100,
-                        page_token,
-                    })
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                for c in &r.certificates {
-                    println!(
-                        "{:<58}  {:<24}  {:<36}  {}",
-                        c.name, c.tenant_slug, c.tenant_id, c.issue_time
-                    );
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
-            }
-        }
-        CertificateCommand::Verify { file, public_key } => verify_certificate(&file, &public_key)?,
-    }
-    Ok(())
-}
-
-/// `certificate verify`: offline, with the public key alone.
-fn verify_certificate(file: &std::path::Path, public_key: &std::path::Path) -> anyhow::Result<()> {
-    let document = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let pem = std::fs::read_to_string(public_key)
-        .with_context(|| format!("reading {}", public_key.display()))?;
-    let spki = tenantd::keys::public_key_from_pem(&pem)?;
-    let c = tenantd::certificate::verify(&document, &spki)
-        .with_context(|| format!("{} does NOT verify", file.display()))?;
-    let e = &c.evidence;
-    let v = &c.verification;
-    println!(
-        "certificate {} verified: intact and signed by key {}",
-        c.certificate_id, c.signing_key_id
-    );
-    println!(
-        "tenant:      {} ({}), {} tier on {}",
-        c.tenant.slug, c.tenant.id, c.tenant.tier, c.tenant.cluster
-    );
-    println!(
-        "requested:   by {} at {}: {} [{}]",
-        c.request.requested_by, c.request.requested_at, c.request.reason, c.request.ticket
-    );
-    println!(
-        "deleted:     {} rows in {} tables; {} containers or roles dropped",
-        e.rows_deleted.iter().map(|t| t.rows).sum::<u64>(),
-        e.rows_deleted.len(),
-        e.dropped.len()
-    );
-    println!(
-        "objects:     {} ({} bytes) under {}, keys sha256 {}",
-        e.objects.deleted, e.objects.bytes, e.objects.prefix, e.objects.keys_sha256
-    );
-    println!(
-        "key:         {} {} until {}",
-        e.key.key_id, e.key.state, e.key.deletion_date
-    );
-    println!(
-        "verified:    at {} (completed {}): {} tables, {} catalog checks, {} objects listed, \
-         key {}",
-        v.verified_at,
-        c.completed_at,
-        v.tables.len(),
-        v.catalog.len(),
-        v.objects.objects_listed,
-        v.key.state
-    );
-    for s in &c.scope {
-        println!("scope:       {s}");
-    }
-    Ok(())
 }
 
 fn print_operation(op: &pb::Operation) {

@@ -1,0 +1,141 @@
+//! `tenantctl certificate`: fetch and list deletion certificates, and verify one offline with
+//! the signing public key alone.
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use tenantd::api::pb;
+use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
+use tenantd::auth::client::AuthChannel;
+
+use crate::status;
+
+#[derive(Subcommand)]
+pub enum CertificateCommand {
+    /// Fetch a certificate (deletion-certificates/<id>, or the deleted tenant's id or slug)
+    /// and write its signed document to FILE (or stdout).
+    Get {
+        name: String,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// List every deletion certificate.
+    List,
+    /// Verify a certificate offline: no service needed, only the signing public key (PEM,
+    /// from `tenantctl signing-key`). Exits non-zero unless the document is intact and
+    /// signed by that key.
+    Verify {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        public_key: std::path::PathBuf,
+    },
+}
+
+pub async fn run(
+    deletions: &mut DeletionServiceClient<AuthChannel>,
+    cmd: CertificateCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        CertificateCommand::Get { name, out } => {
+            let c = deletions
+                .get_deletion_certificate(pb::GetDeletionCertificateRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, &c.document)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                    println!(
+                        "{} written to {} (sha256 {})",
+                        c.name,
+                        out.display(),
+                        c.sha256
+                    );
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&c.document)?;
+                }
+            }
+        }
+        CertificateCommand::List => {
+            println!("{:<58}  {:<24}  {:<36}  ISSUED", "NAME", "SLUG", "TENANT");
+            let mut page_token = String::new();
+            loop {
+                let r = deletions
+                    .list_deletion_certificates(pb::ListDeletionCertificatesRequest {
+                        page_size: 100,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for c in &r.certificates {
+                    println!(
+                        "{:<58}  {:<24}  {:<36}  {}",
+                        c.name, c.tenant_slug, c.tenant_id, c.issue_time
+                    );
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+        }
+        CertificateCommand::Verify { file, public_key } => verify(&file, &public_key)?,
+    }
+    Ok(())
+}
+
+/// `certificate verify`: offline, with the public key alone.
+pub fn verify(file: &std::path::Path, public_key: &std::path::Path) -> anyhow::Result<()> {
+    let document = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let pem = std::fs::read_to_string(public_key)
+        .with_context(|| format!("reading {}", public_key.display()))?;
+    let spki = tenantd::keys::public_key_from_pem(&pem)?;
+    let c = tenantd::certificate::verify(&document, &spki)
+        .with_context(|| format!("{} does NOT verify", file.display()))?;
+    let e = &c.evidence;
+    let v = &c.verification;
+    println!(
+        "certificate {} verified: intact and signed by key {}",
+        c.certificate_id, c.signing_key_id
+    );
+    println!(
+        "tenant:      {} ({}), {} tier on {}",
+        c.tenant.slug, c.tenant.id, c.tenant.tier, c.tenant.cluster
+    );
+    println!(
+        "requested:   by {} at {}: {} [{}]",
+        c.request.requested_by, c.request.requested_at, c.request.reason, c.request.ticket
+    );
+    println!(
+        "deleted:     {} rows in {} tables; {} containers or roles dropped",
+        e.rows_deleted.iter().map(|t| t.rows).sum::<u64>(),
+        e.rows_deleted.len(),
+        e.dropped.len()
+    );
+    println!(
+        "objects:     {} ({} bytes) under {}, keys sha256 {}",
+        e.objects.deleted, e.objects.bytes, e.objects.prefix, e.objects.keys_sha256
+    );
+    println!(
+        "key:         {} {} until {}",
+        e.key.key_id, e.key.state, e.key.deletion_date
+    );
+    println!(
+        "verified:    at {} (completed {}): {} tables, {} catalog checks, {} objects listed, \
+         key {}",
+        v.verified_at,
+        c.completed_at,
+        v.tables.len(),
+        v.catalog.len(),
+        v.objects.objects_listed,
+        v.key.state
+    );
+    for s in &c.scope {
+        println!("scope:       {s}");
+    }
+    Ok(())
+}
