@@ -13,28 +13,6 @@ use tenantd::auth::Role;
 
 use crate::harness::{TestEnv, as_role, connect, sqlstate, tenantctl};
 
-async fn events(env: &mut TestEnv, tenant: &str) -> Vec<pb::AuditEvent> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = env
-            .audit
-            .list_audit_events(pb::ListAuditEventsRequest {
-                tenant: tenant.into(),
-                page_size: 2,
-                page_token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 async fn verify(env: &mut TestEnv) -> Vec<pb::AuditProblem> {
     env.audit
         .verify_audit_log(pb::VerifyAuditLogRequest::default())
@@ -118,8 +96,8 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
     assert_eq!(invalid.code(), Code::InvalidArgument);
 
     // The tenant's chain: who, what, result, request id, in order; by id and by slug.
-    let chain = events(&mut env, &tenant.id).await;
-    assert_eq!(chain, events(&mut env, "audited").await);
+    let chain = env.audit_events(&tenant.id).await;
+    assert_eq!(chain, env.audit_events("audited").await);
     let summary: Vec<(&str, &str, &str, &str)> = chain
         .iter()
         .map(|e| {
@@ -152,7 +130,7 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
         assert_eq!(pair[1].seq, pair[0].seq + 1);
     }
     // The refusal names no tenant it could read: it is in the chain of no tenant.
-    let elsewhere = events(&mut env, "").await;
+    let elsewhere = env.audit_events("").await;
     assert!(elsewhere.iter().any(|e| e.principal == "it-viewer"
         && e.code == "PERMISSION_DENIED"
         && e.method.ends_with("/DeleteTenant")));

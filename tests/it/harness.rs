@@ -129,6 +129,30 @@ impl TestEnv {
         Self::connected(config, dir, format!("http://{addr}"), None, shutdown).await
     }
 
+    /// Every entry of one audit chain (a tenant's, or "" for entries about no tenant),
+    /// fetched two at a time so that paging is exercised.
+    pub async fn audit_events(&mut self, tenant: &str) -> Vec<pb::AuditEvent> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .audit
+                .list_audit_events(pb::ListAuditEventsRequest {
+                    tenant: tenant.into(),
+                    page_size: 2,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            out.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// GetTenant by id or slug; panics if it fails.
     pub async fn tenant(&mut self, tenant: &str) -> pb::Tenant {
         self.tenants
