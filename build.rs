@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/export.proto",
         "proto/tenantd/v1/deletion.proto",
         "proto/tenantd/v1/audit.proto",
+        "proto/tenantd/v1/fleet.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod operation;
 pub mod paging;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod sql;

@@ -79,6 +79,7 @@ struct All {
     operations_finished: Family<KindState, Counter>,
     step_seconds: Histograms<Step>,
     rows: Family<Kind, Counter>,
+    rollout_targets: Family<KindState, Counter>,
     bytes: Family<Kind, Counter>,
     cloud_seconds: Histograms<Cloud>,
     cloud_errors: Family<Cloud, Counter>,
@@ -93,6 +94,7 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         operations_finished: Family::default(),
         step_seconds: Family::new_with_constructor(step_time),
         rows: Family::default(),
+        rollout_targets: Family::default(),
         bytes: Family::default(),
         cloud_seconds: Family::new_with_constructor(latency),
         cloud_errors: Family::default(),
@@ -129,6 +131,11 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         all.rows.clone(),
     );
     r.register(
+        "rollout_targets",
+        "Containers fleet migrations finished, by kind and state (done or failed)",
+        all.rollout_targets.clone(),
+    );
+    r.register(
         "bytes_moved",
         "Archive bytes written by exports, by workflow kind",
         all.bytes.clone(),
@@ -161,7 +168,7 @@ pub fn grpc_call(method: &str, code: &str, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
-/// One run of a step: `outcome` is `done`, `retry` or `failed`.
+/// One run of a step: `outcome` is `done`, `retry`, `waiting` or `failed`.
 pub fn step(kind: &str, step: &str, outcome: &str, took: Duration) {
     ALL.step_seconds
         .get_or_create(&Step {
@@ -177,6 +184,16 @@ pub fn operation_finished(kind: &str, state: &str) {
         .get_or_create(&KindState {
             kind: kind.to_owned(),
             state: state.to_owned(),
+        })
+        .inc();
+}
+
+/// A fleet migration finished one container (`done` or `failed`).
+pub fn rollout_target(state: crate::rollout::TargetState) {
+    ALL.rollout_targets
+        .get_or_create(&KindState {
+            kind: "migrate_fleet".to_owned(),
+            state: state.as_str().to_owned(),
         })
         .inc();
 }

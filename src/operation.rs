@@ -1,8 +1,6 @@
 //! Long-running operations (AIP-151) as the domain sees them: an operation runs one workflow
 //! for one tenant, step by step; its steps, their attempts and progress are what callers watch.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -17,7 +15,7 @@ macro_rules! string_enum {
                 match self { $($name::$variant => $s),+ }
             }
         }
-        impl FromStr for $name {
+        impl std::str::FromStr for $name {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self, Error> {
                 match s {
@@ -29,6 +27,8 @@ macro_rules! string_enum {
         }
     };
 }
+
+pub(crate) use string_enum;
 
 string_enum!(OperationState {
     Pending => "pending",

@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::audit::AuditApi;
 use crate::api::deletions::DeletionApi;
 use crate::api::exports::ExportApi;
+use crate::api::fleet::FleetApi;
 use crate::api::operations::OperationApi;
 use crate::api::pb;
 use crate::api::tenants::TenantApi;
@@ -56,6 +57,16 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let registry = Registry::connect(&config.registry_url).await?;
     registry.migrate().await?;
+    let version = registry
+        .init_schema_version(crate::dataplane::catalog::latest_version())
+        .await?;
+    if version < crate::dataplane::catalog::latest_version() {
+        tracing::info!(
+            fleet = version,
+            latest = crate::dataplane::catalog::latest_version(),
+            "the fleet's tenant schema is behind this build: MigrateFleet moves it forward"
+        );
+    }
     let keys = key_service(&config, registry.pool()).await?;
     let objects = object_store(&config).await?;
     let dataplane = DataPlane::new(&config.clusters).map_err(ServerError::Config)?;
@@ -132,6 +143,7 @@ const SERVICES: &[&str] = &[
     <pb::export_service_server::ExportServiceServer<ExportApi> as NamedService>::NAME,
     <pb::deletion_service_server::DeletionServiceServer<DeletionApi> as NamedService>::NAME,
     <pb::audit_service_server::AuditServiceServer<AuditApi> as NamedService>::NAME,
+    <pb::fleet_service_server::FleetServiceServer<FleetApi> as NamedService>::NAME,
 ];
 
 /// How often health is checked against the registry, and how long one check may take.
@@ -326,7 +338,11 @@ pub async fn run(
             .max_decoding_message_size(max),
         )
         .add_service(
-            pb::audit_service_server::AuditServiceServer::new(AuditApi::new(control))
+            pb::audit_service_server::AuditServiceServer::new(AuditApi::new(control.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::fleet_service_server::FleetServiceServer::new(FleetApi::new(control))
                 .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())

@@ -22,7 +22,7 @@ pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn opt_time(t: Option<DateTime<Utc>>) -> String {
+pub fn opt_time(t: Option<DateTime<Utc>>) -> String {
     t.map(time).unwrap_or_default()
 }
 
@@ -509,7 +509,12 @@ impl From<OperationView> for pb::Operation {
             done: op.done(),
             metadata: Some(pb::OperationMetadata {
                 kind: op.kind,
-                tenant_id: op.tenant_id.to_string(),
+                // Empty for a fleet operation, which belongs to no tenant.
+                tenant_id: if op.tenant_id.is_nil() {
+                    String::new()
+                } else {
+                    op.tenant_id.to_string()
+                },
                 state: operation_state_to(op.state) as i32,
                 steps: op
                     .steps

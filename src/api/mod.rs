@@ -6,6 +6,7 @@ pub mod audit;
 pub mod convert;
 pub mod deletions;
 pub mod exports;
+pub mod fleet;
 pub mod operations;
 pub mod status;
 pub mod tenants;

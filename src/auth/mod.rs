@@ -57,6 +57,8 @@ pub enum Permission {
     Delete,
     Certificates,
     Audit,
+    /// Fleet migrations of the tenant schema: start, approve, retry.
+    Migrate,
 }
 
 impl Role {
@@ -107,6 +109,7 @@ pub fn access(path: &str) -> Option<Access> {
     const EXPORTS: &str = "tenantd.v1.ExportService";
     const DELETIONS: &str = "tenantd.v1.DeletionService";
     const AUDIT: &str = "tenantd.v1.AuditService";
+    const FLEET: &str = "tenantd.v1.FleetService";
     let permission = match (service, method) {
         ("grpc.health.v1.Health", _) => return Some(Access::Public),
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
@@ -125,6 +128,8 @@ pub fn access(path: &str) -> Option<Access> {
         (DELETIONS, "DeleteTenant") => Delete,
         (DELETIONS, "GetDeletionCertificate" | "ListDeletionCertificates") => Certificates,
         (AUDIT, "ListAuditEvents" | "VerifyAuditLog") => Audit,
+        (FLEET, "GetFleetSchema" | "ListRolloutTargets") => Read,
+        (FLEET, "MigrateFleet" | "ResumeRollout" | "RetryRolloutTarget") => Migrate,
         _ => return None,
     };
     Some(Access::Requires(permission))

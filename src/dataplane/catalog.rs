@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "foreign_key_indexes",
         sql: include_str!("../../tenant-migrations/0003_foreign_key_indexes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "patient_preferred_language",
+        sql: include_str!("../../tenant-migrations/0004_patient_preferred_language.sql"),
+    },
 ];
 
 /// The first version with the write fence ([`super::fence`]): data can move only from and to
@@ -96,6 +101,26 @@ fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
+/// How [`migrate_with`] treats a container.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateOptions {
+    /// How long any lock (the container's migration lock, a table lock) may be waited for
+    /// before the migration fails with a retryable error, rolled back whole.
+    pub lock_timeout: std::time::Duration,
+    /// Whether a container already past the target is fine (the shared pool, which another
+    /// tenant's workflow may have moved on) rather than an error.
+    pub newer_ok: bool,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            lock_timeout: std::time::Duration::from_secs(10),
+            newer_ok: false,
+        }
+    }
+}
+
 /// Brings `schema` in the database behind `pool` to `target` and returns the version it is at.
 pub async fn migrate(
     cluster: &Cluster,
@@ -103,14 +128,34 @@ pub async fn migrate(
     schema: &Ident,
     target: i32,
 ) -> Result<i32, DataPlaneError> {
+    migrate_with(cluster, pool, schema, target, MigrateOptions::default()).await
+}
+
+/// [`migrate`], with the lock timeout and the treatment of a newer container chosen.
+pub async fn migrate_with(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+    target: i32,
+    options: MigrateOptions,
+) -> Result<i32, DataPlaneError> {
+    if target > latest_version() {
+        return Err(DataPlaneError::Invariant(format!(
+            "tenant-schema version {target} is not known to this tenantd (latest {})",
+            latest_version()
+        )));
+    }
     let err = |e| cluster.err(e);
     let mut tx = pool.begin().await.map_err(err)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("tenantd:migrate:{}", schema.as_str()))
+    // Before the first lock, so that waiting for another migration of this container is
+    // bounded too.
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", options.lock_timeout.as_millis().max(1)))
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-    sqlx::query("SET LOCAL lock_timeout = '10s'")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("tenantd:migrate:{}", schema.as_str()))
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -155,6 +200,9 @@ pub async fn migrate(
         }
     }
     let current = applied.last().map_or(0, |a| a.0);
+    if current > target && options.newer_ok {
+        return Ok(current);
+    }
     if current > target {
         return Err(DataPlaneError::Invariant(format!(
             "{} is at version {current}, newer than the target {target}",

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod events;
 pub mod exports;
 pub mod operations;
+pub mod rollouts;
 pub mod tenants;
 
 use std::time::Duration;

@@ -36,7 +36,8 @@ struct OperationRow {
 
 macro_rules! op_columns {
     () => {
-        "id, kind, tenant_id, request_id, state, cancel_requested, error_code, error_message, \
+        "id, kind, coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') AS tenant_id, \
+         request_id, state, cancel_requested, error_code, error_message, \
          error_step, created_at, updated_at, finished_at, data"
     };
 }
@@ -59,6 +60,7 @@ struct StepRow {
 pub struct NewOperation<'a> {
     pub id: Uuid,
     pub kind: &'a str,
+    /// The nil uuid for a fleet operation (one that belongs to no tenant).
     pub tenant_id: Uuid,
     pub request_id: Option<&'a str>,
     /// sha256 of the canonical request, to tell a retry from a conflicting reuse.
@@ -120,11 +122,17 @@ impl Registry {
         conn: &mut PgConnection,
         op: NewOperation<'_>,
     ) -> Result<(), Error> {
+        // Wait while a fleet migration changes this tenant's container or its cluster's pool
+        // (see `Registry::lock_for_migration`), so no operation starts under it.
+        if !op.tenant_id.is_nil() {
+            crate::registry::rollouts::share_migration_locks(&mut *conn, op.tenant_id).await?;
+        }
         // A savepoint, so that after a conflict the transaction can still name the holder.
         let mut savepoint = conn.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO operations (id, kind, tenant_id, request_id, request_hash, state, data)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+             VALUES ($1, $2, NULLIF($3, '00000000-0000-0000-0000-000000000000'::uuid), $4, $5,
+                     'pending', $6)",
         )
         .bind(op.id)
         .bind(op.kind)
@@ -153,6 +161,22 @@ impl Registry {
                         operation: Some(id),
                     },
                     None => Error::Unavailable("conflicting operation just finished; retry".into()),
+                });
+            }
+            if sqlstate::is_unique(&e, "operations_one_active_fleet") {
+                let holder: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM operations WHERE kind = $1 AND tenant_id IS NULL
+                       AND state IN ('pending', 'running', 'compensating')",
+                )
+                .bind(op.kind)
+                .fetch_optional(&mut *conn)
+                .await?;
+                return Err(Error::FailedPrecondition {
+                    reason: match holder {
+                        Some(id) => format!("{} operations/{id} is still running", op.kind),
+                        None => "a conflicting fleet operation just finished; retry".into(),
+                    },
+                    operation: holder,
                 });
             }
             if sqlstate::is_unique(&e, "operations_request_id") {
@@ -356,7 +380,8 @@ impl Registry {
                  ORDER BY run_after, created_at
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING o.id, o.kind, o.tenant_id, o.state, o.data, o.next_step, o.failures,
+             RETURNING o.id, o.kind,
+                       coalesce(o.tenant_id, '00000000-0000-0000-0000-000000000000'), o.state, o.data, o.next_step, o.failures,
                        o.error_code, o.error_message, o.error_step",
         )
         .bind(token)
@@ -503,6 +528,44 @@ impl Registry {
         error: &str,
         backoff: Duration,
     ) -> Result<(), LeaseError> {
+        self.reschedule(lease, idx, error, backoff, 1).await
+    }
+
+    /// Parks the operation at step `idx` until `recheck` has passed or someone wakes it
+    /// ([`Registry::wake_operation`]): a step waiting for a person (a rollout's approval).
+    /// Waiting is not failing: the failure count is reset.
+    pub async fn step_wait(
+        &self,
+        lease: &Lease,
+        idx: i32,
+        reason: &str,
+        recheck: Duration,
+    ) -> Result<(), LeaseError> {
+        self.reschedule(lease, Some(idx), reason, recheck, 0).await
+    }
+
+    /// Makes a parked operation runnable now (and tells the workers).
+    pub async fn wake_operation(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE operations SET run_after = now(), updated_at = now()
+             WHERE id = $1 AND state IN ('pending', 'running', 'compensating')",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        events::notify(&mut *conn, id).await
+    }
+
+    /// Sends the step back to pending and releases the lease until `delay` has passed;
+    /// `failure` (0 or 1) is added to the failure count, 0 resetting it.
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        idx: Option<i32>,
+        error: &str,
+        backoff: Duration,
+        failure: i32,
+    ) -> Result<(), LeaseError> {
         let mut tx = self.begin_leased(lease).await?;
         if let Some(idx) = idx {
             sqlx::query(
@@ -516,13 +579,14 @@ impl Registry {
             .await?;
         }
         sqlx::query(
-            "UPDATE operations SET failures = failures + 1,
+            "UPDATE operations SET failures = (failures + $3) * $3,
                     run_after = now() + $2 * interval '1 millisecond',
                     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1",
         )
         .bind(lease.operation_id)
         .bind(backoff.as_millis() as f64)
+        .bind(failure)
         .execute(&mut *tx)
         .await?;
         finish_write(tx, lease.operation_id).await

@@ -257,7 +257,7 @@ impl Registry {
         schema_version: i32,
     ) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE tenants SET state = 'active', schema_version = $2,
+            "UPDATE tenants SET state = 'active', schema_version = greatest(schema_version, $2),
                     routing_epoch = greatest(routing_epoch, 1), updated_at = now()
              WHERE id = $1",
         )

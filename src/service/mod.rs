@@ -6,11 +6,13 @@ mod audit;
 mod deletions;
 mod exports;
 mod restores;
+mod rollouts;
 
 pub use audit::AuditReport;
 pub use deletions::{CertificateRef, DeletionRequest};
 pub use exports::{ExportRead, ExportView};
 pub use restores::{NewTenantFromExport, RestoreTarget};
+pub use rollouts::{CanaryRequest, FleetSchema, TargetPage};
 
 use std::time::Duration;
 

@@ -234,6 +234,13 @@ impl<W: Workflow> Run<'_, W> {
                         "step done"
                     );
                 }
+                Err(StepError::Wait { reason, recheck }) => {
+                    crate::metrics::step(W::KIND, name, "waiting", started.elapsed());
+                    tracing::info!(step = name, %reason, "step waiting");
+                    return registry
+                        .step_wait(lease, idx as i32, &reason, recheck)
+                        .await;
+                }
                 Err(e)
                     if rolling_forward
                         || matches!(e, StepError::Retryable(_))
@@ -251,7 +258,9 @@ impl<W: Workflow> Run<'_, W> {
                 Err(e) => {
                     let code = match &e {
                         StepError::Fatal { code, .. } => *code,
-                        StepError::Retryable(_) => tonic::Code::Unavailable,
+                        StepError::Retryable(_) | StepError::Wait { .. } => {
+                            tonic::Code::Unavailable
+                        }
                     };
                     let error = OperationError {
                         code,

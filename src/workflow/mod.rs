@@ -35,6 +35,14 @@ pub enum StepError {
     /// Permanent: compensation runs and the operation fails with this code and message.
     #[error("{message}")]
     Fatal { code: tonic::Code, message: String },
+    /// Not failed: waiting for something outside the workflow (a person's approval). The
+    /// operation is parked at this step, its lease released, and runs the step again after
+    /// `recheck` or when woken ([`crate::registry::Registry::wake_operation`]).
+    #[error("{reason}")]
+    Wait {
+        reason: String,
+        recheck: std::time::Duration,
+    },
 }
 
 impl StepError {

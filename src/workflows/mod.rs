@@ -4,6 +4,7 @@ pub mod change_tier;
 pub mod delete;
 pub mod export;
 pub mod login;
+pub mod migrate_fleet;
 pub mod provision;
 pub mod restore;
 pub mod tenant_key;
@@ -17,6 +18,7 @@ use crate::workflow::{Workflow, engine};
 pub use change_tier::ChangeTier;
 pub use delete::Delete;
 pub use export::Export;
+pub use migrate_fleet::MigrateFleet;
 pub use provision::Provision;
 pub use restore::Restore;
 pub use tenant_key::KeyBackfill;
@@ -30,6 +32,7 @@ pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationT
         KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
         Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
         Delete::KIND => engine::drive(&Delete, deps, claimed, shutdown).await,
+        MigrateFleet::KIND => engine::drive(&MigrateFleet, deps, claimed, shutdown).await,
         other => {
             // Written by a newer release: leave it for a replica that knows the kind.
             tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");

@@ -76,10 +76,7 @@ impl Workflow for Provision {
             }
             "create_container" => tier.create(cluster, &c).await?,
             "migrate" => {
-                let db = cluster.database(&c.database);
-                let version =
-                    catalog::migrate(cluster, &db, &c.schema, catalog::latest_version()).await?;
-                state.schema_version = Some(version);
+                state.schema_version = Some(migrate_to_fleet(deps, cluster, &c).await?);
             }
             "grant" => login::grant(deps, cluster, &c).await?,
             "seed" => {
@@ -88,9 +85,16 @@ impl Workflow for Provision {
                     Some(catalog::seed(cluster, &db, &c.schema, cx.tenant_id).await?);
             }
             "activate" => {
-                let version = state.schema_version.ok_or_else(|| {
-                    StepError::fatal(tonic::Code::Internal, "activate before migrate")
-                })?;
+                if state.schema_version.is_none() {
+                    return Err(StepError::fatal(
+                        tonic::Code::Internal,
+                        "activate before migrate",
+                    ));
+                }
+                // Again: a rollout that started since `migrate` skipped this tenant and left
+                // it to this workflow.
+                let version = migrate_to_fleet(deps, cluster, &c).await?;
+                state.schema_version = Some(version);
                 Registry::activate_tenant(deps.registry.pool(), cx.tenant_id, version).await?;
             }
             other => unreachable!("provision has no step {other}"),
@@ -111,6 +115,22 @@ impl Workflow for Provision {
 /// a new tenant), from any point: destroys what exists of the container and its role,
 /// schedules the deletion of the tenant key, drops the credential and marks the tenant
 /// `failed`, which frees its slug. Idempotent.
+/// Migrates the container to the fleet's tenant-schema version (see docs/rollouts.md), or
+/// leaves it where it is if it is already past it (the shared pool); returns its version.
+async fn migrate_to_fleet(
+    deps: &Context,
+    cluster: &Cluster,
+    c: &Container,
+) -> Result<i32, StepError> {
+    let fleet = deps.registry.schema_version().await?;
+    let db = cluster.database(&c.database);
+    let options = catalog::MigrateOptions {
+        newer_ok: true,
+        ..Default::default()
+    };
+    Ok(catalog::migrate_with(cluster, &db, &c.schema, fleet, options).await?)
+}
+
 pub async fn undo(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
     backend(c.tier).destroy(cluster, c, false).await?;
     // No data was ever encrypted under it; the key service keeps its waiting period.

@@ -162,8 +162,14 @@ impl Workflow for Restore {
                     if live.tier == Tier::Pool {
                         backend(Tier::Pool).create(cluster, &live).await?;
                         let db = cluster.database(&live.database);
-                        catalog::migrate(cluster, &db, &live.schema, catalog::latest_version())
-                            .await?;
+                        let version = state
+                            .target_version
+                            .ok_or_else(|| missing("target version"))?;
+                        let options = catalog::MigrateOptions {
+                            newer_ok: true,
+                            ..Default::default()
+                        };
+                        catalog::migrate_with(cluster, &db, &live.schema, version, options).await?;
                     } else {
                         cluster.ensure_database(&live.database).await?;
                     }
@@ -299,7 +305,16 @@ async fn verify(
             }
             pool
         }
-        _ => catalog::latest_version(),
+        // The fleet's version (what a rollout brings every tenant to), or the export's if
+        // newer; a new pool tenant also meets the pool where it is.
+        (tier, _) => {
+            let mut version = deps.registry.schema_version().await?.max(m.schema_version);
+            if tier == Tier::Pool {
+                let db = cluster.database(&live.database);
+                version = version.max(catalog::current_version(cluster, &db, &live.schema).await?);
+            }
+            version
+        }
     };
     if state.mode == Mode::InPlace {
         let tenant = deps

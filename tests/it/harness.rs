@@ -17,6 +17,7 @@ use tenantd::api::pb;
 use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
+use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::auth::Role;
@@ -99,6 +100,7 @@ pub struct TestEnv {
     pub exports: ExportServiceClient<AuthChannel>,
     pub deletions: DeletionServiceClient<AuthChannel>,
     pub audit: AuditServiceClient<AuthChannel>,
+    pub fleet: FleetServiceClient<AuthChannel>,
     pub registry: PgPool,
     shutdown: CancellationToken,
 }
@@ -132,25 +134,45 @@ impl TestEnv {
     /// Every entry of one audit chain (a tenant's, or "" for entries about no tenant),
     /// fetched two at a time so that paging is exercised.
     pub async fn audit_events(&mut self, tenant: &str) -> Vec<pb::AuditEvent> {
-        let mut out = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .audit
-                .list_audit_events(pb::ListAuditEventsRequest {
-                    tenant: tenant.into(),
-                    page_size: 2,
-                    page_token,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            out.extend(page.events);
-            if page.next_page_token.is_empty() {
-                return out;
+        let audit = self.audit.clone();
+        all_pages(|page_token| {
+            let mut audit = audit.clone();
+            async move {
+                let page = audit
+                    .list_audit_events(pb::ListAuditEventsRequest {
+                        tenant: tenant.into(),
+                        page_size: 2,
+                        page_token,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (page.events, page.next_page_token)
             }
-            page_token = page.next_page_token;
-        }
+        })
+        .await
+    }
+
+    /// Every target of a rollout, two per page so that paging is exercised.
+    pub async fn rollout_targets(&mut self, op: &str) -> Vec<pb::RolloutTarget> {
+        let fleet = self.fleet.clone();
+        all_pages(|page_token| {
+            let mut fleet = fleet.clone();
+            async move {
+                let page = fleet
+                    .list_rollout_targets(pb::ListRolloutTargetsRequest {
+                        name: op.into(),
+                        state: 0,
+                        page_size: 2,
+                        page_token,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (page.targets, page.next_page_token)
+            }
+        })
+        .await
     }
 
     /// GetTenant by id or slug; panics if it fails.
@@ -215,6 +237,7 @@ impl TestEnv {
             exports: ExportServiceClient::new(channel.clone()),
             deletions: DeletionServiceClient::new(channel.clone()),
             audit: AuditServiceClient::new(channel.clone()),
+            fleet: FleetServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
             dir,
@@ -336,6 +359,7 @@ impl TestEnv {
     fn talk_to(&mut self, channel: Channel) {
         let channel = as_admin(channel);
         self.audit = AuditServiceClient::new(channel.clone());
+        self.fleet = FleetServiceClient::new(channel.clone());
         self.tenants = TenantServiceClient::new(channel.clone());
         self.exports = ExportServiceClient::new(channel.clone());
         self.deletions = DeletionServiceClient::new(channel.clone());
@@ -481,6 +505,25 @@ pub async fn tenantctl(args: &[&std::ffi::OsStr], token: Option<Role>) -> Result
         Ok(out)
     } else {
         Err(out + &String::from_utf8_lossy(&run.stderr))
+    }
+}
+
+/// Every item of a paged listing: `page(token)` returns one page and the next token ("" at
+/// the end).
+pub async fn all_pages<T, F, Fut>(mut page: F) -> Vec<T>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (Vec<T>, String)>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await;
+        out.extend(items);
+        if next.is_empty() {
+            return out;
+        }
+        token = next;
     }
 }
 

@@ -19,3 +19,4 @@ mod isolation;
 mod provision;
 mod replicas;
 mod restore;
+mod rollout;

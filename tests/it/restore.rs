@@ -454,37 +454,35 @@ async fn restores_from_aws_kms_and_s3() {
     assert_eq!(snapshot(&place, id).await, exported);
 }
 
-/// An export at an older tenant-schema version is migrated forward after the load; one
-/// newer than this tenantd knows is refused (even when properly signed).
+/// An export at an older tenant-schema version is migrated forward after the load, to the
+/// fleet's version (not the newest this build knows); one newer than this tenantd knows is
+/// refused (even when properly signed).
 #[tokio::test]
 async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
     let mut env = TestEnv::start().await;
+    // A fleet at version 2 (as a registry the release before migration 3 left it).
+    env.tenants
+        .list_tenants(pb::ListTenantsRequest::default())
+        .await
+        .unwrap();
+    let registry = env.registry.clone();
+    let pin = |v: i32| {
+        sqlx::query("UPDATE tenant_schema SET version = $1")
+            .bind(v)
+            .execute(&registry)
+    };
+    pin(2).await.unwrap();
     let t = env.provision("rst-old", pb::Tier::Schema, "main").await;
+    assert_eq!(t.schema_version, 2);
     let id: Uuid = t.id.parse().unwrap();
     let place = Place::of(&t);
     fill(&place, id, 10).await;
-    // Take the tenant back to version 2: migration 3 only added three indexes.
     let pool = admin("main", &place.database).await;
-    let schema = format!("\"{}\"", place.schema);
-    for sql in [
-        format!(
-            "DROP INDEX {schema}.observations_encounter, {schema}.clinical_notes_encounter, {schema}.appointments_type"
-        ),
-        format!("DELETE FROM {schema}.tenant_schema_migrations WHERE version = 3"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    sqlx::query("UPDATE tenants SET schema_version = 2 WHERE id = $1")
-        .bind(id)
-        .execute(&env.registry)
-        .await
-        .unwrap();
     let exported = snapshot(&place, id).await;
     let e = export(&mut env, "rst-old").await;
     assert_eq!(e.schema_version, 2);
+    // The fleet moved on to 3 (migration 3 only adds three indexes).
+    pin(3).await.unwrap();
 
     let op = restore(&mut env, request(&e)).await;
     let Some(pb::operation_metadata::Details::Restore(details)) =

@@ -3,10 +3,12 @@
 mod audit;
 mod certificate;
 mod connect;
+mod fleet;
 
 use audit::AuditCommand;
 use certificate::CertificateCommand;
 use connect::Connection;
+use fleet::FleetCommand;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tenantd::api::pb;
 use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
+use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::auth::client::AuthChannel;
@@ -149,6 +152,10 @@ enum Command {
     /// The audit log: list a tenant's entries, verify the hash chains.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Fleet migrations of the tenant schema: the fleet's version, rollouts (canaries,
+    /// approval, progress, per-target status), retrying one target.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Restore a tenant from an export and watch it: in place (the export's tenant, in its
     /// current tier), or with --as-new as a new tenant. The archive is verified end to end
     /// before anything changes.
@@ -241,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut exports = ExportServiceClient::new(channel.clone());
     let mut deletions = DeletionServiceClient::new(channel.clone());
     let mut audit = AuditServiceClient::new(channel.clone());
+    let mut fleet = FleetServiceClient::new(channel.clone());
     let mut ops = OperationServiceClient::new(channel);
     match cli.command {
         Command::Create {
@@ -347,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Certificate(cmd) => certificate::run(&mut deletions, cmd).await?,
         Command::Audit(cmd) => audit::run(&mut audit, cmd).await?,
+        Command::Fleet(cmd) => fleet::run(&mut fleet, &mut ops, cmd).await?,
         Command::Get { tenant } => {
             let t = tenants
                 .get_tenant(pb::GetTenantRequest { tenant })
