@@ -18,6 +18,7 @@ use tenantd::api::pb;
 use tenantd::api::pb::audit_service_client::AuditServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
+use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::dataplane::catalog;
@@ -63,6 +64,7 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
             exports: ExportServiceClient::new(channel.clone()),
             deletions: DeletionServiceClient::new(channel.clone()),
             audit: AuditServiceClient::new(channel.clone()),
+            fleet: FleetServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
         },
         state_dir,
@@ -96,6 +98,7 @@ pub struct Clients {
     pub exports: ExportServiceClient<AuthChannel>,
     pub deletions: DeletionServiceClient<AuthChannel>,
     pub audit: AuditServiceClient<AuthChannel>,
+    pub fleet: FleetServiceClient<AuthChannel>,
 }
 
 #[allow(dead_code)] // each bench uses its own subset
