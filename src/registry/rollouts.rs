@@ -15,6 +15,15 @@ use crate::error::Error;
 use crate::registry::Registry;
 use crate::rollout::{Canaries, Counts, Target, TargetState};
 
+/// The tenants a target holds: `$1` the tenant id, or (NULL) the live pool tenants of
+/// cluster `$2`.
+macro_rules! target_tenants {
+    () => {
+        "CASE WHEN $1::uuid IS NOT NULL THEN id = $1
+              ELSE tier = 'pool' AND cluster = $2 AND state NOT IN ('failed', 'deleted') END"
+    };
+}
+
 const POOL_LOCK: &str = "tenantd:migration:pool";
 
 fn tenant_lock(id: Uuid) -> String {
@@ -40,10 +49,23 @@ pub(crate) async fn share_migration_locks(
 
 /// Takes the lock that keeps operations from starting on the target (a tenant, or every
 /// tenant for a pool) until `tx` ends.
+///
+/// The tenant rows the rollout will update are locked first, then the advisory lock: an API
+/// transaction that changed a tenant row before it starts an operation (and so waits for the
+/// advisory lock) is waited for here instead, so the two never wait on each other.
 pub async fn lock_for_migration(
     tx: &mut Transaction<'static, Postgres>,
     target: &Target,
 ) -> Result<(), Error> {
+    sqlx::query(concat!(
+        "SELECT 1 FROM tenants WHERE ",
+        target_tenants!(),
+        " ORDER BY id FOR UPDATE"
+    ))
+    .bind(target.tenant_id)
+    .bind(&target.cluster)
+    .execute(&mut **tx)
+    .await?;
     let key = target.tenant_id.map_or(POOL_LOCK.to_owned(), tenant_lock);
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(key)
@@ -95,11 +117,11 @@ pub async fn record_version(
     target: &Target,
     version: i32,
 ) -> Result<(), Error> {
-    sqlx::query(
+    sqlx::query(concat!(
         "UPDATE tenants SET schema_version = greatest(schema_version, $3), updated_at = now()
-         WHERE CASE WHEN $1::uuid IS NOT NULL THEN id = $1
-                    ELSE tier = 'pool' AND cluster = $2 AND state NOT IN ('failed', 'deleted') END",
-    )
+         WHERE ",
+        target_tenants!()
+    ))
     .bind(target.tenant_id)
     .bind(&target.cluster)
     .bind(version)
