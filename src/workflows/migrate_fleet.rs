@@ -34,6 +34,8 @@ use crate::workflow::{StepContext, StepError, Workflow, failpoint};
 
 /// How often a target whose container was busy (a lock timeout) is tried, at most.
 const ATTEMPTS: i32 = 3;
+/// How often a running rollout reports progress and looks at its cancel flag, at most.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// How often a rollout parked for approval looks again without being woken.
 const APPROVAL_RECHECK: Duration = Duration::from_secs(60);
 
@@ -207,6 +209,7 @@ async fn run_targets(
     let mut queue = std::collections::VecDeque::new();
     let mut running = JoinSet::new();
     let mut stop: Option<StepError> = None;
+    let mut last_report = std::time::Instant::now();
     loop {
         if queue.is_empty() && running.is_empty() && stop.is_none() {
             // Targets sent back to the queue (busy containers, RetryRolloutTarget).
@@ -229,7 +232,14 @@ async fn run_targets(
         let Some(joined) = running.join_next().await else {
             break;
         };
-        joined.map_err(|e| StepError::Retryable(format!("migration task: {e}")))??;
+        let outcome =
+            joined.map_err(|e| StepError::Retryable(format!("migration task: {e}")))??;
+        // Counting, reporting and the cancel flag are registry round trips (the report a
+        // write): at most every REPORT_EVERY, and at once after a failure (the threshold).
+        if outcome != TargetState::Failed && last_report.elapsed() < REPORT_EVERY {
+            continue;
+        }
+        last_report = std::time::Instant::now();
         let counts = registry.rollout_counts(cx.operation_id).await?;
         report(cx, counts).await?;
         if stop.is_some() {
@@ -252,9 +262,11 @@ async fn run_targets(
             ));
         }
     }
+    let counts = registry.rollout_counts(cx.operation_id).await?;
+    report(cx, counts).await?;
     match stop {
         Some(e) => Err(e),
-        None => Ok(registry.rollout_counts(cx.operation_id).await?),
+        None => Ok(counts),
     }
 }
 
