@@ -349,6 +349,26 @@ impl TestEnv {
         self.process = Some(p);
     }
 
+    /// Talks to `p` (another tenantd process on this registry) from now on; the process the
+    /// environment had is killed.
+    pub async fn switch_to(&mut self, p: Process) {
+        self.addr = p.addr.clone();
+        self.process = Some(p);
+        self.ready().await;
+    }
+
+    /// Waits for the operation and returns the tenant it resulted in; panics otherwise.
+    pub async fn wait_tenant(&mut self, name: &str) -> (pb::Operation, pb::Tenant) {
+        let done = self.wait(name).await;
+        match &done.result {
+            Some(pb::operation::Result::Tenant(t)) => {
+                let t = t.clone();
+                (done, t)
+            }
+            other => panic!("{name} did not end with a tenant: {other:?}"),
+        }
+    }
+
     /// Waits until the (restarted) process accepts connections, and talks to it from then on.
     pub async fn ready(&mut self) {
         let channel = connect(&self.addr).await;

@@ -102,16 +102,10 @@ async fn a_second_replica_finishes_a_move_the_first_died_in() {
     // Replica B joins on the same registry; then A is killed (SIGKILL) in the middle.
     let b = Process::spawn(&env.config, &env.dir, "");
     drop(env.process.take());
-    env.addr = b.addr.clone();
-    env.process = Some(b);
-    env.ready().await;
+    env.switch_to(b).await;
 
     // B takes the operation over once A's lease lapses, and finishes it.
-    let done = env.wait(&op.name).await;
-    let moved = match &done.result {
-        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
-        other => panic!("the move did not finish on the second replica: {other:?}"),
-    };
+    let (done, moved) = env.wait_tenant(&op.name).await;
     assert_eq!(moved.tier, pb::Tier::Schema as i32);
     assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
     let left = snapshot(&Place::pool("main"), id).await;
@@ -172,14 +166,8 @@ async fn a_replica_shutting_down_hands_its_operation_over_at_once() {
     assert_ne!(lease_owner(env.registry.clone()).await, Some(a_owner));
 
     // B picks it up without waiting out the 5-minute lease, and finishes the move.
-    env.addr = b.addr.clone();
-    env.process = Some(b);
-    env.ready().await;
-    let done = env.wait(&op.name).await;
-    let moved = match &done.result {
-        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
-        other => panic!("the move did not finish: {other:?}"),
-    };
+    env.switch_to(b).await;
+    let (done, moved) = env.wait_tenant(&op.name).await;
     assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
     let steps = done.metadata.unwrap().steps;
     assert!(
@@ -194,9 +182,7 @@ async fn logs_can_be_json_lines_with_the_operation_in_them_and_no_secrets() {
     let p = Process::spawn_env(&config, &dir, "", &[("TENANTD_LOG_FORMAT", "json")]);
     let mut env = TestEnv::spawn_with(config, dir, "").await;
     // Talk to the JSON-logging process.
-    env.addr = p.addr.clone();
-    env.process = Some(p);
-    env.ready().await;
+    env.switch_to(p).await;
     let t = env.provision("json-logs", pb::Tier::Schema, "main").await;
     let log = env.process.as_ref().unwrap().log.clone();
     drop(env.process.take());
@@ -388,9 +374,7 @@ async fn traces_reach_an_otlp_collector_and_continue_the_callers_trace() {
         ],
     );
     let mut env = TestEnv::spawn_with(config, dir, "").await;
-    env.addr = p.addr.clone();
-    env.process = Some(p);
-    env.ready().await;
+    env.switch_to(p).await;
 
     // The caller's trace: CreateTenant sent with a W3C traceparent.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
