@@ -249,6 +249,24 @@ impl Registry {
         Ok(())
     }
 
+    /// Records that the tenant's container is at `schema_version` (versions only move
+    /// forward).
+    pub async fn raise_schema_version<'e>(
+        exec: impl PgExecutor<'e>,
+        id: Uuid,
+        schema_version: i32,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE tenants SET schema_version = greatest(schema_version, $2), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(schema_version)
+        .execute(exec)
+        .await?;
+        Ok(())
+    }
+
     /// Marks the tenant active at `schema_version` and opens its first routing epoch.
     /// Idempotent: re-running it leaves the epoch as it is.
     pub async fn activate_tenant<'e>(

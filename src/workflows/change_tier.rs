@@ -19,7 +19,9 @@
 //!   succeed, and cancellation is no longer honoured.
 //! - `unfence` lifts the fence on the target: the write pause ends.
 //! - `cleanup` removes the source (pool: batched deletes; schema, database: drop). The source
-//!   stays fenced until it is gone, so a client on a stale route cannot write there.
+//!   stays fenced until it is gone, so a client on a stale route cannot write there. Then a
+//!   schema or database target behind the fleet's tenant-schema version (a rollout started
+//!   during the move) is migrated to it (docs/rollouts.md).
 //!
 //! Compensation (any failure before the switch) drops the target and unfences the source.
 
@@ -203,6 +205,7 @@ impl Workflow for ChangeTier {
                 if !backend(e.dst.tier).own_login_role() {
                     Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
                 }
+                catch_up_with_fleet(cx, &e).await?;
             }
             other => unreachable!("change_tier has no step {other}"),
         }
@@ -236,6 +239,27 @@ impl Workflow for ChangeTier {
         }
         Ok(())
     }
+}
+
+/// A tenant moved while a rollout ran was skipped by it: the move copied at the tenant's own
+/// version. Its new container (not a pool, which is every pool tenant's and the rollout's to
+/// migrate) is brought to the fleet's version now. Best effort: this runs past the point of
+/// no return, where an error would be retried forever, so a migration that fails is logged
+/// and left to a rollout (RetryRolloutTarget, or the next MigrateFleet).
+async fn catch_up_with_fleet(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError> {
+    if e.dst.tier == Tier::Pool {
+        return Ok(());
+    }
+    match super::provision::migrate_to_fleet(cx.deps, e.dst_cluster, &e.dst).await {
+        Ok(version) => {
+            Registry::raise_schema_version(cx.deps.registry.pool(), cx.tenant_id, version).await?
+        }
+        Err(StepError::Fatal { message, .. }) => {
+            tracing::warn!(error = %message, "the moved tenant stays at its version; a rollout can retry it");
+        }
+        Err(retry) => return Err(retry),
+    }
+    Ok(())
 }
 
 async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {

@@ -117,7 +117,7 @@ impl Workflow for Provision {
 /// `failed`, which frees its slug. Idempotent.
 /// Migrates the container to the fleet's tenant-schema version (see docs/rollouts.md), or
 /// leaves it where it is if it is already past it (the shared pool); returns its version.
-async fn migrate_to_fleet(
+pub(crate) async fn migrate_to_fleet(
     deps: &Context,
     cluster: &Cluster,
     c: &Container,

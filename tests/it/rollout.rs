@@ -391,6 +391,33 @@ async fn a_rollout_resumes_after_a_crash_mid_way() {
     );
 }
 
+/// A tenant moved while a rollout runs is skipped by it; the move itself brings the tenant's
+/// new container to the fleet's version.
+#[tokio::test]
+async fn a_tenant_moved_during_a_rollout_catches_up_with_the_fleet() {
+    let mut env = TestEnv::start().await;
+    pin_fleet(&mut env, FROM).await;
+    let t = env.provision("ro-mover", pb::Tier::Schema, "main").await;
+    assert_eq!(t.schema_version, FROM);
+    // The fleet moved on (a rollout began) while the tenant was being moved.
+    pin_fleet(&mut env, TO).await;
+    let op = env
+        .tenants
+        .change_tier(pb::ChangeTierRequest {
+            tenant: t.slug.clone(),
+            tier: pb::Tier::Database as i32,
+            cluster: "second".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, moved) = env.wait_tenant(&op.name).await;
+    assert_eq!(moved.tier, pb::Tier::Database as i32);
+    assert_eq!(container_version(&Place::of(&moved)).await, TO);
+    assert_eq!(env.tenant(&t.slug).await.schema_version, TO);
+}
+
 /// (state, count) of a rollout's targets read from the registry (the process is down).
 async fn targets_in_registry(env: &TestEnv, op: &str) -> Vec<(String, i64)> {
     let id = uuid::Uuid::parse_str(op.trim_start_matches("operations/")).unwrap();
