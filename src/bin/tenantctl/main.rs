@@ -763,7 +763,11 @@ async fn watch(
 fn print_operation(op: &pb::Operation) {
     let m = op.metadata.clone().unwrap_or_default();
     println!("operation:   {}", op.name);
-    println!("kind:        {}  tenant {}", m.kind, m.tenant_id);
+    if m.tenant_id.is_empty() {
+        println!("kind:        {}  (fleet-wide)", m.kind);
+    } else {
+        println!("kind:        {}  tenant {}", m.kind, m.tenant_id);
+    }
     println!("state:       {}", op_state_name(m.state));
     for s in &m.steps {
         let state = pb::StepState::try_from(s.state)
