@@ -80,8 +80,9 @@ pub enum Canaries {
     Tenants(Vec<Uuid>),
 }
 
-/// The most targets migrated at once.
-pub const MAX_CONCURRENCY: u32 = 32;
+/// The most targets migrated at once. Each one in flight holds a registry connection (the
+/// registry pool has 16, shared with the API and the workers) and a data-plane one.
+pub const MAX_CONCURRENCY: u32 = 8;
 /// How long a rollout waits for a lock in a tenant's container, at most.
 pub const MAX_LOCK_TIMEOUT_MS: u32 = 60_000;
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::rollout::{Canaries, Counts, Target, TargetState};
+use crate::tenant::{Placement, Tier};
 
 /// The tenants a target holds: `$1` the tenant id, or (NULL) the live pool tenants of
 /// cluster `$2`.
@@ -108,6 +109,36 @@ pub async fn busy_reason(
         }
     };
     Ok(reason)
+}
+
+/// A tenant's tier and placement, read in the rollout's transaction once it holds the
+/// tenant's locks (so they cannot change before the migration), on its own connection (a
+/// target in flight never waits for a second registry connection).
+pub async fn placement(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant_id: Uuid,
+) -> Result<(Tier, Placement), Error> {
+    let (tier, cluster, database, schema, role): (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT tier, cluster, database_name, schema_name, role_name FROM tenants WHERE id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((
+        tier.parse()?,
+        Placement {
+            cluster,
+            database,
+            schema,
+            role,
+        },
+    ))
 }
 
 /// Records the version the target's container is at now, for every tenant it holds.

@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::operation::ProgressItem;
 use crate::registry::{Registry, rollouts};
 use crate::rollout::{Counts, Plan, Target, TargetState};
-use crate::tenant::{TenantRef, Tier};
+use crate::tenant::{Placement, Tier};
 use crate::workflow::{StepContext, StepError, Workflow, failpoint};
 
 /// How often a target whose container was busy (a lock timeout) is tried, at most.
@@ -299,8 +299,12 @@ async fn run_target(
         tx.commit().await.map_err(Error::from)?;
         return Ok(TargetState::Skipped);
     }
+    let placement = match t.tenant_id {
+        Some(id) => Some(rollouts::placement(&mut tx, id).await?),
+        None => None,
+    };
     let migrated = async {
-        let version = migrate_container(deps, &t, plan).await?;
+        let version = migrate_container(deps, &t, placement, plan).await?;
         failpoint::hit("migrate_fleet.after_target").await?;
         Ok::<_, StepError>(version)
     }
@@ -342,24 +346,29 @@ async fn run_target(
 }
 
 /// Brings the target's container to the plan's version; returns the version it is at.
-async fn migrate_container(deps: &Context, t: &Target, plan: &Plan) -> Result<i32, StepError> {
+/// `placement`: the tenant's tier and placement now (`None` for a pool).
+async fn migrate_container(
+    deps: &Context,
+    t: &Target,
+    placement: Option<(Tier, Placement)>,
+    plan: &Plan,
+) -> Result<i32, StepError> {
     let cluster = deps.dataplane.cluster(&t.cluster)?;
-    let (database, schema) = match t.tenant_id {
-        None => (cluster.shared_database.clone(), pool::schema()),
-        Some(id) => {
-            let tenant = deps.registry.get_tenant(&TenantRef::Id(id)).await?;
-            if tenant.tier == Tier::Pool || tenant.placement.cluster != t.cluster {
+    let (database, schema) = match (t.tenant_id, placement) {
+        (Some(id), Some((tier, placement))) => {
+            if tier == Tier::Pool || placement.cluster != t.cluster {
                 return Err(StepError::fatal(
                     tonic::Code::FailedPrecondition,
                     format!(
-                        "tenant moved to the {} tier on {} since the rollout was planned",
-                        tenant.tier, tenant.placement.cluster
+                        "tenant moved to the {tier} tier on {} since the rollout was planned",
+                        placement.cluster
                     ),
                 ));
             }
-            let c = Container::from_placement(id, tenant.tier, &tenant.placement)?;
+            let c = Container::from_placement(id, tier, &placement)?;
             (c.database, c.schema)
         }
+        _ => (cluster.shared_database.clone(), pool::schema()),
     };
     let db = cluster.database(&database);
     let options = MigrateOptions {

@@ -35,7 +35,7 @@ pub enum FleetCommand {
         /// Go on past the canaries without `fleet resume`.
         #[arg(long)]
         auto_continue: bool,
-        /// Containers migrated at once (default 4, at most 32).
+        /// Containers migrated at once (default 4, at most 8).
         #[arg(long, default_value_t = 0)]
         concurrency: u32,
         /// Stop once more than this many targets have failed.
