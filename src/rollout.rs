@@ -55,7 +55,7 @@ impl Target {
 }
 
 /// How many targets of a rollout are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub pending: i64,
     pub running: i64,

@@ -272,14 +272,15 @@ impl Registry {
     /// with a live tenant below `version`, and every live schema/database tenant below it;
     /// `only` restricts the plan to one target key (a retry). Canaries are marked and come
     /// first; a pool comes after the tenants. Tenants still being provisioned, moved,
-    /// restored or deleted are listed as skipped: their own workflow migrates them.
+    /// restored or deleted are listed as skipped: their own workflow migrates them. Returns
+    /// the targets per state and how many are canaries.
     pub async fn plan_rollout(
         &self,
         operation_id: Uuid,
         version: i32,
         canaries: &Canaries,
         only: Option<&str>,
-    ) -> Result<Counts, Error> {
+    ) -> Result<(Counts, i64), Error> {
         let (count, ids) = match canaries {
             Canaries::Count(n) => (i64::from(*n), Vec::new()),
             Canaries::Tenants(ids) => (0, ids.clone()),
@@ -329,7 +330,13 @@ impl Registry {
         .bind(only)
         .execute(self.pool())
         .await?;
-        self.rollout_counts(operation_id).await
+        let canaries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rollout_targets WHERE operation_id = $1 AND canary",
+        )
+        .bind(operation_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((self.rollout_counts(operation_id).await?, canaries))
     }
 
     /// Targets to run next, in order: left running by a crashed worker first, then pending

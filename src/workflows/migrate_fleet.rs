@@ -50,28 +50,7 @@ pub struct State {
     /// Set by `plan`.
     pub canaries: Option<i64>,
     /// The targets' states when the last step ended.
-    pub counts: Option<CountsView>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CountsView {
-    pub pending: i64,
-    pub running: i64,
-    pub done: i64,
-    pub failed: i64,
-    pub skipped: i64,
-}
-
-impl From<Counts> for CountsView {
-    fn from(c: Counts) -> Self {
-        CountsView {
-            pending: c.pending,
-            running: c.running,
-            done: c.done,
-            failed: c.failed,
-            skipped: c.skipped,
-        }
-    }
+    pub counts: Option<Counts>,
 }
 
 impl State {
@@ -100,7 +79,7 @@ impl Workflow for MigrateFleet {
         let registry = &cx.deps.registry;
         match Self::STEPS[step] {
             "plan" => {
-                let counts = registry
+                let (counts, canaries) = registry
                     .plan_rollout(
                         cx.operation_id,
                         state.plan.target_version,
@@ -108,18 +87,12 @@ impl Workflow for MigrateFleet {
                         state.only.as_deref(),
                     )
                     .await?;
-                let canaries = registry
-                    .list_targets(cx.operation_id, None, None, i64::MAX)
-                    .await?
-                    .iter()
-                    .filter(|t| t.canary)
-                    .count() as i64;
                 state.canaries = Some(canaries);
-                state.counts = Some(counts.into());
+                state.counts = Some(counts);
                 tracing::info!(targets = counts.total(), canaries, "rollout planned");
             }
             "canary" => {
-                state.counts = Some(run_targets(cx, state, true, 0).await?.into());
+                state.counts = Some(run_targets(cx, state, true, 0).await?);
             }
             "approve" => {
                 let (_, approved_by) = registry.rollout(cx.operation_id).await?;
@@ -141,7 +114,7 @@ impl Workflow for MigrateFleet {
                     run_target(cx.deps, t, &state.plan, state.retry_of).await?;
                 }
                 let counts = registry.rollout_counts(cx.operation_id).await?;
-                state.counts = Some(counts.into());
+                state.counts = Some(counts);
                 report(cx, counts).await?;
                 if counts.failed > 0 {
                     return Err(StepError::fatal(
