@@ -37,8 +37,8 @@ pub async fn run(
                 "{:>5}  {:<27}  {:<16}  {:<10}  {:<42}  {:<19}  DETAIL",
                 "SEQ", "TIME", "PRINCIPAL", "ROLE", "METHOD", "RESULT"
             );
-            let mut page_token = String::new();
-            loop {
+            let mut pages = crate::Pages::default();
+            while let Some(page_token) = pages.next() {
                 let r = audit
                     .list_audit_events(pb::ListAuditEventsRequest {
                         tenant: tenant.clone(),
@@ -66,10 +66,7 @@ pub async fn run(
                         e.detail
                     );
                 }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
+                pages.advance(r.next_page_token);
             }
         }
         AuditCommand::Verify { tenant } => {

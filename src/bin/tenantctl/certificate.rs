@@ -61,8 +61,8 @@ pub async fn run(
         }
         CertificateCommand::List => {
             println!("{:<58}  {:<24}  {:<36}  ISSUED", "NAME", "SLUG", "TENANT");
-            let mut page_token = String::new();
-            loop {
+            let mut pages = crate::Pages::default();
+            while let Some(page_token) = pages.next() {
                 let r = deletions
                     .list_deletion_certificates(pb::ListDeletionCertificatesRequest {
                         page_size: 100,
@@ -77,10 +77,7 @@ pub async fn run(
                         c.name, c.tenant_slug, c.tenant_id, c.issue_time
                     );
                 }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
+                pages.advance(r.next_page_token);
             }
         }
         CertificateCommand::Verify { file, public_key } => verify(&file, &public_key)?,

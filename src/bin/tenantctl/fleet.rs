@@ -166,9 +166,9 @@ pub async fn run(
                 },
             };
             let name = operation_name(&operation);
-            let mut page_token = String::new();
+            let mut pages = crate::Pages::default();
             let mut header = true;
-            loop {
+            while let Some(page_token) = pages.next() {
                 let r = fleet
                     .list_rollout_targets(pb::ListRolloutTargetsRequest {
                         name: name.clone(),
@@ -209,10 +209,7 @@ pub async fn run(
                         t.error
                     );
                 }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
+                pages.advance(r.next_page_token);
             }
         }
         FleetCommand::Retry {

@@ -365,12 +365,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_tenant(&t);
         }
         Command::List { tier, page_size } => {
-            let mut page_token = String::new();
+            let mut pages = crate::Pages::default();
             println!(
                 "{:<36}  {:<24}  {:<8}  {:<12}  SCHEMA",
                 "ID", "SLUG", "TIER", "STATE"
             );
-            loop {
+            while let Some(page_token) = pages.next() {
                 let r = tenants
                     .list_tenants(pb::ListTenantsRequest {
                         page_size,
@@ -391,10 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         t.schema_version
                     );
                 }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
+                pages.advance(r.next_page_token);
             }
         }
         Command::Resolve { tenant } => {
@@ -499,8 +496,8 @@ async fn export_command(
             finish(ops, op, start.no_wait).await?;
         }
         ExportCommand::List { tenant } => {
-            let mut page_token = String::new();
-            loop {
+            let mut pages = crate::Pages::default();
+            while let Some(page_token) = pages.next() {
                 let page = exports
                     .list_exports(pb::ListExportsRequest {
                         tenant: tenant.clone(),
@@ -519,10 +516,7 @@ async fn export_command(
                         e.snapshot_time
                     );
                 }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
+                pages.advance(page.next_page_token);
             }
         }
         ExportCommand::Show { name } => {
@@ -908,6 +902,29 @@ fn op_state_name(s: i32) -> &'static str {
         Ok(pb::OperationState::Failed) => "failed",
         Ok(pb::OperationState::Cancelled) => "cancelled",
         _ => "?",
+    }
+}
+
+/// Walks a paged listing: `next` yields each page's token (the first is empty) until the
+/// server has said, through `advance`, that there is no next page.
+#[derive(Default)]
+struct Pages {
+    next: Option<String>,
+    done: bool,
+}
+
+impl Pages {
+    fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        Some(self.next.take().unwrap_or_default())
+    }
+
+    /// Records the page's `next_page_token` ("" on the last page).
+    fn advance(&mut self, next_page_token: String) {
+        self.done = next_page_token.is_empty();
+        self.next = Some(next_page_token);
     }
 }
 
