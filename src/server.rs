@@ -57,13 +57,12 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let registry = Registry::connect(&config.registry_url).await?;
     registry.migrate().await?;
-    let version = registry
-        .init_schema_version(crate::dataplane::catalog::latest_version())
-        .await?;
-    if version < crate::dataplane::catalog::latest_version() {
+    let latest = crate::dataplane::catalog::latest_version();
+    let version = registry.init_schema_version(latest).await?;
+    if version < latest {
         tracing::info!(
             fleet = version,
-            latest = crate::dataplane::catalog::latest_version(),
+            latest,
             "the fleet's tenant schema is behind this build: MigrateFleet moves it forward"
         );
     }

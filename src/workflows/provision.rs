@@ -111,10 +111,6 @@ impl Workflow for Provision {
     }
 }
 
-/// Rolls back the creation of a tenant whose container is `c` (provisioning, or a restore as
-/// a new tenant), from any point: destroys what exists of the container and its role,
-/// schedules the deletion of the tenant key, drops the credential and marks the tenant
-/// `failed`, which frees its slug. Idempotent.
 /// Migrates the container to the fleet's tenant-schema version (see docs/rollouts.md), or
 /// leaves it where it is if it is already past it (the shared pool); returns its version.
 pub(crate) async fn migrate_to_fleet(
@@ -131,6 +127,10 @@ pub(crate) async fn migrate_to_fleet(
     Ok(catalog::migrate_with(cluster, &db, &c.schema, fleet, options).await?)
 }
 
+/// Rolls back the creation of a tenant whose container is `c` (provisioning, or a restore as
+/// a new tenant), from any point: destroys what exists of the container and its role,
+/// schedules the deletion of the tenant key, drops the credential and marks the tenant
+/// `failed`, which frees its slug. Idempotent.
 pub async fn undo(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
     backend(c.tier).destroy(cluster, c, false).await?;
     // No data was ever encrypted under it; the key service keeps its waiting period.
