@@ -19,8 +19,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use common::load::{Load, ms, span, step_window};
 use tenantd::api::pb;
-use tenantd::workflow::Workflow;
-use tenantd::workflows::Delete;
+use tenantd::workflow::Steps;
+use tenantd::workflows::delete::Step;
 
 const NEIGHBOURS: usize = 4;
 
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         c.name,
         c.document.len()
     );
-    for step in Delete::STEPS {
+    for step in Step::names() {
         let s = span(step_window(&op, step)?);
         println!("  {step:<15} {:>9.0} ms", ms(s));
     }

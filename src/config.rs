@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Role;
+pub use crate::auth::config::{AuthConfig, CertificateConfig, TokenConfig};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -63,42 +63,6 @@ pub struct MetricsConfig {
     /// no metrics endpoint.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-}
-
-/// Callers and their roles. At least one way in is required.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Bearer tokens, by SHA-256 (`tenantd token new` makes one and prints its entry).
-    #[serde(default)]
-    pub tokens: Vec<TokenConfig>,
-    /// Client certificates (verified against `tls.client_ca_file`), by subject.
-    #[serde(default)]
-    pub certificates: Vec<CertificateConfig>,
-    /// Calls without credentials act as an admin named `anonymous`. Only with a loopback
-    /// `listen` address and no TLS: `tenantd dev --insecure-no-auth` sets it.
-    #[serde(default)]
-    pub allow_unauthenticated: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// The principal: written to the audit log for every call made with the token.
-    pub name: String,
-    pub role: Role,
-    /// Hex SHA-256 of the token. The token itself is never in the configuration.
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateConfig {
-    /// RFC 4514 subject of the client certificate, e.g. `CN=billing,O=Example Health`
-    /// (tenantd logs the subject of a certificate it does not know).
-    pub subject: String,
-    pub name: String,
-    pub role: Role,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -424,7 +388,9 @@ impl Config {
 
     fn validate_access(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
-        crate::auth::Authenticator::new(&self.auth)?;
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let a = &self.auth;
         if a.tokens.is_empty() && a.certificates.is_empty() && !a.allow_unauthenticated {
             return invalid(
@@ -533,6 +499,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
 
     #[test]
     fn expands_environment_variables_in_string_values_only() {

@@ -46,13 +46,57 @@ impl Error {
     }
 }
 
+/// Why an operation failed, as the domain says it. The numbers are google.rpc.Code's, because
+/// the registry stores them in `operations.error_code` and older rows must stay readable;
+/// `api::status` is still the one place that turns them into a gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ErrorCode {
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    NotFound = 5,
+    AlreadyExists = 6,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+}
+
+impl ErrorCode {
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// A stored code; one this release does not know reads as `Unknown`.
+    pub fn from_i32(code: i32) -> Self {
+        use ErrorCode::*;
+        [
+            Cancelled,
+            InvalidArgument,
+            NotFound,
+            AlreadyExists,
+            FailedPrecondition,
+            Aborted,
+            Internal,
+            Unavailable,
+            DataLoss,
+        ]
+        .into_iter()
+        .find(|c| c.as_i32() == code)
+        .unwrap_or(Unknown)
+    }
+}
+
+/// Registry statements: transient failures (connections, serialization failures, deadlocks,
+/// lock timeouts) are UNAVAILABLE, which callers and the engine retry; never INTERNAL.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-                Error::Unavailable(format!("registry: {e}"))
-            }
-            _ => Error::Internal(format!("registry: {e}")),
+        if crate::sqlstate::is_transient(&e) {
+            Error::Unavailable(format!("registry: {e}"))
+        } else {
+            Error::Internal(format!("registry: {e}"))
         }
     }
 }

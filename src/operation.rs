@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 macro_rules! string_enum {
     ($name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
@@ -77,10 +77,10 @@ pub struct ProgressItem {
     pub total: i64,
 }
 
-/// Why an operation did not succeed: a gRPC code, a message and the failing step.
+/// Why an operation did not succeed: a code, a message and the failing step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationError {
-    pub code: tonic::Code,
+    pub code: ErrorCode,
     pub message: String,
     pub step: Option<String>,
 }
@@ -89,7 +89,8 @@ pub struct OperationError {
 pub struct Operation {
     pub id: Uuid,
     pub kind: String,
-    pub tenant_id: Uuid,
+    /// `None` for a fleet operation (a rollout), which belongs to no tenant.
+    pub tenant_id: Option<Uuid>,
     pub request_id: Option<String>,
     pub state: OperationState,
     pub steps: Vec<Step>,

@@ -245,9 +245,14 @@ pub async fn run(
     let deps = context(config).await?;
     let (config, registry) = (deps.config.clone(), deps.registry.clone());
     let events = OperationEvents::start(deps.registry.pool().clone(), shutdown.child_token());
-    let workers = crate::workflow::engine::start(deps.clone(), events.clone(), shutdown.clone());
+    let workers = crate::workflow::engine::start(
+        deps.clone(),
+        events.clone(),
+        std::sync::Arc::new(crate::workflows::Dispatcher),
+        shutdown.clone(),
+    );
     // Tenants from before per-tenant keys get theirs, as workflows like any other change.
-    if let Err(e) = crate::workflows::tenant_key::enqueue_backfill(&deps).await {
+    if let Err(e) = crate::workflows::key_backfill::enqueue_backfill(&deps).await {
         tracing::warn!(error = %e, "key backfill not enqueued; will retry at next start");
     }
     let control = Control::new(deps, events);

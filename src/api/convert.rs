@@ -493,7 +493,7 @@ impl From<OperationView> for pb::Operation {
         let op: Operation = v.operation;
         let result = match (&op.error, v.tenant) {
             (Some(e), _) if op.done() => Some(pb::operation::Result::Error(pb::OperationError {
-                code: e.code as i32,
+                code: tonic::Code::from(e.code) as i32,
                 message: e.message.clone(),
                 step: e.step.clone().unwrap_or_default(),
             })),
@@ -510,11 +510,7 @@ impl From<OperationView> for pb::Operation {
             metadata: Some(pb::OperationMetadata {
                 kind: op.kind,
                 // Empty for a fleet operation, which belongs to no tenant.
-                tenant_id: if op.tenant_id.is_nil() {
-                    String::new()
-                } else {
-                    op.tenant_id.to_string()
-                },
+                tenant_id: op.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
                 state: operation_state_to(op.state) as i32,
                 steps: op
                     .steps

@@ -1,11 +1,19 @@
 //! The one mapping from [`Error`] to a gRPC status, with google.rpc rich details: BadRequest
 //! naming the field, ResourceInfo for ALREADY_EXISTS / NOT_FOUND, PreconditionFailure naming
 //! the operation that holds a tenant. Internal errors are logged here and sent without detail.
+//! An operation's failure code ([`ErrorCode`]) becomes a gRPC code here too.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
+
+/// An operation's failure code, as gRPC says it (the numbers agree by construction).
+impl From<ErrorCode> for Code {
+    fn from(c: ErrorCode) -> Self {
+        Code::from_i32(c.as_i32())
+    }
+}
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {

@@ -9,9 +9,13 @@
 //! - [`manifest::Manifest`] describes an export: tables and row counts, both digests, the
 //!   wrapped data key and the encryption context. It is signed by the service signing key;
 //!   the reader trusts nothing in an export before the manifest's signature verified.
+//! - [`layout::ExportKeys`] names an export's objects; [`verified::VerifiedExport`] is an
+//!   export read back with its manifest checked against the signature and the registry.
 
 pub mod aead_stream;
+pub mod layout;
 pub mod manifest;
+pub mod verified;
 
 use std::io::Write;
 

@@ -12,6 +12,7 @@
 //! [`layer`] applies both to every call before any handler runs.
 
 pub mod client;
+pub mod config;
 pub mod layer;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use crate::config::{AuthConfig, ConfigError};
+use config::{AuthConfig, InvalidAuthConfig};
 
 /// What a caller is for. See docs/security.md for the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -198,8 +199,8 @@ const BEARER: &str = "Bearer ";
 pub const TOKEN_PREFIX: &str = "tdt_";
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(m);
+    pub fn new(config: &AuthConfig) -> Result<Self, InvalidAuthConfig> {
+        let invalid = InvalidAuthConfig;
         let mut auth = Authenticator::default();
         for t in &config.tokens {
             check_name(&t.name).map_err(|m| invalid(format!("auth.tokens: {m}")))?;
@@ -360,8 +361,8 @@ pub fn certificate_subject(der: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::{AuthConfig, TokenConfig};
     use super::*;
-    use crate::config::{AuthConfig, TokenConfig};
 
     fn auth(tokens: &[(&str, Role, &str)]) -> Authenticator {
         Authenticator::new(&AuthConfig {

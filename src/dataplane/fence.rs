@@ -48,7 +48,7 @@ pub const TABLE: &str = "tenant_write_fences";
 
 /// What a fenced write fails with: documented for applications as "retry after resolving the
 /// tenant's route again".
-pub const SQLSTATE: &str = "TF001";
+pub const SQLSTATE: &str = crate::sqlstate::FENCED;
 
 fn table() -> Ident {
     Ident::from_static(TABLE)

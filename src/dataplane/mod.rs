@@ -31,7 +31,6 @@ use uuid::Uuid;
 use crate::config::{ClusterConfig, redact_url};
 use crate::sql::{Ident, InvalidIdent, InvalidLiteral, Statement};
 use crate::tenant::{ContainerNames, Placement, Tier};
-use crate::workflow::StepError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -54,47 +53,18 @@ pub enum DataPlaneError {
     Precondition(String),
 }
 
-/// SQLSTATEs worth retrying: connection trouble, serialization failures, deadlocks, lock
-/// timeouts, shutdowns, resource exhaustion and concurrent catalog updates.
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|c| {
-                c.starts_with("08")
-                    || c.starts_with("53")
-                    || matches!(
-                        c.as_ref(),
-                        "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
-                    )
-            })
-            // Two sessions changing one catalog row at once (e.g. concurrent GRANTs on the
-            // shared database's ACL): XX000, but the retry succeeds.
-            || db.message().contains("tuple concurrently updated")
-        }
-        _ => false,
+impl DataPlaneError {
+    /// Worth retrying: the statement failed for a reason that passes (see
+    /// [`crate::sqlstate::Class::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DataPlaneError::Sql { source, .. } if crate::sqlstate::is_transient(source))
     }
 }
 
-/// The object a statement named no longer exists: database (3D000), schema (3F000) or table
-/// (42P01), e.g. dropped by another tenant's operation while a scan ran.
+/// The object a statement named no longer exists (database, schema or table), e.g. dropped
+/// by another tenant's operation while a scan ran.
 pub fn is_gone(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db)
-        if db.code().is_some_and(|c| matches!(c.as_ref(), "3D000" | "3F000" | "42P01")))
-}
-
-impl From<DataPlaneError> for StepError {
-    fn from(e: DataPlaneError) -> Self {
-        match &e {
-            DataPlaneError::Sql { source, .. } if is_transient(source) => {
-                StepError::Retryable(e.to_string())
-            }
-            DataPlaneError::UnknownCluster(_) | DataPlaneError::Precondition(_) => {
-                StepError::fatal(tonic::Code::FailedPrecondition, e.to_string())
-            }
-            _ => StepError::fatal(tonic::Code::Internal, e.to_string()),
-        }
-    }
+    crate::sqlstate::classify(e) == crate::sqlstate::Class::Gone
 }
 
 /// One data-plane PostgreSQL server.
@@ -246,8 +216,7 @@ impl Cluster {
             match created {
                 Ok(()) => {}
                 Err(DataPlaneError::Sql { source, .. })
-                    if crate::registry::sqlstate::of(&source)
-                        .is_some_and(|(c, _)| c == "42P04" || c == "23505") => {}
+                    if crate::sqlstate::is_already_created(&source) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -9,7 +9,6 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::{Cluster, DataPlaneError};
-use crate::registry::sqlstate;
 use crate::sql::{Ident, Statement};
 
 /// Attributes every application role has: it can never own, bypass RLS or escalate.
@@ -45,9 +44,9 @@ pub async fn ensure_role(
             .await;
         match created {
             Ok(()) => {}
-            // 42710 duplicate_object; 23505 when two creators race on the catalog index.
+            // Exists already, or two creators raced on the catalog index.
             Err(DataPlaneError::Sql { source, .. })
-                if sqlstate::of(&source).is_some_and(|(c, _)| c == "42710" || c == "23505") => {}
+                if crate::sqlstate::is_already_created(&source) => {}
             Err(e) => return Err(e),
         }
     }

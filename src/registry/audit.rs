@@ -140,7 +140,7 @@ impl Registry {
                 None => None,
             },
             Subject::Operation(s) => match id(s, "operations/") {
-                Some(id) => self.get_operation(id).await.ok().map(|o| o.tenant_id),
+                Some(id) => self.get_operation(id).await.ok().and_then(|o| o.tenant_id),
                 None => None,
             },
             Subject::None => None,

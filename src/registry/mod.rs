@@ -7,7 +7,7 @@
 //! stored here: they come from configuration. Credentials for data-plane roles are stored only
 //! sealed by the key provider.
 //!
-//! SQLSTATE handling lives in [`sqlstate`]: one function tells which constraint a statement
+//! SQLSTATE handling lives in [`crate::sqlstate`]: it tells which constraint a statement
 //! violated, so callers map it to a domain error.
 
 pub mod audit;
@@ -16,6 +16,7 @@ pub mod clusters;
 pub mod credentials;
 pub mod events;
 pub mod exports;
+pub mod leases;
 pub mod operations;
 pub mod rollouts;
 pub mod tenants;
@@ -85,27 +86,5 @@ impl Registry {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-}
-
-/// What a failed statement violated, when that is what failed.
-pub mod sqlstate {
-    pub const UNIQUE_VIOLATION: &str = "23505";
-    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
-
-    /// `(sqlstate, constraint)` of a database error.
-    pub fn of(e: &sqlx::Error) -> Option<(String, Option<String>)> {
-        match e {
-            sqlx::Error::Database(db) => Some((
-                db.code().map(|c| c.into_owned()).unwrap_or_default(),
-                db.constraint().map(str::to_owned),
-            )),
-            _ => None,
-        }
-    }
-
-    /// True when `e` is a unique violation of `constraint`.
-    pub fn is_unique(e: &sqlx::Error, constraint: &str) -> bool {
-        matches!(of(e), Some((code, Some(c))) if code == UNIQUE_VIOLATION && c == constraint)
     }
 }

@@ -7,7 +7,8 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::registry::{Registry, sqlstate};
+use crate::registry::Registry;
+use crate::sqlstate;
 use crate::tenant::{NewTenant, Placement, Tenant, TenantRef, TenantState, Tier};
 
 #[derive(sqlx::FromRow)]

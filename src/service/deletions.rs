@@ -4,10 +4,10 @@
 //! active nor already deleting (a failed deletion is finished by requesting it again), for a
 //! tenant held by another operation, and for a request without a reason or requester.
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Control, OperationView, RequestId};
+use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
+use super::{Control, OperationView};
 use crate::error::{Error, Result};
 use crate::paging;
 use crate::registry::certificates::StoredCertificate;
@@ -51,17 +51,16 @@ impl Control {
                 .key_pending_days
                 .unwrap_or(self.deps.config.deletion.key_pending_days),
         };
-        let hash =
-            Sha256::digest(serde_json::to_vec(&(tenant.id, &request)).expect("request serialises"))
-                .to_vec();
         let id = self
-            .start::<Delete>(
-                &tenant,
-                request_id.as_ref(),
-                &hash,
-                |_| delete::State::new(&tenant, request.clone()),
-                || delete::deletable(&tenant, request.final_export),
-            )
+            .enqueue::<Delete>(Enqueue {
+                subject: Subject::Tenant {
+                    tenant: &tenant,
+                    check: &|| delete::deletable(&tenant, request.final_export),
+                },
+                request_id: request_id.as_ref(),
+                hash: &request_hash(&(tenant.id, &request)),
+                state: &|_| delete::State::new(&tenant, request.clone()),
+            })
             .await?;
         self.get_operation(id).await
     }

@@ -1,12 +1,14 @@
 //! Exports: starting one, finding them, and handing a complete one to an operator for
 //! client-side verification and decryption.
 
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncRead;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::{Control, OperationView, RequestId};
+use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
+use super::{Control, OperationView};
+use crate::archive::layout::ExportKeys;
+use crate::archive::verified::VerifiedExport;
 use crate::error::{Error, Result};
 use crate::keys::PublicKey;
 use crate::paging;
@@ -39,21 +41,22 @@ impl Control {
         request_id: Option<RequestId>,
     ) -> Result<OperationView> {
         let tenant = self.registry().get_tenant(r).await?;
-        let hash = Sha256::digest(format!("export:{}", tenant.id)).to_vec();
         let id = self
-            .start::<Export>(
-                &tenant,
-                request_id.as_ref(),
-                &hash,
-                export::State::new,
-                || tenant.ensure_active(),
-            )
+            .enqueue::<Export>(Enqueue {
+                subject: Subject::Tenant {
+                    tenant: &tenant,
+                    check: &|| tenant.ensure_active(),
+                },
+                request_id: request_id.as_ref(),
+                hash: &request_hash(&("export", tenant.id)),
+                state: &export::State::new,
+            })
             .await?;
         self.get_operation(id).await
     }
 
     fn export_view(&self, e: ExportRow) -> ExportView {
-        let keys = export::ExportKeys::for_row(&e);
+        let keys = ExportKeys::for_row(&e);
         ExportView {
             object_uri: self.deps.objects.uri(&keys.archive),
             manifest_uri: self.deps.objects.uri(&keys.manifest),
@@ -100,7 +103,7 @@ impl Control {
     /// complete export. The manifest is checked against the signing key first: a manifest
     /// altered in the store is refused here rather than trusted with a data key.
     pub async fn read_export(&self, id: Uuid) -> Result<ExportRead> {
-        let opened = export::VerifiedExport::open(&self.deps, id).await?;
+        let opened = VerifiedExport::open(&self.deps, id).await?;
         let data_key = opened.data_key(&self.deps).await?;
         let archive = self.deps.objects.read(&opened.keys.archive).await?;
         tracing::info!(export_id = %id, tenant_id = %opened.row.tenant_id, "export read");

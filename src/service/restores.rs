@@ -6,15 +6,15 @@
 //! operation. The workflow checks all of it again, and the archive itself, before it changes
 //! anything.
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Control, OperationView, RequestId};
+use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
+use super::{Control, OperationView};
 use crate::archive::manifest::WrappedBy;
+use crate::archive::verified::VerifiedExport;
 use crate::error::{Error, Result};
 use crate::keys::KeyState;
 use crate::tenant::{NewTenant, Slug, TenantRef, Tier};
-use crate::workflows::export::VerifiedExport;
 use crate::workflows::{Restore, restore};
 
 /// The new tenant a restore creates.
@@ -69,29 +69,28 @@ impl Control {
             reason,
             operation: None,
         })?;
-        let view = match target {
+        let id = match target {
             RestoreTarget::InPlace => {
                 let tenant = self
                     .registry()
                     .get_tenant(&TenantRef::Id(export.row.tenant_id))
                     .await?;
-                let hash = Sha256::digest(format!("restore:in_place:{export_id}")).to_vec();
                 let state = restore::State::new(
                     export_id,
                     restore::Mode::InPlace,
                     tenant.tier,
                     &tenant.placement.cluster,
                 );
-                let id = self
-                    .start::<Restore>(
-                        &tenant,
-                        request_id.as_ref(),
-                        &hash,
-                        |_| state.clone(),
-                        || tenant.ensure_active(),
-                    )
-                    .await?;
-                self.get_operation(id).await?
+                self.enqueue::<Restore>(Enqueue {
+                    subject: Subject::Tenant {
+                        tenant: &tenant,
+                        check: &|| tenant.ensure_active(),
+                    },
+                    request_id: request_id.as_ref(),
+                    hash: &request_hash(&("restore", "in_place", export_id)),
+                    state: &|_| state.clone(),
+                })
+                .await?
             }
             RestoreTarget::AsNewTenant(n) => {
                 let tier = match n.tier {
@@ -120,18 +119,21 @@ impl Control {
                     tier,
                     cluster: Some(cluster.clone()),
                 };
-                let hash = Sha256::digest(
-                    serde_json::to_vec(&("restore", export_id, &new)).expect("request serialises"),
-                )
-                .to_vec();
                 let state =
                     restore::State::new(export_id, restore::Mode::AsNewTenant, tier, &cluster);
-                self.create_with::<Restore>(&new, &cluster, request_id.as_ref(), &hash, state)
-                    .await?
+                self.enqueue::<Restore>(Enqueue {
+                    subject: Subject::NewTenant {
+                        new: &new,
+                        cluster: &cluster,
+                    },
+                    request_id: request_id.as_ref(),
+                    hash: &request_hash(&("restore", export_id, &new)),
+                    state: &|_| state.clone(),
+                })
+                .await?
             }
         };
-        tracing::info!(export_id = %export_id, operation_id = %view.operation.id,
-            tenant_id = %view.operation.tenant_id, "restore requested");
-        Ok(view)
+        tracing::info!(export_id = %export_id, operation_id = %id, "restore requested");
+        self.get_operation(id).await
     }
 }

@@ -1,18 +1,16 @@
 //! Fleet migrations: starting a rollout, approving it past its canaries, listing its
 //! targets, retrying one target (see docs/rollouts.md).
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Control, OperationView, RequestId, replay};
+use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
+use super::{Control, OperationView};
 use crate::dataplane::catalog;
 use crate::error::{Error, Result};
 use crate::paging;
-use crate::registry::Registry;
-use crate::registry::operations::NewOperation;
 use crate::rollout::{Canaries, Counts, Plan, Target, TargetState};
 use crate::tenant::{TenantRef, TenantState};
-use crate::workflow::{Workflow, wrap};
+use crate::workflow::Workflow;
 use crate::workflows::{MigrateFleet, migrate_fleet};
 
 /// The fleet's tenant-schema version, the newest known, and live tenants per version.
@@ -77,7 +75,7 @@ impl Control {
             }
         };
         plan.validate(catalog::latest_version())?;
-        let hash = Sha256::digest(serde_json::to_vec(&plan).expect("plan serialises")).to_vec();
+        let hash = request_hash(&plan);
         let state = migrate_fleet::State::new(plan);
         self.start_rollout(state, request_id.as_ref(), &hash).await
     }
@@ -90,42 +88,18 @@ impl Control {
         request_id: Option<&RequestId>,
         hash: &[u8],
     ) -> Result<OperationView> {
-        let rid = request_id.map(|r| r.0.as_str());
         let version = state.plan.target_version;
-        let mut tx = self.registry().pool().begin().await?;
-        if let Some(id) = replay(&mut tx, MigrateFleet::KIND, rid, hash).await? {
-            drop(tx);
-            return self.get_operation(id).await;
-        }
-        let before = Registry::advance_schema_version(&mut tx, version).await?;
-        if version < before {
-            return Err(Error::FailedPrecondition {
-                reason: format!(
-                    "the fleet is at tenant-schema version {before}; a rollout only moves it \
-                     forward (there are no down migrations)"
-                ),
-                operation: None,
-            });
-        }
-        let op_id = Uuid::new_v4();
-        Registry::insert_operation(
-            &mut tx,
-            NewOperation {
-                id: op_id,
-                kind: MigrateFleet::KIND,
-                tenant_id: Uuid::nil(),
-                request_id: rid,
-                request_hash: Some(hash),
-                data: wrap(&state),
-                steps: MigrateFleet::STEPS,
-            },
-        )
-        .await?;
-        Registry::insert_rollout(&mut tx, op_id, version).await?;
-        tx.commit().await?;
-        tracing::info!(operation_id = %op_id, from = before, to = version, only = ?state.only,
-            "fleet migration started");
-        self.get_operation(op_id).await
+        let id = self
+            .enqueue::<MigrateFleet>(Enqueue {
+                subject: Subject::Rollout { version },
+                request_id,
+                hash,
+                state: &|_| state.clone(),
+            })
+            .await?;
+        tracing::info!(operation_id = %id, to = version, only = ?state.only,
+            "fleet migration requested");
+        self.get_operation(id).await
     }
 
     /// The rollout `id`, or NOT_FOUND (an operation of another kind too).
@@ -222,7 +196,7 @@ impl Control {
         });
         state.only = Some(key.clone());
         state.retry_of = Some(id);
-        let hash = Sha256::digest(format!("retry:{id}:{key}")).to_vec();
+        let hash = request_hash(&("retry", id, &key));
         self.start_rollout(state, request_id.as_ref(), &hash).await
     }
 }

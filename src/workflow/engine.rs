@@ -10,17 +10,31 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{StepContext, StepError, Workflow, failpoint, unwrap, wrap};
+use super::{StepContext, StepError, Steps, Workflow, failpoint, unwrap, wrap};
 use crate::context::Context;
+use crate::error::ErrorCode;
 use crate::operation::{OperationError, OperationState};
 use crate::registry::events::OperationEvents;
-use crate::registry::operations::{Claimed, Lease, LeaseError};
+use crate::registry::leases::{Claimed, Lease, LeaseError};
+
+/// Runs a claimed operation with the workflow its kind names. The engine knows no workflow:
+/// `server.rs` hands it the lifecycle workflows' dispatcher (`workflows::Dispatcher`), and
+/// the dispatcher calls back into [`drive`].
+pub trait Dispatch: Send + Sync + 'static {
+    fn dispatch(
+        &self,
+        deps: &Context,
+        claimed: Claimed,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
 
 /// Starts `config.workflow.workers` workers. The returned handle completes once every worker
 /// has stopped after `shutdown` (each finishes or releases the operation it holds).
-pub fn start(
+pub fn start<D: Dispatch>(
     deps: Context,
     events: OperationEvents,
+    dispatcher: std::sync::Arc<D>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let owner = format!(
@@ -31,8 +45,9 @@ pub fn start(
     let mut set = tokio::task::JoinSet::new();
     for n in 0..deps.config.workflow.workers {
         let (deps, events, shutdown) = (deps.clone(), events.clone(), shutdown.clone());
+        let dispatcher = dispatcher.clone();
         let owner = format!("{owner}#{n}");
-        set.spawn(async move { worker(deps, events, shutdown, owner).await });
+        set.spawn(async move { worker(deps, events, &*dispatcher, shutdown, owner).await });
     }
     tokio::spawn(async move { while set.join_next().await.is_some() {} })
 }
@@ -40,6 +55,7 @@ pub fn start(
 async fn worker(
     deps: Context,
     events: OperationEvents,
+    dispatcher: &impl Dispatch,
     shutdown: CancellationToken,
     owner: String,
 ) {
@@ -55,7 +71,7 @@ async fn worker(
             .await
         {
             Ok(Some(claimed)) => {
-                crate::workflows::dispatch(&deps, claimed, &shutdown).await;
+                dispatcher.dispatch(&deps, claimed, &shutdown).await;
                 continue;
             }
             Ok(None) => {}
@@ -78,7 +94,8 @@ pub async fn drive<W: Workflow>(
     shutdown: &CancellationToken,
 ) {
     let span = tracing::info_span!("operation",
-        operation_id = %claimed.id, tenant_id = %claimed.tenant_id, kind = W::KIND);
+        operation_id = %claimed.id, tenant_id = claimed.tenant_id.map(tracing::field::display),
+        kind = W::KIND);
     async {
         let lost = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(deps.clone(), claimed.lease, lost.clone()));
@@ -132,7 +149,7 @@ impl<W: Workflow> Run<'_, W> {
         StepContext {
             deps: self.deps,
             operation_id: self.claimed.id,
-            tenant_id: self.claimed.tenant_id,
+            tenant: self.claimed.tenant_id,
             lease: self.claimed.lease,
             step,
         }
@@ -155,7 +172,7 @@ impl<W: Workflow> Run<'_, W> {
                 // Nothing can be compensated without the state; fail loudly for an operator.
                 tracing::error!(error = %e, "operation state unreadable");
                 let err = OperationError {
-                    code: tonic::Code::Internal,
+                    code: ErrorCode::Internal,
                     message: e.to_string(),
                     step: None,
                 };
@@ -167,34 +184,31 @@ impl<W: Workflow> Run<'_, W> {
         };
         if self.claimed.state == OperationState::Compensating {
             let error = self.claimed.error.clone().unwrap_or(OperationError {
-                code: tonic::Code::Internal,
+                code: ErrorCode::Internal,
                 message: "compensation resumed without a recorded error".into(),
                 step: None,
             });
             return self.compensate(state, error).await;
         }
-        let position = |from: &str| {
-            W::STEPS
-                .iter()
-                .position(|s| *s == from)
-                .expect("ROLL_FORWARD_FROM and UNCANCELLABLE_FROM name steps")
-        };
-        let roll_forward_from = W::ROLL_FORWARD_FROM.map(position);
-        let uncancellable_from = W::UNCANCELLABLE_FROM.map(position);
+        let steps = W::Step::ALL;
         // Whether step `idx` was already marked started by the previous step's commit.
         let mut marked_started = false;
-        for idx in self.claimed.next_step as usize..W::STEPS.len() {
-            let name = W::STEPS[idx];
-            let rolling_forward = roll_forward_from.is_some_and(|from| idx >= from);
+        for (idx, &step) in steps
+            .iter()
+            .enumerate()
+            .skip(self.claimed.next_step as usize)
+        {
+            let name = step.name();
+            let rolling_forward = W::ROLL_FORWARD_FROM.is_some_and(|from| step >= from);
             if shutdown.is_cancelled() {
                 tracing::info!("shutting down; releasing the operation to another worker");
                 let premarked = marked_started.then_some(idx as i32);
                 return registry.release_lease(lease, premarked).await;
             }
-            let cancellable = uncancellable_from.is_none_or(|from| idx < from);
+            let cancellable = W::UNCANCELLABLE_FROM.is_none_or(|from| step < from);
             if cancellable && registry.cancel_requested(self.claimed.id).await? {
                 let error = OperationError {
-                    code: tonic::Code::Cancelled,
+                    code: ErrorCode::Cancelled,
                     message: "operation cancelled by request".into(),
                     step: Some(name.to_owned()),
                 };
@@ -214,7 +228,7 @@ impl<W: Workflow> Run<'_, W> {
                 .guarded(
                     async {
                         failpoint::hit(&format!("{}.before_{name}", W::KIND)).await?;
-                        self.workflow.run_step(&cx, idx, &mut state).await?;
+                        self.workflow.run_step(&cx, step, &mut state).await?;
                         failpoint::hit(&format!("{}.after_{name}", W::KIND)).await
                     }
                     .instrument(tracing::info_span!("step", step = name)),
@@ -222,7 +236,7 @@ impl<W: Workflow> Run<'_, W> {
                 .await?;
             match result {
                 Ok(()) => {
-                    let next = (idx + 1 < W::STEPS.len()).then_some(idx as i32 + 1);
+                    let next = (idx + 1 < steps.len()).then_some(idx as i32 + 1);
                     registry
                         .step_done(lease, idx as i32, &wrap(&state), next)
                         .await?;
@@ -256,14 +270,8 @@ impl<W: Workflow> Run<'_, W> {
                         .await;
                 }
                 Err(e) => {
-                    let code = match &e {
-                        StepError::Fatal { code, .. } => *code,
-                        StepError::Retryable(_) | StepError::Wait { .. } => {
-                            tonic::Code::Unavailable
-                        }
-                    };
                     let error = OperationError {
-                        code,
+                        code: e.code(),
                         message: e.to_string(),
                         step: Some(name.to_owned()),
                     };
@@ -300,7 +308,7 @@ impl<W: Workflow> Run<'_, W> {
             .await?;
         match result {
             Ok(()) => {
-                let end = if error.code == tonic::Code::Cancelled {
+                let end = if error.code == ErrorCode::Cancelled {
                     OperationState::Cancelled
                 } else {
                     OperationState::Failed

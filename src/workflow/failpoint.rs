@@ -97,10 +97,9 @@ pub async fn hit(name: &str) -> Result<(), StepError> {
             tracing::warn!(failpoint = name, "failpoint: exiting the process");
             std::process::exit(EXIT_CODE);
         }
-        Some(Action::Error) => Err(StepError::fatal(
-            tonic::Code::Internal,
-            format!("failpoint {name} injected a failure"),
-        )),
+        Some(Action::Error) => Err(StepError::internal(format!(
+            "failpoint {name} injected a failure"
+        ))),
         Some(Action::Retry) => Err(StepError::Retryable(format!(
             "failpoint {name} injected a transient failure"
         ))),

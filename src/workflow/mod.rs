@@ -13,7 +13,10 @@
 //! - at most one active operation per tenant (a partial unique index in the registry).
 
 pub mod engine;
+mod error;
 pub mod failpoint;
+
+pub use error::{StepError, StepResultExt};
 
 use std::future::Future;
 
@@ -23,70 +26,60 @@ use uuid::Uuid;
 
 use crate::context::Context;
 use crate::operation::ProgressItem;
-use crate::registry::operations::Lease;
+use crate::registry::leases::Lease;
 
-/// How a step failed, and so whether to try it again.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StepError {
-    /// Transient (connection lost, serialization failure, lock timeout): retried with
-    /// exponential back-off.
-    #[error("{0}")]
-    Retryable(String),
-    /// Permanent: compensation runs and the operation fails with this code and message.
-    #[error("{message}")]
-    Fatal { code: tonic::Code, message: String },
-    /// Not failed: waiting for something outside the workflow (a person's approval). The
-    /// operation is parked at this step, its lease released, and runs the step again after
-    /// `recheck` or when woken ([`crate::registry::Registry::wake_operation`]).
-    #[error("{reason}")]
-    Wait {
-        reason: String,
-        recheck: std::time::Duration,
-    },
-}
+/// A workflow's steps: an enum whose variants run in declaration order (so `Ord` is the
+/// order). The registry stores each step by [`Steps::name`] and an operation's cursor as an
+/// index into [`Steps::ALL`]: names and order are part of the stored format, so a new step
+/// goes at the end or under a new name, and a name never changes.
+pub trait Steps: Copy + Ord + std::fmt::Debug + Send + Sync + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
 
-impl StepError {
-    pub fn fatal(code: tonic::Code, message: impl Into<String>) -> Self {
-        StepError::Fatal {
-            code,
-            message: message.into(),
-        }
+    /// The names in order, as an operation's steps are inserted.
+    fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|s| s.name()).collect()
     }
 }
 
-impl From<crate::error::Error> for StepError {
-    fn from(e: crate::error::Error) -> Self {
-        use crate::error::Error;
-        match e {
-            Error::Unavailable(m) => StepError::Retryable(m),
-            Error::FailedPrecondition { reason, .. } => {
-                StepError::fatal(tonic::Code::FailedPrecondition, reason)
+/// Declares a workflow's step enum and its stored names:
+/// `steps!(pub enum ExportStep { Prepare => "prepare", Dump => "dump" });`
+macro_rules! steps {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        $vis enum $name { $($variant),+ }
+        impl $crate::workflow::Steps for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn name(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
             }
-            other => StepError::fatal(tonic::Code::Internal, other.to_string()),
         }
-    }
+    };
 }
 
-/// A durable workflow: a fixed list of named steps over a serialisable state.
+pub(crate) use steps;
+
+/// A durable workflow: a fixed list of typed steps over a serialisable state.
 pub trait Workflow: Send + Sync + 'static {
     const KIND: &'static str;
-    const STEPS: &'static [&'static str];
+    type Step: Steps;
     type State: Serialize + DeserializeOwned + Send + Sync;
     /// The step from which the workflow can only roll forward (e.g. once routing points at
     /// the new copy): from it on, every error is retried with back-off instead of compensated,
     /// and cancellation is no longer honoured. `None`: every step can be undone.
-    const ROLL_FORWARD_FROM: Option<&'static str> = None;
+    const ROLL_FORWARD_FROM: Option<Self::Step> = None;
     /// The step from which cancellation is no longer honoured: by default the point of no
     /// return. A workflow that destroys data but must still be able to fail afterwards (a
     /// deletion whose verification finds a survivor) sets only this.
-    const UNCANCELLABLE_FROM: Option<&'static str> = Self::ROLL_FORWARD_FROM;
+    const UNCANCELLABLE_FROM: Option<Self::Step> = Self::ROLL_FORWARD_FROM;
 
-    /// Runs step `step` (an index into `STEPS`). May update `state`; the new state is
-    /// committed together with the step's done mark.
+    /// Runs `step`. May update `state`; the new state is committed together with the step's
+    /// done mark.
     fn run_step(
         &self,
         cx: &StepContext<'_>,
-        step: usize,
+        step: Self::Step,
         state: &mut Self::State,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
 
@@ -102,12 +95,19 @@ pub trait Workflow: Send + Sync + 'static {
 pub struct StepContext<'a> {
     pub deps: &'a Context,
     pub operation_id: Uuid,
-    pub tenant_id: Uuid,
+    /// The operation's tenant; `None` for a fleet operation (a rollout).
+    pub tenant: Option<Uuid>,
     pub(crate) lease: Lease,
     pub(crate) step: i32,
 }
 
 impl StepContext<'_> {
+    /// The tenant the operation is about; a fleet operation has none.
+    pub fn tenant_id(&self) -> Result<Uuid, StepError> {
+        self.tenant
+            .ok_or_else(|| StepError::internal("a tenant workflow ran without a tenant"))
+    }
+
     /// Reports progress of the running step, per item (shown by WatchOperation and
     /// tenantctl).
     pub async fn progress(&self, items: &[ProgressItem]) -> Result<(), StepError> {
@@ -115,7 +115,7 @@ impl StepContext<'_> {
             .registry
             .step_progress(&self.lease, self.step, items)
             .await
-            .map_err(|e| StepError::Retryable(e.to_string()))
+            .retryable()
     }
 }
 
@@ -138,17 +138,13 @@ pub fn wrap<S: Serialize>(state: &S) -> serde_json::Value {
 }
 
 pub fn unwrap<S: DeserializeOwned>(value: serde_json::Value) -> Result<S, StepError> {
-    let env: Envelope<S> = serde_json::from_value(value).map_err(|e| {
-        StepError::fatal(
-            tonic::Code::Internal,
-            format!("stored workflow state unreadable: {e}"),
-        )
-    })?;
+    let env: Envelope<S> = serde_json::from_value(value)
+        .map_err(|e| StepError::internal(format!("stored workflow state unreadable: {e}")))?;
     if env.version != ENVELOPE_VERSION {
-        return Err(StepError::fatal(
-            tonic::Code::Internal,
-            format!("workflow state version {} not supported", env.version),
-        ));
+        return Err(StepError::internal(format!(
+            "workflow state version {} not supported",
+            env.version
+        )));
     }
     Ok(env.state)
 }

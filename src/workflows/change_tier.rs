@@ -33,16 +33,29 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::context::Context;
+use crate::credentials;
 use crate::dataplane::copy::{self, TableDigest};
 use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, erasure, fence};
+use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::sql::{Ident, Statement};
 use crate::tenant::{TenantRef, Tier};
-use crate::workflow::{StepContext, StepError, Workflow, failpoint};
-use crate::workflows::login;
+use crate::workflow::{StepContext, StepError, Workflow, failpoint, steps};
+use crate::workflows::container::migrate_to_fleet;
 
 pub struct ChangeTier;
+
+steps!(pub enum Step {
+    Preflight => "preflight",
+    CreateTarget => "create_target",
+    Fence => "fence",
+    Copy => "copy",
+    Verify => "verify",
+    Switch => "switch",
+    Unfence => "unfence",
+    Cleanup => "cleanup",
+});
 
 /// One end of the move.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +123,7 @@ fn ends<'a>(deps: &'a Context, tenant_id: Uuid, state: &State) -> Result<Ends<'a
     let source = state
         .source
         .as_ref()
-        .ok_or_else(|| StepError::fatal(tonic::Code::Internal, "step ran before preflight"))?;
+        .ok_or_else(|| StepError::internal("step ran before preflight"))?;
     let (src_cluster, src) = deps
         .dataplane
         .plan(tenant_id, source.tier, &source.cluster)?;
@@ -128,67 +141,58 @@ fn ends<'a>(deps: &'a Context, tenant_id: Uuid, state: &State) -> Result<Ends<'a
     })
 }
 
-fn precondition(message: String) -> StepError {
-    StepError::fatal(tonic::Code::FailedPrecondition, message)
-}
-
 impl Workflow for ChangeTier {
     const KIND: &'static str = "change_tier";
-    const STEPS: &'static [&'static str] = &[
-        "preflight",
-        "create_target",
-        "fence",
-        "copy",
-        "verify",
-        "switch",
-        "unfence",
-        "cleanup",
-    ];
-    const ROLL_FORWARD_FROM: Option<&'static str> = Some("switch");
+    type Step = Step;
+    const ROLL_FORWARD_FROM: Option<Step> = Some(Step::Switch);
     type State = State;
 
     async fn run_step(
         &self,
         cx: &StepContext<'_>,
-        step: usize,
+        step: Step,
         state: &mut State,
     ) -> Result<(), StepError> {
         let deps = cx.deps;
-        if Self::STEPS[step] == "preflight" {
-            return preflight(cx, state).await;
-        }
-        let e = ends(deps, cx.tenant_id, state)?;
-        match Self::STEPS[step] {
-            "create_target" => {
-                let version = state.schema_version.ok_or_else(|| {
-                    StepError::fatal(tonic::Code::Internal, "no schema version recorded")
-                })?;
+        let tenant_id = cx.tenant_id()?;
+        // Every step after preflight works on both ends of the move, which preflight records.
+        let both_ends = |state: &State| ends(deps, tenant_id, state);
+        match step {
+            Step::Preflight => preflight(cx, state).await?,
+            Step::CreateTarget => {
+                let e = both_ends(state)?;
+                let version = state
+                    .schema_version
+                    .ok_or_else(|| StepError::missing("schema version"))?;
                 backend(e.dst.tier).create(e.dst_cluster, &e.dst).await?;
                 let db = e.dst_cluster.database(&e.dst.database);
                 catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
                 // Fenced before the role can reach it: nothing writes the target early.
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
-                login::grant(deps, e.dst_cluster, &e.dst).await?;
+                credentials::grant(deps, e.dst_cluster, &e.dst).await?;
             }
-            "fence" => {
+            Step::Fence => {
+                let e = both_ends(state)?;
                 fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
                 state.pause.fenced_at = Some(Utc::now());
                 fence::wait_for_writers(e.src_cluster, &e.src, deps.config.workflow.fence_wait())
                     .await?;
             }
-            "copy" => copy_tables(cx, &e).await?,
-            "verify" => state.verified = verify(&e).await?,
-            "switch" => {
+            Step::Copy => copy_tables(cx, &both_ends(state)?).await?,
+            Step::Verify => state.verified = verify(&both_ends(state)?).await?,
+            Step::Switch => {
+                let e = both_ends(state)?;
                 Registry::switch_placement(
                     deps.registry.pool(),
-                    cx.tenant_id,
+                    tenant_id,
                     e.dst.tier,
                     &e.dst.placement(),
                 )
                 .await?;
                 tracing::info!(tier = %e.dst.tier, cluster = %e.dst.cluster, "routing switched");
             }
-            "unfence" => {
+            Step::Unfence => {
+                let e = both_ends(state)?;
                 fence::unfence(e.dst_cluster, &e.dst).await?;
                 state.pause.unfenced_at = Some(Utc::now());
                 if let Some(pause) = state.pause.duration() {
@@ -198,16 +202,16 @@ impl Workflow for ChangeTier {
                     );
                 }
             }
-            "cleanup" => {
+            Step::Cleanup => {
+                let e = both_ends(state)?;
                 backend(e.src.tier)
                     .destroy(e.src_cluster, &e.src, e.shared_role)
                     .await?;
                 if !backend(e.dst.tier).own_login_role() {
-                    Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
+                    Registry::delete_credentials(deps.registry.pool(), tenant_id).await?;
                 }
                 catch_up_with_fleet(cx, &e).await?;
             }
-            other => unreachable!("change_tier has no step {other}"),
         }
         Ok(())
     }
@@ -217,13 +221,11 @@ impl Workflow for ChangeTier {
         if state.source.is_none() {
             return Ok(()); // preflight changes nothing
         }
-        let e = ends(deps, cx.tenant_id, state)?;
+        let tenant_id = cx.tenant_id()?;
+        let e = ends(deps, tenant_id, state)?;
         // Never drop the copy routing points at (the engine rolls forward past the switch;
         // this guards against a bug there).
-        let tenant = deps
-            .registry
-            .get_tenant(&TenantRef::Id(cx.tenant_id))
-            .await?;
+        let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
         if tenant.tier == e.dst.tier && tenant.placement == e.dst.placement() {
             return Err(StepError::Retryable(
                 "routing already points at the target; refusing to drop it".into(),
@@ -235,7 +237,7 @@ impl Workflow for ChangeTier {
         fence::unfence(e.src_cluster, &e.src).await?;
         if !backend(e.src.tier).own_login_role() {
             // The only credential is the one create_target made for the target's role.
-            Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
+            Registry::delete_credentials(deps.registry.pool(), tenant_id).await?;
         }
         Ok(())
     }
@@ -250,9 +252,10 @@ async fn catch_up_with_fleet(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), S
     if e.dst.tier == Tier::Pool {
         return Ok(());
     }
-    match super::provision::migrate_to_fleet(cx.deps, e.dst_cluster, &e.dst).await {
+    match migrate_to_fleet(cx.deps, e.dst_cluster, &e.dst).await {
         Ok(version) => {
-            Registry::raise_schema_version(cx.deps.registry.pool(), cx.tenant_id, version).await?
+            Registry::raise_schema_version(cx.deps.registry.pool(), e.dst.tenant_id, version)
+                .await?
         }
         Err(StepError::Fatal { message, .. }) => {
             tracing::warn!(error = %message, "the moved tenant stays at its version; a rollout can retry it");
@@ -266,7 +269,7 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
     let deps = cx.deps;
     let tenant = deps
         .registry
-        .get_tenant(&TenantRef::Id(cx.tenant_id))
+        .get_tenant(&TenantRef::Id(cx.tenant_id()?))
         .await?;
     tenant.ensure_active()?;
     let source = Side {
@@ -274,17 +277,17 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         cluster: tenant.placement.cluster.clone(),
     };
     if source == state.target {
-        return Err(precondition(format!(
+        return Err(StepError::precondition(format!(
             "tenant {} is already in the {} tier on cluster {}",
             tenant.slug, source.tier, source.cluster
         )));
     }
     let src_cluster = deps.dataplane.cluster(&source.cluster)?;
     let dst_cluster = deps.dataplane.cluster(&state.target.cluster)?;
-    let src = Container::plan(cx.tenant_id, source.tier, src_cluster);
-    let placed = Container::from_placement(cx.tenant_id, tenant.tier, &tenant.placement)?;
+    let src = Container::plan(cx.tenant_id()?, source.tier, src_cluster);
+    let placed = Container::from_placement(cx.tenant_id()?, tenant.tier, &tenant.placement)?;
     if src.placement() != placed.placement() {
-        return Err(precondition(format!(
+        return Err(StepError::precondition(format!(
             "tenant {} is placed at {:?}, not where its tier puts it ({:?}); the cluster \
              configuration changed",
             tenant.slug,
@@ -292,7 +295,7 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
             src.placement()
         )));
     }
-    let dst = Container::plan(cx.tenant_id, state.target.tier, dst_cluster);
+    let dst = Container::plan(cx.tenant_id()?, state.target.tier, dst_cluster);
     let version = catalog::current_version(
         src_cluster,
         &src_cluster.database(&src.database),
@@ -300,7 +303,7 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
     )
     .await?;
     if version < catalog::FENCE_VERSION {
-        return Err(precondition(format!(
+        return Err(StepError::precondition(format!(
             "tenant {} is at tenant-schema version {version}, which has no write fence; \
              migrate it to version {} or later first",
             tenant.slug,
@@ -317,7 +320,9 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
 /// The target container must not exist yet (the pool: must hold none of the tenant's rows
 /// and be at the source's version).
 async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Result<(), StepError> {
-    let taken = |what: String| precondition(format!("target {what} on cluster {}", cluster.name));
+    let taken = |what: String| {
+        StepError::precondition(format!("target {what} on cluster {}", cluster.name))
+    };
     match dst.tier {
         Tier::Database => {
             if cluster.database_exists(&dst.database).await? {
@@ -445,7 +450,7 @@ async fn verify(e: &Ends<'_>) -> Result<Vec<VerifiedTable>, StepError> {
         )?;
         if src != dst {
             return Err(StepError::fatal(
-                tonic::Code::Aborted,
+                ErrorCode::Aborted,
                 format!(
                     "verification failed for table {table}: source has {} rows (checksum {}), \
                      target {} rows (checksum {}); the move was rolled back",

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::archive::layout::{ExportKeys, tenant_prefix};
 use crate::certificate::{
     self, Certificate, Evidence, FinalExportFacts, KeyCheck, KeyEvidence, ObjectCheck,
     ObjectEvidence, RequestFacts, TenantFacts, Verification,
@@ -47,10 +48,21 @@ use crate::keys::KeyState;
 use crate::registry::Registry;
 use crate::registry::certificates::NewCertificate;
 use crate::tenant::{Tenant, TenantRef, TenantState, Tier};
-use crate::workflow::{StepContext, StepError, Workflow};
-use crate::workflows::export;
+use crate::workflow::{StepContext, StepError, Workflow, steps};
+use crate::workflows::export_writer;
 
 pub struct Delete;
+
+steps!(pub enum Step {
+    Fence => "fence",
+    FinalExport => "final_export",
+    Inventory => "inventory",
+    DeleteData => "delete_data",
+    DeleteObjects => "delete_objects",
+    DeleteKey => "delete_key",
+    Verify => "verify",
+    Certify => "certify",
+});
 
 /// What the caller asked for, recorded as given (validated) in the certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,55 +152,42 @@ pub struct Inventory {
     pub exports: Vec<Uuid>,
 }
 
-fn missing(what: &str) -> StepError {
-    StepError::fatal(tonic::Code::Internal, format!("delete state has no {what}"))
-}
-
 impl Workflow for Delete {
     const KIND: &'static str = "delete";
-    const STEPS: &'static [&'static str] = &[
-        "fence",
-        "final_export",
-        "inventory",
-        "delete_data",
-        "delete_objects",
-        "delete_key",
-        "verify",
-        "certify",
-    ];
-    const UNCANCELLABLE_FROM: Option<&'static str> = Some("delete_data");
+    type Step = Step;
+    const UNCANCELLABLE_FROM: Option<Step> = Some(Step::DeleteData);
     type State = State;
 
     async fn run_step(
         &self,
         cx: &StepContext<'_>,
-        step: usize,
+        step: Step,
         state: &mut State,
     ) -> Result<(), StepError> {
         let deps = cx.deps;
-        match Self::STEPS[step] {
-            "fence" => fence_step(cx, state).await?,
-            "final_export" => {
+        let tenant_id = cx.tenant_id()?;
+        match step {
+            Step::Fence => fence_step(cx, state).await?,
+            Step::FinalExport => {
                 if let Some(id) = state.final_export_id {
-                    state.final_export = Some(export::handover(cx, id).await?);
+                    state.final_export = Some(export_writer::handover(cx, id).await?);
                 }
             }
-            "inventory" => {
+            Step::Inventory => {
                 let mut rows = Vec::new();
                 for cluster in deps.dataplane.clusters() {
-                    let found = erasure::scan(cluster, cx.tenant_id).await?;
+                    let found = erasure::scan(cluster, cx.tenant_id()?).await?;
                     rows.extend(found.into_iter().filter(|t| t.rows > 0));
                 }
                 let objects = deps
                     .objects
-                    .list(&export::tenant_prefix(cx.tenant_id))
-                    .await
-                    .map_err(Error::from)?
+                    .list(&tenant_prefix(tenant_id))
+                    .await?
                     .into_iter()
                     .map(|o| (o.key.as_str().to_owned(), o.size))
                     .collect();
-                let exports = deps.registry.complete_exports(cx.tenant_id).await?;
-                tracing::info!(tenant_id = %cx.tenant_id, tables = rows.len(),
+                let exports = deps.registry.complete_exports(cx.tenant_id()?).await?;
+                tracing::info!(tenant_id = %cx.tenant_id()?, tables = rows.len(),
                     rows = rows.iter().map(|t| t.rows).sum::<u64>(), "deletion inventory taken");
                 state.inventory = Some(Inventory {
                     rows,
@@ -196,18 +195,17 @@ impl Workflow for Delete {
                     exports,
                 });
             }
-            "delete_data" => state.dropped = delete_data(cx).await?,
-            "delete_objects" => {
+            Step::DeleteData => state.dropped = delete_data(cx).await?,
+            Step::DeleteObjects => {
                 let inventory = state
                     .inventory
                     .as_ref()
-                    .ok_or_else(|| missing("inventory"))?;
-                state.objects = Some(delete_objects(deps, cx.tenant_id, inventory).await?);
+                    .ok_or_else(|| StepError::missing("inventory"))?;
+                state.objects = Some(delete_objects(deps, tenant_id, inventory).await?);
             }
-            "delete_key" => state.key = delete_key(deps, cx.tenant_id, state).await?,
-            "verify" => state.verification = Some(verify(cx, state).await?),
-            "certify" => state.certificate_id = Some(certify(cx, state).await?),
-            other => unreachable!("delete has no step {other}"),
+            Step::DeleteKey => state.key = delete_key(deps, tenant_id, state).await?,
+            Step::Verify => state.verification = Some(verify(cx, state).await?),
+            Step::Certify => state.certificate_id = Some(certify(cx, state).await?),
         }
         Ok(())
     }
@@ -215,22 +213,23 @@ impl Workflow for Delete {
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
         if state.inventory.is_some() || state.resumed {
             // Data may be gone: the tenant stays `deleting`, for a new request to finish.
-            tracing::warn!(tenant_id = %cx.tenant_id,
+            tracing::warn!(tenant_id = %cx.tenant_id()?,
                 "deletion stopped after it began deleting; the tenant stays deleting");
             return Ok(());
         }
         if let Some(id) = state.final_export_id {
-            export::discard(cx.deps, &export::ExportKeys::handover(cx.tenant_id, id), id).await?;
+            let keys = ExportKeys::handover(cx.tenant_id()?, id);
+            export_writer::discard(cx.deps, &keys, id).await?;
         }
         let tenant = cx
             .deps
             .registry
-            .get_tenant(&TenantRef::Id(cx.tenant_id))
+            .get_tenant(&TenantRef::Id(cx.tenant_id()?))
             .await?;
         if let Some((cluster, c)) = container(cx.deps, &tenant)? {
             fence::unfence(cluster, &c).await?;
         }
-        Registry::abandon_deletion(cx.deps.registry.pool(), cx.tenant_id).await?;
+        Registry::abandon_deletion(cx.deps.registry.pool(), cx.tenant_id()?).await?;
         Ok(())
     }
 }
@@ -252,18 +251,15 @@ fn container<'d>(
 /// container still exists (a repeated deletion may find it gone).
 async fn fence_step(cx: &StepContext<'_>, state: &State) -> Result<(), StepError> {
     let deps = cx.deps;
-    if !Registry::begin_deletion(deps.registry.pool(), cx.tenant_id).await? {
-        return Err(StepError::fatal(
-            tonic::Code::FailedPrecondition,
-            format!(
-                "tenant {} is neither active nor deleting",
-                state.tenant_slug
-            ),
-        ));
+    if !Registry::begin_deletion(deps.registry.pool(), cx.tenant_id()?).await? {
+        return Err(StepError::precondition(format!(
+            "tenant {} is neither active nor deleting",
+            state.tenant_slug
+        )));
     }
     let tenant = deps
         .registry
-        .get_tenant(&TenantRef::Id(cx.tenant_id))
+        .get_tenant(&TenantRef::Id(cx.tenant_id()?))
         .await?;
     if let Some((cluster, c)) = container(deps, &tenant)?
         && cluster.schema_exists(&c.database, &c.schema).await?
@@ -277,27 +273,27 @@ async fn fence_step(cx: &StepContext<'_>, state: &State) -> Result<(), StepError
 /// The `delete_data` step (see the module doc). Returns what was dropped whole.
 async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
     let deps = cx.deps;
-    let own = erasure::own_names(cx.tenant_id);
+    let own = erasure::own_names(cx.tenant_id()?);
     let is_own = |name: &str| own.iter().any(|n| n.as_str() == name);
     let mut dropped = Vec::new();
     for cluster in deps.dataplane.clusters() {
         // Rows outside the tenant's own containers: the pool, or a leftover anywhere. Scanned
         // again rather than taken from the inventory: a retried step must see what is left.
-        for t in erasure::scan(cluster, cx.tenant_id).await? {
+        for t in erasure::scan(cluster, cx.tenant_id()?).await? {
             if t.rows == 0 || is_own(&t.database) || is_own(&t.schema) {
                 continue;
             }
             let (database, schema, table) = t.idents()?;
             let pace = erasure::DELETION;
             let deleted =
-                erasure::delete_rows(cluster, &database, &schema, &table, cx.tenant_id, pace)
+                erasure::delete_rows(cluster, &database, &schema, &table, cx.tenant_id()?, pace)
                     .await?;
             crate::metrics::rows_moved(<Delete as Workflow>::KIND, deleted);
-            tracing::info!(tenant_id = %cx.tenant_id, table = %t.qualified(), rows = deleted,
+            tracing::info!(tenant_id = %cx.tenant_id()?, table = %t.qualified(), rows = deleted,
                 "tenant rows deleted");
         }
         // Its own schemas (tenant schema, restore leftovers) in every tenant-data database.
-        for (database, schema) in erasure::own_schemas(cluster, cx.tenant_id).await? {
+        for (database, schema) in erasure::own_schemas(cluster, cx.tenant_id()?).await? {
             cluster.drop_schema(&database, &schema).await?;
             dropped.push(format!(
                 "schema {}.{} on cluster {}",
@@ -307,7 +303,7 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
             ));
         }
         // Its database, sessions forced off, and its role.
-        let own_db = Container::plan(cx.tenant_id, Tier::Database, cluster);
+        let own_db = Container::plan(cx.tenant_id()?, Tier::Database, cluster);
         if cluster.database_exists(&own_db.database).await? {
             backend(Tier::Database)
                 .drop_container(cluster, &own_db)
@@ -327,7 +323,7 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
             ));
         }
     }
-    Registry::delete_credentials(deps.registry.pool(), cx.tenant_id).await?;
+    Registry::delete_credentials(deps.registry.pool(), cx.tenant_id()?).await?;
     Ok(dropped)
 }
 
@@ -338,16 +334,12 @@ async fn delete_objects(
     tenant_id: Uuid,
     inventory: &Inventory,
 ) -> Result<ObjectEvidence, StepError> {
-    let prefix = export::tenant_prefix(tenant_id);
-    let aborted = deps
-        .objects
-        .abort_uploads(&prefix)
-        .await
-        .map_err(Error::from)?;
+    let prefix = tenant_prefix(tenant_id);
+    let aborted = deps.objects.abort_uploads(&prefix).await?;
     let mut seen: std::collections::BTreeMap<String, u64> =
         inventory.objects.iter().cloned().collect();
-    for o in deps.objects.list(&prefix).await.map_err(Error::from)? {
-        deps.objects.delete(&o.key).await.map_err(Error::from)?;
+    for o in deps.objects.list(&prefix).await? {
+        deps.objects.delete(&o.key).await?;
         seen.insert(o.key.as_str().to_owned(), o.size);
     }
     let mut hasher = Sha256::new();
@@ -371,16 +363,16 @@ async fn delete_key(
     tenant_id: Uuid,
     state: &State,
 ) -> Result<Option<KeyEvidence>, StepError> {
-    let Some(key) = deps.keys.tenant_key(tenant_id).await.map_err(Error::from)? else {
+    let Some(key) = deps.keys.tenant_key(tenant_id).await? else {
         return Ok(None);
     };
     let info = match key.state {
         KeyState::PendingDeletion | KeyState::Destroyed => key,
-        KeyState::Enabled | KeyState::Disabled => deps
-            .keys
-            .schedule_key_deletion(&key.key_id, state.request.key_pending_days)
-            .await
-            .map_err(Error::from)?,
+        KeyState::Enabled | KeyState::Disabled => {
+            deps.keys
+                .schedule_key_deletion(&key.key_id, state.request.key_pending_days)
+                .await?
+        }
     };
     tracing::info!(tenant_id = %tenant_id, key_id = %info.key_id, "tenant key deletion scheduled");
     Ok(Some(KeyEvidence {
@@ -402,21 +394,13 @@ async fn verify(cx: &StepContext<'_>, state: &State) -> Result<Verification, Ste
     let mut tables: Vec<TableCount> = Vec::new();
     let mut catalog: Vec<CatalogCheck> = Vec::new();
     for cluster in deps.dataplane.clusters() {
-        tables.extend(erasure::scan(cluster, cx.tenant_id).await?);
-        catalog.extend(erasure::catalog_checks(cluster, cx.tenant_id).await?);
+        tables.extend(erasure::scan(cluster, cx.tenant_id()?).await?);
+        catalog.extend(erasure::catalog_checks(cluster, cx.tenant_id()?).await?);
     }
-    let prefix = export::tenant_prefix(cx.tenant_id);
-    let objects = deps.objects.list(&prefix).await.map_err(Error::from)?;
-    let uploads = deps
-        .objects
-        .incomplete_uploads(&prefix)
-        .await
-        .map_err(Error::from)?;
-    let found = deps
-        .keys
-        .tenant_key(cx.tenant_id)
-        .await
-        .map_err(Error::from)?;
+    let prefix = tenant_prefix(cx.tenant_id()?);
+    let objects = deps.objects.list(&prefix).await?;
+    let uploads = deps.objects.incomplete_uploads(&prefix).await?;
+    let found = deps.keys.tenant_key(cx.tenant_id()?).await?;
     let key_gone = found
         .as_ref()
         .is_none_or(|k| matches!(k.state, KeyState::PendingDeletion | KeyState::Destroyed));
@@ -461,15 +445,12 @@ async fn verify(cx: &StepContext<'_>, state: &State) -> Result<Verification, Ste
         survivors.push(format!("tenant key {} is {}", key.key_id, key.state));
     }
     if !survivors.is_empty() {
-        return Err(StepError::fatal(
-            tonic::Code::FailedPrecondition,
-            format!(
-                "deletion of tenant {} not verified: found {}; no certificate was issued; \
+        return Err(StepError::precondition(format!(
+            "deletion of tenant {} not verified: found {}; no certificate was issued; \
                  request the deletion again",
-                state.tenant_slug,
-                survivors.join("; ")
-            ),
-        ));
+            state.tenant_slug,
+            survivors.join("; ")
+        )));
     }
     Ok(Verification {
         verified_at: rfc3339(Utc::now()),
@@ -498,16 +479,16 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
     let inventory = state
         .inventory
         .clone()
-        .ok_or_else(|| missing("inventory"))?;
+        .ok_or_else(|| StepError::missing("inventory"))?;
     let verification = state
         .verification
         .clone()
-        .ok_or_else(|| missing("verification"))?;
+        .ok_or_else(|| StepError::missing("verification"))?;
     let objects = state
         .objects
         .clone()
-        .ok_or_else(|| missing("object evidence"))?;
-    let public = deps.keys.public_key().await.map_err(Error::from)?;
+        .ok_or_else(|| StepError::missing("object evidence"))?;
+    let public = deps.keys.public_key().await?;
     let id = Uuid::new_v4();
     let now = Utc::now();
     let key = state.key.clone().unwrap_or(KeyEvidence {
@@ -521,7 +502,7 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
         format: certificate::FORMAT.to_owned(),
         certificate_id: id.to_string(),
         tenant: TenantFacts {
-            id: cx.tenant_id.to_string(),
+            id: cx.tenant_id()?.to_string(),
             slug: state.tenant_slug.clone(),
             tier: state.tier.as_str().to_owned(),
             cluster: state.cluster.clone(),
@@ -552,7 +533,7 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
         verification,
         signing_key_id: public.key_id,
     };
-    let signature = deps.keys.sign(&cert.message()).await.map_err(Error::from)?;
+    let signature = deps.keys.sign(&cert.message()).await?;
     if signature.key_id != cert.signing_key_id {
         return Err(StepError::Retryable(
             "the signing key changed while signing; signing again".into(),
@@ -562,7 +543,7 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
     deps.registry
         .issue_certificate(&NewCertificate {
             id,
-            tenant_id: cx.tenant_id,
+            tenant_id: cx.tenant_id()?,
             operation_id: cx.operation_id,
             tenant_slug: &state.tenant_slug,
             signing_key_id: &cert.signing_key_id,
@@ -570,7 +551,7 @@ async fn certify(cx: &StepContext<'_>, state: &State) -> Result<Uuid, StepError>
             issued_at: now,
         })
         .await?;
-    tracing::info!(tenant_id = %cx.tenant_id, certificate_id = %id, "deletion certificate issued");
+    tracing::info!(tenant_id = %cx.tenant_id()?, certificate_id = %id, "deletion certificate issued");
     // A retry that lost the race keeps the first certificate.
     Ok(deps
         .registry

@@ -26,11 +26,12 @@ use crate::context::Context;
 use crate::dataplane::catalog::{self, MigrateOptions};
 use crate::dataplane::{Container, pool};
 use crate::error::Error;
+use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
 use crate::registry::{Registry, rollouts};
 use crate::rollout::{Counts, Plan, Target, TargetState};
 use crate::tenant::{Placement, Tier};
-use crate::workflow::{StepContext, StepError, Workflow, failpoint};
+use crate::workflow::{StepContext, StepError, Workflow, failpoint, steps};
 
 /// How often a target whose container was busy (a lock timeout) is tried, at most.
 const ATTEMPTS: i32 = 3;
@@ -40,6 +41,13 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 const APPROVAL_RECHECK: Duration = Duration::from_secs(60);
 
 pub struct MigrateFleet;
+
+steps!(pub enum Step {
+    Plan => "plan",
+    Canary => "canary",
+    Approve => "approve",
+    Rollout => "rollout",
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -67,18 +75,18 @@ impl State {
 
 impl Workflow for MigrateFleet {
     const KIND: &'static str = "migrate_fleet";
-    const STEPS: &'static [&'static str] = &["plan", "canary", "approve", "rollout"];
+    type Step = Step;
     type State = State;
 
     async fn run_step(
         &self,
         cx: &StepContext<'_>,
-        step: usize,
+        step: Step,
         state: &mut State,
     ) -> Result<(), StepError> {
         let registry = &cx.deps.registry;
-        match Self::STEPS[step] {
-            "plan" => {
+        match step {
+            Step::Plan => {
                 let (counts, canaries) = registry
                     .plan_rollout(
                         cx.operation_id,
@@ -91,10 +99,10 @@ impl Workflow for MigrateFleet {
                 state.counts = Some(counts);
                 tracing::info!(targets = counts.total(), canaries, "rollout planned");
             }
-            "canary" => {
+            Step::Canary => {
                 state.counts = Some(run_targets(cx, state, true, 0).await?);
             }
-            "approve" => {
+            Step::Approve => {
                 let (_, approved_by) = registry.rollout(cx.operation_id).await?;
                 let waiting = !state.plan.auto_continue
                     && state.canaries.unwrap_or(0) > 0
@@ -106,7 +114,7 @@ impl Workflow for MigrateFleet {
                     });
                 }
             }
-            "rollout" => {
+            Step::Rollout => {
                 let threshold = i64::from(state.plan.max_failures);
                 run_targets(cx, state, false, threshold).await?;
                 // Tenants an operation held get one more look now that time has passed.
@@ -117,19 +125,15 @@ impl Workflow for MigrateFleet {
                 state.counts = Some(counts);
                 report(cx, counts).await?;
                 if counts.failed > 0 {
-                    return Err(StepError::fatal(
-                        tonic::Code::FailedPrecondition,
-                        format!(
-                            "{} of {} targets failed to reach version {}: {}",
-                            counts.failed,
-                            counts.total(),
-                            state.plan.target_version,
-                            failed_names(registry, cx.operation_id).await?
-                        ),
-                    ));
+                    return Err(StepError::precondition(format!(
+                        "{} of {} targets failed to reach version {}: {}",
+                        counts.failed,
+                        counts.total(),
+                        state.plan.target_version,
+                        failed_names(registry, cx.operation_id).await?
+                    )));
                 }
             }
-            other => unreachable!("migrate_fleet has no step {other}"),
         }
         Ok(())
     }
@@ -220,13 +224,13 @@ async fn run_targets(
         }
         if registry.cancel_requested(cx.operation_id).await? {
             stop = Some(StepError::fatal(
-                tonic::Code::Cancelled,
+                ErrorCode::Cancelled,
                 "operation cancelled by request",
             ));
         } else if counts.failed > threshold {
             let what = if canaries_only { "canary" } else { "target" };
             stop = Some(StepError::fatal(
-                tonic::Code::Aborted,
+                ErrorCode::Aborted,
                 format!(
                     "rollout stopped: {} {what}s failed (threshold {threshold}): {}",
                     counts.failed,
@@ -257,7 +261,7 @@ async fn run_target(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     registry.target_started(&t).await?;
-    let mut tx = registry.pool().begin().await.map_err(Error::from)?;
+    let mut tx = registry.pool().begin().await?;
     rollouts::lock_for_migration(&mut tx, &t).await?;
     if let Some(reason) = rollouts::busy_reason(&mut tx, &t).await? {
         Registry::target_finished(
@@ -269,7 +273,7 @@ async fn run_target(
             retry_of,
         )
         .await?;
-        tx.commit().await.map_err(Error::from)?;
+        tx.commit().await?;
         return Ok(TargetState::Skipped);
     }
     let placement = match t.tenant_id {
@@ -294,7 +298,7 @@ async fn run_target(
                 retry_of,
             )
             .await?;
-            tx.commit().await.map_err(Error::from)?;
+            tx.commit().await?;
             crate::metrics::rollout_target(TargetState::Done);
             Ok(TargetState::Done)
         }
@@ -330,13 +334,10 @@ async fn migrate_container(
     let (database, schema) = match (t.tenant_id, placement) {
         (Some(id), Some((tier, placement))) => {
             if tier == Tier::Pool || placement.cluster != t.cluster {
-                return Err(StepError::fatal(
-                    tonic::Code::FailedPrecondition,
-                    format!(
-                        "tenant moved to the {tier} tier on {} since the rollout was planned",
-                        placement.cluster
-                    ),
-                ));
+                return Err(StepError::precondition(format!(
+                    "tenant moved to the {tier} tier on {} since the rollout was planned",
+                    placement.cluster
+                )));
             }
             let c = Container::from_placement(id, tier, &placement)?;
             (c.database, c.schema)

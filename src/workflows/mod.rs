@@ -1,9 +1,19 @@
 //! The lifecycle workflows, one file each, dispatched by operation kind through one match.
+//!
+//! Workflows: `provision`, `change_tier`, `export`, `restore`, `delete`, `migrate_fleet`,
+//! `key_backfill`. No workflow imports another; what several of them do lives in pieces of
+//! its own that are not workflows:
+//! - `container`: a new container at the fleet's tenant-schema version, and undoing one;
+//! - `export_writer`: dumping, sealing, uploading and recording one export (exports and a
+//!   deletion's final export);
+//! - `tenant_key`: the tenant's key in the key service.
 
 pub mod change_tier;
+pub mod container;
 pub mod delete;
 pub mod export;
-pub mod login;
+pub mod export_writer;
+pub mod key_backfill;
 pub mod migrate_fleet;
 pub mod provision;
 pub mod restore;
@@ -12,39 +22,45 @@ pub mod tenant_key;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::registry::operations::Claimed;
-use crate::workflow::{Workflow, engine};
+use crate::registry::leases::Claimed;
+use crate::workflow::Workflow;
+use crate::workflow::engine::{self, Dispatch};
 
 pub use change_tier::ChangeTier;
 pub use delete::Delete;
 pub use export::Export;
+pub use key_backfill::KeyBackfill;
 pub use migrate_fleet::MigrateFleet;
 pub use provision::Provision;
 pub use restore::Restore;
-pub use tenant_key::KeyBackfill;
 
-/// Runs a claimed operation with the workflow its kind names.
-pub async fn dispatch(deps: &Context, claimed: Claimed, shutdown: &CancellationToken) {
-    match claimed.kind.as_str() {
-        Provision::KIND => engine::drive(&Provision, deps, claimed, shutdown).await,
-        ChangeTier::KIND => engine::drive(&ChangeTier, deps, claimed, shutdown).await,
-        Export::KIND => engine::drive(&Export, deps, claimed, shutdown).await,
-        KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
-        Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
-        Delete::KIND => engine::drive(&Delete, deps, claimed, shutdown).await,
-        MigrateFleet::KIND => engine::drive(&MigrateFleet, deps, claimed, shutdown).await,
-        other => {
-            // Written by a newer release: leave it for a replica that knows the kind.
-            tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");
-            let _ = deps
-                .registry
-                .step_retry_later(
-                    &claimed.lease,
-                    None,
-                    &format!("unknown operation kind {other:?}"),
-                    std::time::Duration::from_secs(60),
-                )
-                .await;
+/// Runs a claimed operation with the workflow its kind names; `server.rs` hands it to the
+/// engine.
+pub struct Dispatcher;
+
+impl Dispatch for Dispatcher {
+    async fn dispatch(&self, deps: &Context, claimed: Claimed, shutdown: &CancellationToken) {
+        match claimed.kind.as_str() {
+            Provision::KIND => engine::drive(&Provision, deps, claimed, shutdown).await,
+            ChangeTier::KIND => engine::drive(&ChangeTier, deps, claimed, shutdown).await,
+            Export::KIND => engine::drive(&Export, deps, claimed, shutdown).await,
+            KeyBackfill::KIND => engine::drive(&KeyBackfill, deps, claimed, shutdown).await,
+            Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
+            Delete::KIND => engine::drive(&Delete, deps, claimed, shutdown).await,
+            MigrateFleet::KIND => engine::drive(&MigrateFleet, deps, claimed, shutdown).await,
+            other => {
+                // Written by a newer release: leave it for a replica that knows the kind.
+                tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");
+                let _ = deps
+                    .registry
+                    .step_retry_later(
+                        &claimed.lease,
+                        None,
+                        &format!("unknown operation kind {other:?}"),
+                        std::time::Duration::from_secs(60),
+                    )
+                    .await;
+            }
         }
     }
 }

@@ -43,21 +43,38 @@ use uuid::Uuid;
 
 use crate::archive::ArchiveReader;
 use crate::archive::manifest::Manifest;
+use crate::archive::verified::VerifiedExport;
 use crate::context::Context;
+use crate::credentials;
 use crate::dataplane::load::{self, DumpReader, Piece, TableLoad};
 use crate::dataplane::{
     Cluster, Container, DataPlaneError, backend, catalog, fence, staging, two_lanes,
 };
-use crate::error::Error;
+use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::sql::Ident;
 use crate::tenant::{TenantRef, Tier};
-use crate::workflow::{StepContext, StepError, Workflow};
-use crate::workflows::export::VerifiedExport;
-use crate::workflows::{login, provision, tenant_key};
+use crate::workflow::{StepContext, StepError, Workflow, steps};
+use crate::workflows::container::undo;
+use crate::workflows::tenant_key;
 
 pub struct Restore;
+
+steps!(pub enum Step {
+    Verify => "verify",
+    Prepare => "prepare",
+    Stage => "stage",
+    Load => "load",
+    Index => "index",
+    Check => "check",
+    Migrate => "migrate",
+    Grant => "grant",
+    Fence => "fence",
+    Swap => "swap",
+    Activate => "activate",
+    Cleanup => "cleanup",
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,53 +135,38 @@ impl State {
 }
 
 fn data_loss(message: String) -> StepError {
-    StepError::fatal(tonic::Code::DataLoss, message)
-}
-
-fn precondition(message: String) -> StepError {
-    StepError::fatal(tonic::Code::FailedPrecondition, message)
-}
-
-fn missing(what: &str) -> StepError {
-    StepError::fatal(
-        tonic::Code::Internal,
-        format!("restore state has no {what}"),
-    )
+    StepError::fatal(ErrorCode::DataLoss, message)
 }
 
 impl Workflow for Restore {
     const KIND: &'static str = "restore";
-    const STEPS: &'static [&'static str] = &[
-        "verify", "prepare", "stage", "load", "index", "check", "migrate", "grant", "fence",
-        "swap", "activate", "cleanup",
-    ];
-    const ROLL_FORWARD_FROM: Option<&'static str> = Some("swap");
+    type Step = Step;
+    const ROLL_FORWARD_FROM: Option<Step> = Some(Step::Swap);
     type State = State;
 
     async fn run_step(
         &self,
         cx: &StepContext<'_>,
-        step: usize,
+        step: Step,
         state: &mut State,
     ) -> Result<(), StepError> {
         let deps = cx.deps;
-        let (cluster, live) = deps
-            .dataplane
-            .plan(cx.tenant_id, state.tier, &state.cluster)?;
+        let tenant_id = cx.tenant_id()?;
+        let (cluster, live) = deps.dataplane.plan(tenant_id, state.tier, &state.cluster)?;
         let staged = staging::staging(&live);
-        match Self::STEPS[step] {
-            "verify" => verify(cx, state, cluster, &live).await?,
-            "prepare" => {
+        match step {
+            Step::Verify => verify(cx, state, cluster, &live).await?,
+            Step::Prepare => {
                 if state.mode == Mode::AsNewTenant {
-                    Registry::set_placement(deps.registry.pool(), cx.tenant_id, &live.placement())
+                    Registry::set_placement(deps.registry.pool(), tenant_id, &live.placement())
                         .await?;
-                    tenant_key::ensure(deps, cx.tenant_id).await?;
+                    tenant_key::ensure(deps, tenant_id).await?;
                     if live.tier == Tier::Pool {
                         backend(Tier::Pool).create(cluster, &live).await?;
                         let db = cluster.database(&live.database);
                         let version = state
                             .target_version
-                            .ok_or_else(|| missing("target version"))?;
+                            .ok_or_else(|| StepError::missing("target version"))?;
                         let options = catalog::MigrateOptions {
                             newer_ok: true,
                             ..Default::default()
@@ -175,12 +177,15 @@ impl Workflow for Restore {
                     }
                 }
             }
-            "stage" => {
-                let m = state.manifest.as_ref().ok_or_else(|| missing("manifest"))?;
+            Step::Stage => {
+                let m = state
+                    .manifest
+                    .as_ref()
+                    .ok_or_else(|| StepError::missing("manifest"))?;
                 state.deferred = staging::create(cluster, &staged, m.schema_version).await?;
             }
-            "load" => load_step(cx, state, cluster, &staged).await?,
-            "index" => {
+            Step::Load => load_step(cx, state, cluster, &staged).await?,
+            Step::Index => {
                 let rows = |table: &str| {
                     let t = state.expected.iter().find(|t| t.table == table);
                     t.map_or(0, |t| t.rows)
@@ -188,8 +193,7 @@ impl Workflow for Restore {
                 match staging::rebuild(cluster, &staged, &state.deferred, rows).await {
                     // A duplicate key or a dangling reference: not the data that was exported.
                     Err(DataPlaneError::Sql { source, .. })
-                        if crate::registry::sqlstate::of(&source)
-                            .is_some_and(|(c, _)| c.starts_with("23")) =>
+                        if crate::sqlstate::is_integrity_violation(&source) =>
                     {
                         return Err(data_loss(format!(
                             "the restored data breaks a constraint: {source}; nothing was changed"
@@ -198,23 +202,23 @@ impl Workflow for Restore {
                     other => other?,
                 }
             }
-            "check" => check(state, cluster, &staged).await?,
-            "migrate" => {
+            Step::Check => check(state, cluster, &staged).await?,
+            Step::Migrate => {
                 let version = state
                     .target_version
-                    .ok_or_else(|| missing("target version"))?;
+                    .ok_or_else(|| StepError::missing("target version"))?;
                 let db = cluster.database(&staged.database);
                 catalog::migrate(cluster, &db, &staged.schema, version).await?;
             }
-            "grant" => {
+            Step::Grant => {
                 fence::fence(cluster, &staged, cx.operation_id).await?;
                 if live.tier == Tier::Pool {
-                    login::grant(deps, cluster, &live).await?;
+                    credentials::grant(deps, cluster, &live).await?;
                 } else {
-                    login::grant_staged(deps, cluster, &staged, &live.schema).await?;
+                    credentials::grant_staged(deps, cluster, &staged, &live.schema).await?;
                 }
             }
-            "fence" => {
+            Step::Fence => {
                 if state.mode == Mode::InPlace {
                     fence::fence(cluster, &live, cx.operation_id).await?;
                     state.pause.fenced_at.get_or_insert_with(Utc::now);
@@ -222,20 +226,20 @@ impl Workflow for Restore {
                         .await?;
                 }
             }
-            "swap" => {
+            Step::Swap => {
                 staging::swap(cluster, &live).await?;
                 state.pause.unfenced_at.get_or_insert_with(Utc::now);
                 crate::metrics::rows_moved(<Restore as Workflow>::KIND, state.rows());
-                tracing::info!(tenant_id = %cx.tenant_id, export_id = %state.export_id,
+                tracing::info!(tenant_id = %tenant_id, export_id = %state.export_id,
                     rows = state.rows(), "restored copy swapped in");
             }
-            "activate" => {
+            Step::Activate => {
                 let db = cluster.database(&live.database);
                 let version = catalog::current_version(cluster, &db, &live.schema).await?;
-                Registry::activate_tenant(deps.registry.pool(), cx.tenant_id, version).await?;
+                Registry::activate_tenant(deps.registry.pool(), tenant_id, version).await?;
                 state.schema_version = Some(version);
             }
-            "cleanup" => {
+            Step::Cleanup => {
                 let replaced = staging::replaced(&live);
                 cluster
                     .drop_schema(&replaced.database, &replaced.schema)
@@ -244,23 +248,22 @@ impl Workflow for Restore {
                     .drop_schema(&staged.database, &staged.schema)
                     .await?;
             }
-            other => unreachable!("restore has no step {other}"),
         }
         Ok(())
     }
 
     async fn compensate(&self, cx: &StepContext<'_>, state: &mut State) -> Result<(), StepError> {
-        let (cluster, live) = cx
-            .deps
-            .dataplane
-            .plan(cx.tenant_id, state.tier, &state.cluster)?;
+        let (cluster, live) =
+            cx.deps
+                .dataplane
+                .plan(cx.tenant_id()?, state.tier, &state.cluster)?;
         let staged = staging::staging(&live);
         cluster
             .drop_schema(&staged.database, &staged.schema)
             .await?;
         match state.mode {
             Mode::InPlace => fence::unfence(cluster, &live).await?,
-            Mode::AsNewTenant => provision::undo(cx.deps, cluster, &live).await?,
+            Mode::AsNewTenant => undo(cx.deps, cluster, &live).await?,
         }
         Ok(())
     }
@@ -291,13 +294,13 @@ async fn verify(
     let deps = cx.deps;
     let export = VerifiedExport::open(deps, state.export_id).await?;
     let m = &export.manifest;
-    known_version(m).map_err(precondition)?;
+    known_version(m).map_err(StepError::precondition)?;
     let target_version = match (state.tier, state.mode) {
         (Tier::Pool, Mode::InPlace) => {
             let db = cluster.database(&live.database);
             let pool = catalog::current_version(cluster, &db, &live.schema).await?;
             if m.schema_version > pool {
-                return Err(precondition(format!(
+                return Err(StepError::precondition(format!(
                     "export exports/{} is at tenant-schema version {}, the pool on cluster {} \
                      at {pool}; migrate the pool first",
                     state.export_id, m.schema_version, cluster.name
@@ -319,18 +322,18 @@ async fn verify(
     if state.mode == Mode::InPlace {
         let tenant = deps
             .registry
-            .get_tenant(&TenantRef::Id(cx.tenant_id))
+            .get_tenant(&TenantRef::Id(cx.tenant_id()?))
             .await?;
         tenant.ensure_active()?;
-        if export.row.tenant_id != cx.tenant_id {
-            return Err(precondition(format!(
+        if export.row.tenant_id != cx.tenant_id()? {
+            return Err(StepError::precondition(format!(
                 "export exports/{} belongs to another tenant",
                 state.export_id
             )));
         }
-        let placed = Container::from_placement(cx.tenant_id, tenant.tier, &tenant.placement)?;
+        let placed = Container::from_placement(cx.tenant_id()?, tenant.tier, &tenant.placement)?;
         if tenant.tier != state.tier || placed.placement() != live.placement() {
-            return Err(precondition(format!(
+            return Err(StepError::precondition(format!(
                 "tenant {} moved since the restore was requested",
                 tenant.slug
             )));
@@ -338,7 +341,7 @@ async fn verify(
         let db = cluster.database(&live.database);
         let version = catalog::current_version(cluster, &db, &live.schema).await?;
         if version < catalog::FENCE_VERSION {
-            return Err(precondition(format!(
+            return Err(StepError::precondition(format!(
                 "tenant {} is at tenant-schema version {version}, which has no write fence; \
                  migrate it to version {} or later first",
                 tenant.slug,
@@ -350,7 +353,7 @@ async fn verify(
             .schema_exists(&replaced.database, &replaced.schema)
             .await?
         {
-            return Err(precondition(format!(
+            return Err(StepError::precondition(format!(
                 "schema {} (the replaced copy of an earlier restore) still exists in database \
                  {} on cluster {}; drop it first",
                 replaced.schema.as_str(),
@@ -360,7 +363,7 @@ async fn verify(
         }
     }
     // Counting, not digesting: `load` digests the rows it hands on.
-    let (mut pieces, reading) = read_dump(deps, &export, cx.tenant_id, false).await?;
+    let (mut pieces, reading) = read_dump(deps, &export, cx.tenant_id()?, false).await?;
     while pieces.recv().await.is_some() {}
     let tables = finished(reading).await?;
     let counted: Vec<(&str, u64)> = tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
@@ -446,7 +449,7 @@ async fn load_step(
     );
     let first = progress.lock().expect("progress").clone();
     cx.progress(&first).await?;
-    let (pieces, reading) = read_dump(deps, &export, cx.tenant_id, true).await?;
+    let (pieces, reading) = read_dump(deps, &export, cx.tenant_id()?, true).await?;
     let loading = load::load(cluster, staged, pieces, |table, rows| {
         let mut items = progress.lock().expect("progress");
         if let Some(item) = items.iter_mut().find(|i| i.name == table) {
@@ -519,11 +522,7 @@ async fn read_dump(
         .parse()
         .map_err(|_| data_loss("manifest names no tenant id".into()))?;
     let key = export.data_key(deps).await?;
-    let mut archive = deps
-        .objects
-        .read(&export.keys.archive)
-        .await
-        .map_err(Error::from)?;
+    let mut archive = deps.objects.read(&export.keys.archive).await?;
     let manifest = export.manifest.clone();
     let (sealed_tx, mut sealed_rx) = mpsc::channel::<Vec<u8>>(4);
     let (pieces_tx, pieces_rx) = mpsc::channel::<Piece>(8);

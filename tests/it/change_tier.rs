@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use tenantd::api::pb;
 use tenantd::dataplane::fence;
-use tenantd::workflow::Workflow;
+use tenantd::workflow::Steps;
 
 use crate::harness::{AppConnector, Place, TestEnv, admin, fill, footprint, snapshot, sqlstate};
 
@@ -330,7 +330,7 @@ async fn crash_through_every_step(
 ) -> pb::Tenant {
     let id: Uuid = t.id.parse().unwrap();
     let before = snapshot(&Place::of(t), id).await;
-    let steps = <tenantd::workflows::ChangeTier as Workflow>::STEPS;
+    let steps = tenantd::workflows::change_tier::Step::names();
     env.restart(&format!("change_tier.after_{}=exit", steps[0]))
         .await;
     env.ready().await;

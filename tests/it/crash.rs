@@ -2,8 +2,8 @@
 //! cleanup, its lease left to expire) at step boundaries; a new process resumes the operation.
 
 use tenantd::api::pb;
-use tenantd::workflow::Workflow;
 use tenantd::workflow::failpoint::EXIT_CODE;
+use tenantd::workflow::{Steps, Workflow};
 use tenantd::workflows::Provision;
 
 use crate::harness::{Footprint, TestEnv, footprint};
@@ -11,8 +11,8 @@ use crate::harness::{Footprint, TestEnv, footprint};
 /// Every crash window of workflow `W`: before each step, and after each step's side effects
 /// but before its done mark commits.
 pub fn boundaries<W: Workflow>() -> Vec<String> {
-    W::STEPS
-        .iter()
+    W::Step::names()
+        .into_iter()
         .flat_map(|s| {
             [
                 format!("{}.before_{s}", W::KIND),

@@ -115,7 +115,7 @@ async fn deletes_every_tier_everywhere_with_a_certificate_that_verifies_offline(
         let rows = counts(&snapshot(&place, id).await);
         let old = export(&mut env, slug).await;
         let old_keys =
-            tenantd::workflows::export::ExportKeys::new(id, old.name[8..].parse().unwrap());
+            tenantd::archive::layout::ExportKeys::new(id, old.name[8..].parse().unwrap());
         let manifest: Manifest =
             serde_json::from_slice(&objects.get(&old_keys.manifest).await.unwrap()).unwrap();
 

@@ -7,7 +7,8 @@ use tenantd::api::pb;
 use tenantd::error::Error;
 use tenantd::registry::Registry;
 use tenantd::registry::clusters::ClusterRow;
-use tenantd::registry::operations::{LeaseError, NewOperation};
+use tenantd::registry::leases::LeaseError;
+use tenantd::registry::operations::NewOperation;
 use tenantd::tenant::{NewTenant, Slug, Tier};
 use uuid::Uuid;
 
@@ -50,7 +51,7 @@ fn new_op(tenant: Uuid) -> (Uuid, NewOperation<'static>) {
         NewOperation {
             id,
             kind: "test",
-            tenant_id: tenant,
+            tenant_id: Some(tenant),
             request_id: None,
             request_hash: None,
             data: serde_json::json!({"version": 1, "state": {}}),

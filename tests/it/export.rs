@@ -184,8 +184,8 @@ async fn exports_on_aws_kms_and_s3() {
 }
 
 /// The stored objects of an export, by file name.
-fn export_keys(e: &pb::Export) -> tenantd::workflows::export::ExportKeys {
-    tenantd::workflows::export::ExportKeys::new(
+fn export_keys(e: &pb::Export) -> tenantd::archive::layout::ExportKeys {
+    tenantd::archive::layout::ExportKeys::new(
         e.tenant_id.parse().unwrap(),
         e.name.trim_start_matches("exports/").parse().unwrap(),
     )
@@ -292,7 +292,7 @@ async fn crash_mid_upload(mut env: TestEnv) {
     // Dead in the middle: an incomplete upload, and no export counted as complete.
     let objects = env.objects().await;
     let export_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
-    let prefix = tenantd::workflows::export::ExportKeys::new(id, export_id).prefix;
+    let prefix = tenantd::archive::layout::ExportKeys::new(id, export_id).prefix;
     assert_eq!(objects.incomplete_uploads(&prefix).await.unwrap().len(), 1);
     let (state,): (String,) = sqlx::query_as("SELECT state FROM exports WHERE tenant_id = $1")
         .bind(id)
@@ -371,7 +371,7 @@ async fn a_cancelled_export_removes_its_objects() {
     let op = start_export(&mut env, "exp-cancel", "").await;
     let objects = env.objects().await;
     let export_id: Uuid = op.name.trim_start_matches("operations/").parse().unwrap();
-    let keys = tenantd::workflows::export::ExportKeys::new(t.id.parse().unwrap(), export_id);
+    let keys = tenantd::archive::layout::ExportKeys::new(t.id.parse().unwrap(), export_id);
     // Cancel once the archive is stored (the sign step is held back).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while objects.get(&keys.archive).await.is_err() {

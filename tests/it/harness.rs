@@ -944,7 +944,7 @@ impl AppConnector {
             let password = keys
                 .open(
                     &tenantd::keys::Sealed { key_id, ciphertext },
-                    &tenantd::workflows::login::credential_context(tenant, &route.role),
+                    &tenantd::credentials::credential_context(tenant, &route.role),
                 )
                 .map_err(|e| e.to_string())?;
             (route.role.clone(), String::from_utf8(password).unwrap())

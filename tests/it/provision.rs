@@ -182,7 +182,7 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
                 key_id,
                 ciphertext: sealed.clone(),
             },
-            &tenantd::workflows::login::credential_context(t.id.parse().unwrap(), &own),
+            &tenantd::credentials::credential_context(t.id.parse().unwrap(), &own),
         )
         .unwrap();
     let password = String::from_utf8(password).unwrap();

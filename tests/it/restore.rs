@@ -305,7 +305,7 @@ async fn damaged_archives_dead_keys_and_busy_tenants_are_refused_with_nothing_ch
     let place = Place::of(&t);
     fill(&place, id, 10).await;
     let e = export(&mut env, "rst-refuse").await;
-    let keys = tenantd::workflows::export::ExportKeys::new(
+    let keys = tenantd::archive::layout::ExportKeys::new(
         id,
         e.name.trim_start_matches("exports/").parse().unwrap(),
     );
@@ -513,7 +513,7 @@ async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
     assert_eq!(indexes, 3, "migration 3 ran on the restored copy");
 
     // A manifest claiming a future version, signed by the service key: refused at once.
-    let keys = tenantd::workflows::export::ExportKeys::new(
+    let keys = tenantd::archive::layout::ExportKeys::new(
         id,
         e.name.trim_start_matches("exports/").parse().unwrap(),
     );
@@ -539,7 +539,7 @@ async fn reseal(env: &TestEnv, e: &pb::Export, edit: impl Fn(&str) -> String) {
     use tenantd::archive::manifest::Manifest;
     use tenantd::archive::{ArchiveReader, ArchiveWriter};
     let id: Uuid = e.name.trim_start_matches("exports/").parse().unwrap();
-    let keys = tenantd::workflows::export::ExportKeys::new(e.tenant_id.parse().unwrap(), id);
+    let keys = tenantd::archive::layout::ExportKeys::new(e.tenant_id.parse().unwrap(), id);
     let objects = env.objects().await;
     let ks = env.keys().await;
     let mut m: Manifest =
@@ -614,7 +614,7 @@ async fn signed_exports_with_bad_rows_are_refused_with_nothing_changed() {
             &sql[second + rows[1].len()..]
         )
     };
-    let keys = tenantd::workflows::export::ExportKeys::new(
+    let keys = tenantd::archive::layout::ExportKeys::new(
         id,
         e.name.trim_start_matches("exports/").parse().unwrap(),
     );

@@ -1,7 +1,9 @@
 //! A tenant's own login password: created once, sealed by the key provider and kept in the
 //! registry, then reused by every container of the tenant that has its own role (a tier
 //! change to another cluster recreates the role there with the same password, so the
-//! application's credential survives the move).
+//! application's credential survives the move). Provisioning, tier changes and restores
+//! grant through here; the password itself is only ever handed to PostgreSQL as a SCRAM
+//! verifier.
 
 use uuid::Uuid;
 
@@ -9,7 +11,7 @@ use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, roles};
 use crate::keys::EncryptionContext;
 use crate::sql::Ident;
-use crate::workflow::StepError;
+use crate::workflow::{StepError, StepResultExt};
 
 /// The encryption context binding a sealed login password to its tenant and role.
 pub fn credential_context(tenant_id: Uuid, role: &str) -> EncryptionContext {
@@ -52,12 +54,10 @@ pub async fn grant_staged(
 /// crash in between leaves a stored credential the next attempt reuses).
 pub async fn verifier(deps: &Context, tenant_id: Uuid, role: &str) -> Result<String, StepError> {
     let context = credential_context(tenant_id, role);
-    let key_error = |e: crate::keys::KeyError| StepError::Retryable(e.to_string());
     if let Some(sealed) = deps.registry.get_credential(tenant_id, role).await? {
-        let password = deps.keys.open(&sealed, &context).await.map_err(key_error)?;
-        let password = String::from_utf8(password).map_err(|_| {
-            StepError::fatal(tonic::Code::Internal, "stored credential is not UTF-8")
-        })?;
+        let password = deps.keys.open(&sealed, &context).await.retryable()?;
+        let password = String::from_utf8(password)
+            .map_err(|_| StepError::internal("stored credential is not UTF-8"))?;
         return Ok(roles::scram_verifier(&password));
     }
     let password = roles::generate_password();
@@ -65,7 +65,7 @@ pub async fn verifier(deps: &Context, tenant_id: Uuid, role: &str) -> Result<Str
         .keys
         .seal(password.as_bytes(), &context)
         .await
-        .map_err(key_error)?;
+        .retryable()?;
     deps.registry
         .put_credential(tenant_id, role, &sealed)
         .await?;
