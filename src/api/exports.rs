@@ -9,9 +9,15 @@ use tonic::{Request, Response, Status};
 
 use super::audit::{Outcome, audited};
 use super::convert;
+use super::convert::{resource_id, tier_from, tier_to, time};
 use super::pb;
+use crate::error::Error;
+use crate::registry::exports::ExportState;
 use crate::service::{Control, RequestId};
+use crate::service::{ExportView, NewTenantFromExport, RestoreTarget};
 use crate::tenant::TenantRef;
+use crate::tenant::{self, Slug, Tier};
+use uuid::Uuid;
 
 /// Archive bytes per ReadExport message.
 const CHUNK: usize = 256 * 1024;
@@ -75,7 +81,7 @@ impl pb::export_service_server::ExportService for ExportApi {
         request: Request<pb::RestoreTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
         audited(&self.control, request, |r| async move {
-            let restore = convert::RestoreRequest::try_from(&r)?;
+            let restore = RestoreRequest::try_from(&r)?;
             let request_id = RequestId::parse(&r.request_id)?;
             let op = self
                 .control
@@ -156,5 +162,119 @@ impl ExportApi {
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+// ---- conversions -----------------------------------------------------------------------
+
+/// A validated RestoreTenant request.
+pub struct RestoreRequest {
+    pub export_id: Uuid,
+    pub target: RestoreTarget,
+}
+
+impl TryFrom<&pb::RestoreTenantRequest> for RestoreRequest {
+    type Error = Error;
+    fn try_from(r: &pb::RestoreTenantRequest) -> Result<Self, Error> {
+        let export_id = resource_id("export", &r.export, "exports")?;
+        let optional = |field: &str, v: &str| -> Result<Option<String>, Error> {
+            Ok(if v.is_empty() {
+                None
+            } else {
+                Some(tenant::text_field(field, v, true)?)
+            })
+        };
+        let target = match pb::RestoreMode::try_from(r.mode) {
+            Ok(pb::RestoreMode::InPlace) => {
+                for (field, set) in [
+                    ("new_slug", !r.new_slug.is_empty()),
+                    ("tier", r.tier != 0),
+                    ("cluster", !r.cluster.is_empty()),
+                    ("display_name", !r.display_name.is_empty()),
+                ] {
+                    if set {
+                        return Err(Error::invalid(
+                            field,
+                            "applies only to RESTORE_MODE_AS_NEW_TENANT; an in-place restore \
+                             keeps the tenant where it is",
+                        ));
+                    }
+                }
+                RestoreTarget::InPlace
+            }
+            Ok(pb::RestoreMode::AsNewTenant) => {
+                if r.new_slug.is_empty() {
+                    return Err(Error::invalid(
+                        "new_slug",
+                        "is required for RESTORE_MODE_AS_NEW_TENANT",
+                    ));
+                }
+                RestoreTarget::AsNewTenant(NewTenantFromExport {
+                    slug: Slug::parse(&r.new_slug).map_err(|e| match e {
+                        Error::InvalidArgument { reason, .. } => Error::invalid("new_slug", reason),
+                        other => other,
+                    })?,
+                    tier: tier_from("tier", r.tier, false)?,
+                    cluster: optional("cluster", &r.cluster)?,
+                    display_name: {
+                        let d = tenant::text_field("display_name", &r.display_name, false)?;
+                        (!d.is_empty()).then_some(d)
+                    },
+                })
+            }
+            Ok(pb::RestoreMode::Unspecified) => {
+                return Err(Error::invalid(
+                    "mode",
+                    "is required: RESTORE_MODE_IN_PLACE or RESTORE_MODE_AS_NEW_TENANT",
+                ));
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "mode",
+                    format!("unknown restore mode {}", r.mode),
+                ));
+            }
+        };
+        Ok(RestoreRequest { export_id, target })
+    }
+}
+
+impl From<ExportView> for pb::Export {
+    fn from(v: ExportView) -> Self {
+        let e = v.export;
+        pb::Export {
+            name: format!("exports/{}", e.id),
+            tenant_id: e.tenant_id.to_string(),
+            state: match e.state {
+                ExportState::Running => pb::ExportState::Running,
+                ExportState::Complete => pb::ExportState::Complete,
+                ExportState::Failed => pb::ExportState::Failed,
+                ExportState::Deleted => pb::ExportState::Deleted,
+            } as i32,
+            object_uri: v.object_uri,
+            manifest_uri: v.manifest_uri,
+            size_bytes: e.size_bytes.unwrap_or(0).max(0) as u64,
+            sha256: e.sha256.unwrap_or_default(),
+            plaintext_sha256: e.plaintext_sha256.unwrap_or_default(),
+            tables: e
+                .tables
+                .into_iter()
+                .map(|t| pb::TableRowCount {
+                    table: t.table,
+                    rows: t.rows,
+                })
+                .collect(),
+            snapshot_time: e.snapshot_at.map(time).unwrap_or_default(),
+            key_id: e.key_id.unwrap_or_default(),
+            schema_version: e.schema_version.unwrap_or(0),
+            source_tier: e
+                .tier
+                .parse::<Tier>()
+                .map(tier_to)
+                .unwrap_or(pb::Tier::Unspecified) as i32,
+            operation: format!("operations/{}", e.operation_id),
+            create_time: time(e.created_at),
+            complete_time: e.completed_at.map(time).unwrap_or_default(),
+        }
     }
 }

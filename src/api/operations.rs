@@ -10,9 +10,14 @@ use tonic::{Request, Response, Status};
 
 use super::audit::audited;
 use super::convert;
+use super::convert::{opt_time, tier_to, time};
 use super::pb;
+use crate::error::Error;
+use crate::operation::{Operation, OperationState, StepState};
+use crate::service::OperationView;
 use crate::service::{Control, MAX_WAIT};
 use crate::tenant::TenantRef;
+use crate::workflows::{change_tier, delete, restore};
 
 pub struct OperationApi {
     control: Control,
@@ -46,7 +51,7 @@ impl pb::operation_service_server::OperationService for OperationApi {
         } else {
             Some(TenantRef::parse("tenant", &r.tenant)?)
         };
-        let state = convert::operation_state_from(r.state)?;
+        let state = operation_state_from(r.state)?;
         let (ops, next_page_token) = self
             .control
             .list_operations(tenant.as_ref(), state, r.page_size, &r.page_token)
@@ -93,5 +98,185 @@ impl pb::operation_service_server::OperationService for OperationApi {
         let rx = self.control.watch_operation(id).await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map(Into::into).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+// ---- conversions -----------------------------------------------------------------------
+
+pub fn operation_state_from(v: i32) -> Result<Option<OperationState>, Error> {
+    use pb::OperationState as P;
+    Ok(Some(match P::try_from(v) {
+        Ok(P::Unspecified) => return Ok(None),
+        Ok(P::Pending) => OperationState::Pending,
+        Ok(P::Running) => OperationState::Running,
+        Ok(P::Compensating) => OperationState::Compensating,
+        Ok(P::Succeeded) => OperationState::Succeeded,
+        Ok(P::Failed) => OperationState::Failed,
+        Ok(P::Cancelled) => OperationState::Cancelled,
+        Err(_) => {
+            return Err(Error::invalid(
+                "state",
+                format!("unknown operation state {v}"),
+            ));
+        }
+    }))
+}
+
+fn operation_state_to(s: OperationState) -> pb::OperationState {
+    use pb::OperationState as P;
+    match s {
+        OperationState::Pending => P::Pending,
+        OperationState::Running => P::Running,
+        OperationState::Compensating => P::Compensating,
+        OperationState::Succeeded => P::Succeeded,
+        OperationState::Failed => P::Failed,
+        OperationState::Cancelled => P::Cancelled,
+    }
+}
+
+fn step_state_to(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Pending => pb::StepState::Pending,
+        StepState::Running => pb::StepState::Running,
+        StepState::Done => pb::StepState::Done,
+        StepState::Failed => pb::StepState::Failed,
+    }
+}
+
+impl From<change_tier::State> for pb::TierChange {
+    fn from(s: change_tier::State) -> Self {
+        let (source_tier, source_cluster) = match &s.source {
+            Some(src) => (tier_to(src.tier), src.cluster.clone()),
+            None => (pb::Tier::Unspecified, String::new()),
+        };
+        pb::TierChange {
+            source_tier: source_tier as i32,
+            source_cluster,
+            target_tier: tier_to(s.target.tier) as i32,
+            target_cluster: s.target.cluster.clone(),
+            fence_time: opt_time(s.pause.fenced_at),
+            unfence_time: opt_time(s.pause.unfenced_at),
+            write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
+            rows_copied: s.rows_copied(),
+        }
+    }
+}
+
+impl From<delete::State> for pb::Deletion {
+    fn from(s: delete::State) -> Self {
+        pb::Deletion {
+            rows: s.rows() as i64,
+            objects_deleted: s.objects.as_ref().map_or(0, |o| o.deleted as i64),
+            key_id: s.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default(),
+            key_deletion_time: s
+                .key
+                .as_ref()
+                .map(|k| k.deletion_date.clone())
+                .unwrap_or_default(),
+            final_export_name: s
+                .final_export
+                .as_ref()
+                .map(|f| f.export.clone())
+                .unwrap_or_default(),
+            reason: s.request.reason,
+            requested_by: s.request.requested_by,
+            ticket: s.request.ticket,
+            final_export: s.request.final_export,
+            key_pending_days: s.request.key_pending_days as i32,
+        }
+    }
+}
+
+impl From<restore::State> for pb::Restore {
+    fn from(s: restore::State) -> Self {
+        pb::Restore {
+            export: format!("exports/{}", s.export_id),
+            mode: match s.mode {
+                restore::Mode::InPlace => pb::RestoreMode::InPlace,
+                restore::Mode::AsNewTenant => pb::RestoreMode::AsNewTenant,
+            } as i32,
+            source_tenant_id: s
+                .manifest
+                .as_ref()
+                .map(|m| m.tenant_id.clone())
+                .unwrap_or_default(),
+            tier: tier_to(s.tier) as i32,
+            cluster: s.cluster.clone(),
+            export_schema_version: s.manifest.as_ref().map_or(0, |m| m.schema_version),
+            schema_version: s.schema_version.unwrap_or(0),
+            rows: s.rows() as i64,
+            fence_time: opt_time(s.pause.fenced_at),
+            unfence_time: opt_time(s.pause.unfenced_at),
+            write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+}
+
+impl From<OperationView> for pb::Operation {
+    fn from(v: OperationView) -> Self {
+        let op: Operation = v.operation;
+        let result = match (&op.error, v.tenant) {
+            (Some(e), _) if op.done() => Some(pb::operation::Result::Error(pb::OperationError {
+                code: tonic::Code::from(e.code) as i32,
+                message: e.message.clone(),
+                step: e.step.clone().unwrap_or_default(),
+            })),
+            (_, Some(t)) => Some(pb::operation::Result::Tenant(t.into())),
+            _ if v.export.is_some() => v.export.map(|e| pb::operation::Result::Export(e.into())),
+            _ if v.certificate.is_some() => v
+                .certificate
+                .map(|c| pb::operation::Result::Certificate(c.into())),
+            _ => None,
+        };
+        pb::Operation {
+            name: op.name(),
+            done: op.done(),
+            metadata: Some(pb::OperationMetadata {
+                kind: op.kind,
+                // Empty for a fleet operation, which belongs to no tenant.
+                tenant_id: op.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+                state: operation_state_to(op.state) as i32,
+                steps: op
+                    .steps
+                    .into_iter()
+                    .map(|s| pb::Step {
+                        name: s.name,
+                        state: step_state_to(s.state) as i32,
+                        attempts: s.attempts,
+                        start_time: opt_time(s.started_at),
+                        end_time: opt_time(s.finished_at),
+                        progress_done: s.progress_done,
+                        progress_total: s.progress_total,
+                        last_error: s.last_error.unwrap_or_default(),
+                        items: s
+                            .progress_items
+                            .into_iter()
+                            .map(|i| pb::ProgressItem {
+                                name: i.name,
+                                done: i.done,
+                                total: i.total,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                create_time: time(op.created_at),
+                update_time: time(op.updated_at),
+                end_time: opt_time(op.finished_at),
+                cancel_requested: op.cancel_requested,
+                request_id: op.request_id.unwrap_or_default(),
+                details: v
+                    .tier_change
+                    .map(|t| pb::operation_metadata::Details::TierChange(t.into()))
+                    .or_else(|| {
+                        v.restore
+                            .map(|r| pb::operation_metadata::Details::Restore(r.into()))
+                    })
+                    .or_else(|| {
+                        v.deletion
+                            .map(|d| pb::operation_metadata::Details::Deletion(d.into()))
+                    }),
+            }),
+            result,
+        }
     }
 }

@@ -61,6 +61,17 @@ impl DataPlaneError {
     }
 }
 
+/// A CREATE that found its object already there, or lost a race with another creator on the
+/// catalog's unique index, converged: treat it as success.
+pub(crate) fn converged(created: Result<(), DataPlaneError>) -> Result<(), DataPlaneError> {
+    match created {
+        Err(DataPlaneError::Sql { source, .. }) if crate::sqlstate::is_already_created(&source) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// The object a statement named no longer exists (database, schema or table), e.g. dropped
 /// by another tenant's operation while a scan ran.
 pub fn is_gone(e: &sqlx::Error) -> bool {
@@ -213,12 +224,7 @@ impl Cluster {
                     Statement::new("CREATE DATABASE ").ident(database),
                 )
                 .await;
-            match created {
-                Ok(()) => {}
-                Err(DataPlaneError::Sql { source, .. })
-                    if crate::sqlstate::is_already_created(&source) => {}
-                Err(e) => return Err(e),
-            }
+            converged(created)?;
         }
         // Revoke only what PUBLIC still holds, so that a repeated call writes nothing (the
         // shared database is "ensured" by every provisioning).

@@ -42,13 +42,7 @@ pub async fn ensure_role(
                     .push(SAFE_ATTRIBUTES),
             )
             .await;
-        match created {
-            Ok(()) => {}
-            // Exists already, or two creators raced on the catalog index.
-            Err(DataPlaneError::Sql { source, .. })
-                if crate::sqlstate::is_already_created(&source) => {}
-            Err(e) => return Err(e),
-        }
+        super::converged(created)?;
     }
     // A role just created is NOLOGIN with safe attributes, like one found that way.
     if password_verifier.is_none() && safe.unwrap_or(true) {

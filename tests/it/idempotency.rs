@@ -132,3 +132,83 @@ async fn two_requests_for_one_slug_at_once_one_wins() {
     assert_eq!((ok, exists), (1, 5));
     assert_eq!(tenants_named(&env, "contested").await, 1);
 }
+
+/// Sends `n` copies of one request at once; every copy must succeed, and all with the same
+/// operation (the race's loser finds the winner's operation by the request id).
+async fn race<F, Fut>(n: usize, call: F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<pb::Operation>, tonic::Status>>
+        + Send
+        + 'static,
+{
+    let calls: Vec<_> = (0..n).map(|_| tokio::spawn(call())).collect();
+    let mut names = std::collections::HashSet::new();
+    for c in calls {
+        let op = c.await.unwrap().expect("every copy succeeds");
+        names.insert(op.into_inner().name);
+    }
+    assert_eq!(names.len(), 1, "one operation: {names:?}");
+    names.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn identical_requests_racing_on_one_request_id_all_get_the_winners_operation() {
+    let mut env = TestEnv::start().await;
+    // A fleet rollout: the loser would otherwise meet the one-active-rollout index.
+    let fleet = env.fleet.clone();
+    let rollout = race(6, || {
+        let mut fleet = fleet.clone();
+        async move {
+            fleet
+                .migrate_fleet(pb::MigrateFleetRequest {
+                    target_version: tenantd::dataplane::catalog::latest_version(),
+                    auto_continue: true,
+                    request_id: "race-rollout".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await;
+    let done = env.wait(&rollout).await;
+    assert!(
+        !matches!(done.result, Some(pb::operation::Result::Error(_))),
+        "{done:?}"
+    );
+    // A tier change of one tenant: the loser would otherwise meet the tenant's
+    // one-active-operation index.
+    let created = env
+        .tenants
+        .create_tenant(request("race-mover", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    env.wait(&created.name).await;
+    let tenants = env.tenants.clone();
+    let moved = race(6, || {
+        let mut tenants = tenants.clone();
+        async move {
+            tenants
+                .change_tier(pb::ChangeTierRequest {
+                    tenant: "race-mover".into(),
+                    tier: pb::Tier::Schema as i32,
+                    request_id: "race-move".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await;
+    match env.wait(&moved).await.result {
+        Some(pb::operation::Result::Tenant(t)) => assert_eq!(t.tier, pb::Tier::Schema as i32),
+        other => panic!("the move did not succeed: {other:?}"),
+    }
+    let (operations,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM operations WHERE request_id IN ('race-rollout', 'race-move')",
+    )
+    .fetch_one(&env.registry)
+    .await
+    .unwrap();
+    assert_eq!(operations, 2);
+}

@@ -13,7 +13,9 @@ use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::auth::client::AuthChannel;
 
-use crate::{op_state_name, print_operation, status};
+use crate::operations::{op_state_name, print_operation};
+use crate::status;
+use crate::tenants::tier_name;
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
@@ -201,7 +203,7 @@ pub async fn run(
                     println!(
                         "{:<36}  {:<8}  {:<8}  {:<7}  {:<8}  {:<5}  {}",
                         format!("{name}{canary}"),
-                        crate::tier_name(t.tier),
+                        tier_name(t.tier),
                         t.cluster,
                         target_state_name(t.state),
                         version,

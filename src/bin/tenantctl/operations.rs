@@ -1,0 +1,295 @@
+//! Operation commands (`operation get | list | watch | cancel`), and following an operation
+//! with a progress bar, which every command that starts one does.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use tenantd::api::pb;
+use tenantd::api::pb::operation_service_client::OperationServiceClient;
+use tenantd::auth::client::AuthChannel;
+
+use crate::exports::print_export;
+use crate::status;
+use crate::tenants::{print_tenant, tier_name};
+
+#[derive(Subcommand)]
+pub enum OperationCommand {
+    Get {
+        name: String,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Follow an operation with a progress bar until it is done.
+    Watch {
+        name: String,
+    },
+    Cancel {
+        name: String,
+    },
+}
+
+pub async fn run(channel: AuthChannel, cmd: OperationCommand) -> anyhow::Result<()> {
+    let mut ops = OperationServiceClient::new(channel);
+    match cmd {
+        OperationCommand::Get { name } => {
+            let op = ops
+                .get_operation(pb::GetOperationRequest {
+                    name: op_name(&name),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_operation(&op);
+        }
+        OperationCommand::List { tenant } => {
+            let r = ops
+                .list_operations(pb::ListOperationsRequest {
+                    tenant,
+                    state: 0,
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for op in &r.operations {
+                let m = op.metadata.clone().unwrap_or_default();
+                println!(
+                    "{}  {:<10}  {:<12}  tenant {}  {}",
+                    op.name,
+                    m.kind,
+                    op_state_name(m.state),
+                    m.tenant_id,
+                    m.create_time
+                );
+            }
+        }
+        OperationCommand::Watch { name } => {
+            watch(&mut ops, &op_name(&name)).await?;
+        }
+        OperationCommand::Cancel { name } => {
+            let op = ops
+                .cancel_operation(pb::CancelOperationRequest {
+                    name: op_name(&name),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_operation(&op);
+        }
+    }
+    Ok(())
+}
+
+fn op_name(name: &str) -> String {
+    if name.starts_with("operations/") {
+        name.to_owned()
+    } else {
+        format!("operations/{name}")
+    }
+}
+
+/// Prints a just-started operation, or watches it until it is done.
+pub async fn finish(
+    ops: &mut OperationServiceClient<AuthChannel>,
+    op: pb::Operation,
+    no_wait: bool,
+) -> anyhow::Result<pb::Operation> {
+    if no_wait {
+        print_operation(&op);
+        Ok(op)
+    } else {
+        watch(ops, &op.name).await
+    }
+}
+
+/// What the running step is doing: its name, and its progress when it reports any (per item,
+/// e.g. "copy observations 120000/400000 rows, 310000/900000 in all"; an item whose total is
+/// not known yet reports a total of 0: "dump observations 120000 rows, 310000 in all").
+fn step_message(s: &pb::Step) -> String {
+    let current = s.items.iter().find(|i| i.done < i.total);
+    let open_ended = s.items.iter().find(|i| i.total == 0 && i.done > 0);
+    match (current, open_ended) {
+        (Some(i), _) => format!(
+            "{} {} {}/{} rows, {}/{} in all",
+            s.name, i.name, i.done, i.total, s.progress_done, s.progress_total
+        ),
+        (None, Some(i)) => format!(
+            "{} {} {} rows, {} in all",
+            s.name, i.name, i.done, s.progress_done
+        ),
+        (None, None) if s.progress_total > 0 => {
+            format!("{} {}/{}", s.name, s.progress_done, s.progress_total)
+        }
+        (None, None) => s.name.clone(),
+    }
+}
+
+/// Follows an operation with a progress bar: one tick per step, the running step's own
+/// progress in the message.
+pub async fn watch(
+    ops: &mut OperationServiceClient<AuthChannel>,
+    name: &str,
+) -> anyhow::Result<pb::Operation> {
+    let mut stream = ops
+        .watch_operation(pb::WatchOperationRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut last = None;
+    while let Some(op) = stream.message().await.map_err(status)? {
+        let m = op.metadata.clone().unwrap_or_default();
+        bar.set_length(m.steps.len() as u64);
+        let done = m
+            .steps
+            .iter()
+            .filter(|s| s.state == pb::StepState::Done as i32)
+            .count();
+        bar.set_position(done as u64);
+        let running = m
+            .steps
+            .iter()
+            .find(|s| s.state == pb::StepState::Running as i32);
+        bar.set_message(match running {
+            Some(s) => step_message(s),
+            None => op_state_name(m.state).to_owned(),
+        });
+        last = Some(op);
+    }
+    bar.finish_and_clear();
+    let Some(op) = last else {
+        bail!("the operation stream ended without an update")
+    };
+    print_operation(&op);
+    if let Some(pb::operation::Result::Error(e)) = &op.result {
+        bail!("{} failed: {}", op.name, e.message);
+    }
+    Ok(op)
+}
+
+pub fn print_operation(op: &pb::Operation) {
+    let m = op.metadata.clone().unwrap_or_default();
+    println!("operation:   {}", op.name);
+    if m.tenant_id.is_empty() {
+        println!("kind:        {}  (fleet-wide)", m.kind);
+    } else {
+        println!("kind:        {}  tenant {}", m.kind, m.tenant_id);
+    }
+    println!("state:       {}", op_state_name(m.state));
+    for s in &m.steps {
+        let state = pb::StepState::try_from(s.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("STEP_STATE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let retry = if s.attempts > 1 {
+            format!(" ({} attempts)", s.attempts)
+        } else {
+            String::new()
+        };
+        println!("  {:<18} {state}{retry}", s.name);
+    }
+    if let Some(pb::operation_metadata::Details::TierChange(t)) = &m.details {
+        println!(
+            "move:        {} on {} -> {} on {}",
+            tier_name(t.source_tier),
+            t.source_cluster,
+            tier_name(t.target_tier),
+            t.target_cluster
+        );
+        if t.rows_copied > 0 {
+            println!("rows copied: {} (verified)", t.rows_copied);
+        }
+        print_pause(&t.fence_time, &t.unfence_time, t.write_pause_ms);
+    }
+    if let Some(pb::operation_metadata::Details::Restore(r)) = &m.details {
+        let mode = match pb::RestoreMode::try_from(r.mode) {
+            Ok(pb::RestoreMode::AsNewTenant) => "as a new tenant",
+            _ => "in place",
+        };
+        println!(
+            "restore:     {} {mode}, into the {} tier on {}",
+            r.export,
+            tier_name(r.tier),
+            r.cluster
+        );
+        if r.rows > 0 {
+            println!(
+                "rows:        {} (archive verified; tenant-schema v{} -> v{})",
+                r.rows, r.export_schema_version, r.schema_version
+            );
+        }
+        print_pause(&r.fence_time, &r.unfence_time, r.write_pause_ms);
+    }
+    if let Some(pb::operation_metadata::Details::Deletion(d)) = &m.details {
+        println!(
+            "deletion:    {} (by {}, ticket {:?})",
+            d.reason, d.requested_by, d.ticket
+        );
+        if d.rows > 0 || d.objects_deleted > 0 {
+            println!(
+                "deleted:     {} rows, {} objects",
+                d.rows, d.objects_deleted
+            );
+        }
+        if !d.key_id.is_empty() {
+            println!(
+                "key:         {} destroyed on {}",
+                d.key_id, d.key_deletion_time
+            );
+        }
+        if !d.final_export_name.is_empty() {
+            println!("handover:    {}", d.final_export_name);
+        }
+    }
+    match &op.result {
+        Some(pb::operation::Result::Tenant(t)) => print_tenant(t),
+        Some(pb::operation::Result::Export(e)) => print_export(e),
+        Some(pb::operation::Result::Certificate(c)) => println!(
+            "certificate: {} (sha256 {}, signed by {})",
+            c.name, c.sha256, c.signing_key_id
+        ),
+        Some(pb::operation::Result::Error(e)) => println!(
+            "error:       {} (code {}, step {})",
+            e.message, e.code, e.step
+        ),
+        None => {}
+    }
+}
+
+/// How long a tenant's writes were fenced (or since when, while they still are).
+fn print_pause(fence_time: &str, unfence_time: &str, pause_ms: i64) {
+    if !unfence_time.is_empty() && !fence_time.is_empty() {
+        println!("write pause: {pause_ms} ms ({fence_time} -> {unfence_time})");
+    } else if !fence_time.is_empty() {
+        println!("writes fenced since {fence_time}");
+    }
+}
+
+pub fn op_state_name(s: i32) -> &'static str {
+    match pb::OperationState::try_from(s) {
+        Ok(pb::OperationState::Pending) => "pending",
+        Ok(pb::OperationState::Running) => "running",
+        Ok(pb::OperationState::Compensating) => "compensating",
+        Ok(pb::OperationState::Succeeded) => "succeeded",
+        Ok(pb::OperationState::Failed) => "failed",
+        Ok(pb::OperationState::Cancelled) => "cancelled",
+        _ => "?",
+    }
+}

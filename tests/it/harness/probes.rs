@@ -1,0 +1,252 @@
+//! What the tests look at in the data plane: a tenant's footprint, its rows, and connecting
+//! to it the way an application does.
+
+use std::path::PathBuf;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use tenantd::api::pb;
+use tenantd::api::pb::tenant_service_client::TenantServiceClient;
+use tenantd::auth::client::AuthChannel;
+
+use super::{TestEnv, admin};
+
+/// What the data plane holds for one tenant: schemas named after it, databases, roles.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub schemas: i64,
+    pub databases: i64,
+    pub roles: i64,
+    pub pool_rows: i64,
+}
+
+pub async fn footprint(tenant_id: &str, cluster: &str) -> Footprint {
+    let id = Uuid::parse_str(tenant_id).unwrap();
+    let own = format!("t_{}", id.simple());
+    let admin_db = admin(cluster, "postgres").await;
+    let (databases,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&own)
+            .fetch_one(&admin_db)
+            .await
+            .unwrap();
+    let (roles,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+        .bind(&own)
+        .fetch_one(&admin_db)
+        .await
+        .unwrap();
+    let (has_shared,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenants')")
+            .fetch_one(&admin_db)
+            .await
+            .unwrap();
+    let (mut schemas, mut pool_rows) = (0, 0);
+    if has_shared {
+        let shared = admin(cluster, "tenants").await;
+        schemas =
+            sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+                .bind(&own)
+                .fetch_one(&shared)
+                .await
+                .unwrap()
+                .0;
+        let (pool_exists,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'pool' AND tablename = 'appointment_types')",
+        )
+        .fetch_one(&shared)
+        .await
+        .unwrap();
+        if pool_exists {
+            for table in tenantd::dataplane::catalog::TABLES {
+                let q = format!("SELECT count(*) FROM pool.{table} WHERE tenant_id = $1");
+                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+                    .bind(id)
+                    .fetch_one(&shared)
+                    .await
+                    .unwrap();
+                pool_rows += n;
+            }
+        }
+    }
+    Footprint {
+        schemas,
+        databases,
+        roles,
+        pool_rows,
+    }
+}
+
+/// Where a tenant's tables are, as the test sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub cluster: String,
+    pub database: String,
+    pub schema: String,
+}
+
+impl Place {
+    pub fn of(t: &pb::Tenant) -> Place {
+        let p = t.placement.clone().expect("placed tenant");
+        Place {
+            cluster: p.cluster,
+            database: p.database,
+            schema: p.schema,
+        }
+    }
+
+    pub fn pool(cluster: &str) -> Place {
+        Place {
+            cluster: cluster.into(),
+            database: "tenants".into(),
+            schema: "pool".into(),
+        }
+    }
+}
+
+/// Fills every tenant table for `tenant` at `place` with `n` patients' worth of rows (with
+/// NULLs, quotes, tabs, newlines and non-ASCII text), as the superuser.
+pub async fn fill(place: &Place, tenant: Uuid, n: i32) {
+    let pool = admin(&place.cluster, &place.database).await;
+    let sql = "
+        INSERT INTO S.patients (tenant_id, mrn, given_name, family_name, birth_date, sex, email)
+        SELECT $1, 'mrn-' || g, 'Given' || g, 'Family''s ' || g, date '1950-01-01' + g,
+               (ARRAY['female','male','other','unknown'])[1 + g % 4],
+               CASE WHEN g % 3 = 0 THEN NULL ELSE 'p' || g || '@example.org' END
+        FROM generate_series(1, $2) g;
+        INSERT INTO S.encounters (tenant_id, patient_id, kind, started_at, reason)
+        SELECT tenant_id, id, 'ambulatory', now() - interval '1 day', E'tab\\there, newline\\n, quote \"'
+        FROM S.patients WHERE tenant_id = $1;
+        INSERT INTO S.observations (tenant_id, patient_id, encounter_id, code, value_numeric, unit, observed_at)
+        SELECT tenant_id, patient_id, id, '8867-4', 72.5, '/min', now() FROM S.encounters WHERE tenant_id = $1;
+        INSERT INTO S.clinical_notes (tenant_id, patient_id, author, body)
+        SELECT tenant_id, id, 'dr-who', repeat('note ', 50) || 'ünïcödé ✓' FROM S.patients WHERE tenant_id = $1;
+        INSERT INTO S.appointments (tenant_id, patient_id, type_code, starts_at)
+        SELECT tenant_id, id, 'follow-up', now() + interval '7 days' FROM S.patients WHERE tenant_id = $1;
+        INSERT INTO S.audit_events (tenant_id, actor, action, entity, details)
+        SELECT $1, 'dr-who', 'read', 'patient', jsonb_build_object('n', g) FROM generate_series(1, $2) g;";
+    let sql = sql.replace("S.", &format!("\"{}\".", place.schema));
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let q = sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).bind(tenant);
+        let q = if stmt.contains("$2") { q.bind(n) } else { q };
+        q.execute(&pool).await.unwrap();
+    }
+}
+
+/// Every row of `tenant` at `place`, per table in catalog order, as sorted text.
+pub async fn snapshot(place: &Place, tenant: Uuid) -> Vec<(String, Vec<String>)> {
+    let pool = admin(&place.cluster, &place.database).await;
+    let mut out = Vec::new();
+    for table in tenantd::dataplane::catalog::TABLES {
+        let q = format!(
+            "SELECT t::text FROM \"{}\".{table} t WHERE tenant_id = $1 ORDER BY 1",
+            place.schema
+        );
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(tenant)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        out.push((table.to_string(), rows.into_iter().map(|r| r.0).collect()));
+    }
+    out
+}
+
+/// Connects to a tenant the way an application does: ResolveTenant, then the route's host,
+/// port, database and role, then the route's session settings. Schema and database tenants
+/// log in with their own role's password (unsealed from the registry as an application's
+/// secret store would hand it out); pool tenants with a login role that is a member of the
+/// pool role, as an application's own role would be.
+#[derive(Clone)]
+pub struct AppConnector {
+    pub tenants: TenantServiceClient<AuthChannel>,
+    pub registry: PgPool,
+    pub master_key: PathBuf,
+}
+
+pub const POOL_LOGIN: &str = "it_pool_app_login";
+
+impl AppConnector {
+    pub fn new(env: &TestEnv) -> Self {
+        AppConnector {
+            tenants: env.tenants.clone(),
+            registry: env.registry.clone(),
+            master_key: env.master_key(),
+        }
+    }
+
+    /// A session for `tenant` and the routing epoch it was resolved at.
+    pub async fn connect(&mut self, tenant: Uuid) -> Result<(PgConnection, i64), String> {
+        use sqlx::ConnectOptions;
+        let route = self
+            .tenants
+            .resolve_tenant(pb::ResolveTenantRequest {
+                tenant: tenant.to_string(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let (user, password) = if route.tier == pb::Tier::Pool as i32 {
+            ensure_pool_login(&route.cluster).await;
+            (POOL_LOGIN.to_owned(), POOL_LOGIN.to_owned())
+        } else {
+            let (key_id, ciphertext): (String, Vec<u8>) = sqlx::query_as(
+                "SELECT key_id, sealed FROM tenant_credentials WHERE tenant_id = $1 AND role_name = $2",
+            )
+            .bind(tenant)
+            .bind(&route.role)
+            .fetch_one(&self.registry)
+            .await
+            .map_err(|e| e.to_string())?;
+            let keys = tenantd::keys::local::LocalKeys::open_or_create(&self.master_key).unwrap();
+            let password = keys
+                .open(
+                    &tenantd::keys::Sealed { key_id, ciphertext },
+                    &tenantd::credentials::credential_context(tenant, &route.role),
+                )
+                .map_err(|e| e.to_string())?;
+            (route.role.clone(), String::from_utf8(password).unwrap())
+        };
+        let mut conn = sqlx::postgres::PgConnectOptions::new()
+            .host(&route.host)
+            .port(route.port as u16)
+            .database(&route.database)
+            .username(&user)
+            .password(&password)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        for (name, value) in &route.session_settings {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(name)
+                .bind(value)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok((conn, route.routing_epoch))
+    }
+}
+
+/// The test's pool login role on `cluster` (created once; concurrent tests race safely).
+async fn ensure_pool_login(cluster: &str) {
+    let pool = admin(cluster, "postgres").await;
+    let sql = format!(
+        "DO $$ BEGIN
+           CREATE ROLE {POOL_LOGIN} LOGIN PASSWORD '{POOL_LOGIN}' IN ROLE tenantd_pool_app;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The shared database is closed to PUBLIC; the pool role's CONNECT covers its members.
+}
+
+pub fn sqlstate(e: &sqlx::Error) -> String {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
