@@ -20,3 +20,4 @@ mod provision;
 mod replicas;
 mod restore;
 mod rollout;
+mod sqlstate;
