@@ -23,7 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use tenantd::api::pb;
-use tenantd::dataplane::catalog;
+use tenantd::dataplane::{catalog, tables};
 use tenantd::sql::Ident;
 
 const NEIGHBOURS: usize = 4;
@@ -163,7 +163,7 @@ impl Bench {
         .await?;
         let (src_url, dst_url) = ((self.url)(from_db), (self.url)(scratch_db));
         let started = Instant::now();
-        for table in catalog::TABLES {
+        for table in tables::names_in(&scratch, scratch_schema).await? {
             let out = format!(
                 "\\copy (SELECT * FROM \"{from_schema}\".{table} WHERE tenant_id = '{tenant}') TO STDOUT"
             );

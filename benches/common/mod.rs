@@ -21,7 +21,7 @@ use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
-use tenantd::dataplane::catalog;
+use tenantd::dataplane::tables;
 use tenantd::dev::DevStack;
 
 pub struct Running {
@@ -243,7 +243,7 @@ pub async fn fill(pool: &PgPool, schema: &str, tenant: Uuid, rows: i64) -> anyho
 #[allow(dead_code)]
 pub async fn tenant_megabytes(pool: &PgPool, schema: &str, tenant: Uuid) -> anyhow::Result<f64> {
     let mut bytes = 0i64;
-    for table in catalog::TABLES {
+    for table in tables::names_in(pool, schema).await? {
         let q = format!(
             "SELECT coalesce(sum(octet_length(t::text)), 0)::bigint FROM \"{schema}\".{table} t WHERE tenant_id = $1"
         );

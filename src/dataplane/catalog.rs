@@ -1,6 +1,7 @@
 //! The tenant data schema: its migrations (shipped in `tenant-migrations/`, compiled in), its
-//! tables in foreign-key order, its reference data, and the migrator that brings one container
-//! (the pool schema, a tenant schema, or the schema in a tenant database) to a version.
+//! reference data, and the migrator that brings one container (the pool schema, a tenant
+//! schema, or the schema in a tenant database) to a version. Which tables a container holds is
+//! read from its catalog ([`super::tables`]).
 //!
 //! Each container records what it has applied in `tenant_schema_migrations`, with a checksum
 //! of each file, so a container migrated by a different build is detected, not silently
@@ -54,22 +55,8 @@ pub fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
-/// Every tenant table, parents before children (copy in this order, delete in reverse).
-pub const TABLES: &[&str] = &[
-    "patients",
-    "appointment_types",
-    "encounters",
-    "observations",
-    "clinical_notes",
-    "appointments",
-    "audit_events",
-];
-
-pub fn tables() -> impl DoubleEndedIterator<Item = Ident> {
-    TABLES.iter().map(|t| Ident::from_static(t))
-}
-
-const BOOKKEEPING: &str = "tenant_schema_migrations";
+/// The table in each container that records the migrations applied to it.
+pub const BOOKKEEPING: &str = "tenant_schema_migrations";
 
 /// The tenant-schema version `schema` in the database behind `pool` is at (0 if none).
 pub async fn current_version(
@@ -276,6 +263,8 @@ pub async fn grant_tables(
     schema: &Ident,
     role: &Ident,
 ) -> Result<(), DataPlaneError> {
+    let tables = super::tables::tenant_tables(cluster, pool, schema).await?;
+    let names: Vec<&str> = tables.iter().map(Ident::as_str).collect();
     let (granted,): (bool,) = sqlx::query_as(
         "SELECT has_schema_privilege($1, n.oid, 'USAGE')
                 AND count(c.oid) = cardinality($3::text[])
@@ -290,7 +279,7 @@ pub async fn grant_tables(
     )
     .bind(role.as_str())
     .bind(schema.as_str())
-    .bind(TABLES)
+    .bind(&names)
     .fetch_one(pool)
     .await
     .map_err(|e| cluster.err(e))?;
@@ -333,12 +322,15 @@ pub async fn grant_tables(
                 .ident(role),
         )
         .await?;
+    if tables.is_empty() {
+        return Ok(());
+    }
     let mut stmt = Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ");
-    for (i, table) in tables().enumerate() {
+    for (i, table) in tables.iter().enumerate() {
         if i > 0 {
             stmt = stmt.push(", ");
         }
-        stmt = stmt.qualified(schema, &table);
+        stmt = stmt.qualified(schema, table);
     }
     cluster
         .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
@@ -371,7 +363,15 @@ mod tests {
     #[test]
     fn every_table_is_created_with_rls() {
         let sql = MIGRATIONS[0].sql;
-        for t in TABLES {
+        for t in [
+            "patients",
+            "appointment_types",
+            "encounters",
+            "observations",
+            "clinical_notes",
+            "appointments",
+            "audit_events",
+        ] {
             assert!(sql.contains(&format!("CREATE TABLE {t} (")), "{t}");
             assert!(sql.contains(&format!("'{t}'")), "{t} gets a policy");
         }

@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use crate::archive::manifest::TableRows;
 use crate::dataplane::copy::PINNED_SETTINGS;
 use crate::dataplane::load::{COMPLETE_LINE, FORMAT_LINE};
-use crate::dataplane::{Cluster, Container, DataPlaneError, catalog};
+use crate::dataplane::{Cluster, Container, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
 /// Plaintext is handed on in pieces of about this size (COPY yields one message per row).
@@ -317,19 +317,20 @@ async fn read_tables(
     schema: &Ident,
 ) -> Result<Vec<Table>, DataPlaneError> {
     let err = |e| cluster.err(e);
+    let names = super::tables::tenant_tables(cluster, &mut *conn, schema).await?;
     let present: Vec<(String, sqlx::postgres::types::Oid)> = sqlx::query_as(
         "SELECT c.relname::text, c.oid FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
     )
     .bind(schema.as_str())
-    .bind(catalog::TABLES)
+    .bind(names.iter().map(Ident::as_str).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;
     let mut tables = Vec::new();
-    for name in catalog::TABLES {
-        let Some((_, oid)) = present.iter().find(|(n, _)| n == name) else {
+    for name in &names {
+        let Some((_, oid)) = present.iter().find(|(n, _)| n == name.as_str()) else {
             continue;
         };
         let columns: Vec<(String, String, bool, Option<String>)> = sqlx::query_as(
@@ -365,7 +366,7 @@ async fn read_tables(
         .fetch_all(&mut *conn)
         .await
         .map_err(err)?;
-        let table = Ident::new(*name)?;
+        let table = name.clone();
         let mut t = Table {
             columns: columns
                 .into_iter()

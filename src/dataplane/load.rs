@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use super::copy::{column_list, pinned_transaction};
-use super::{Cluster, Container, DataPlaneError, catalog};
+use super::{Cluster, Container, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
 /// The dump's format line ([`super::dump`] writes it, [`DumpReader`] requires it).
@@ -100,6 +100,8 @@ struct Copying {
 /// Reads a dump's plaintext incrementally (pieces may split lines anywhere) and yields its
 /// COPY blocks as [`Piece`]s.
 pub struct DumpReader {
+    /// The tables the dump may hold (its signed manifest's).
+    tables: Vec<String>,
     digests: bool,
     source: [u8; 36],
     target: [u8; 36],
@@ -120,9 +122,11 @@ fn uuid_text(id: Uuid) -> [u8; 36] {
 }
 
 impl DumpReader {
-    /// Rows must belong to `source`; they are handed on as `target`'s, and digested.
-    pub fn new(source: Uuid, target: Uuid) -> Self {
+    /// Rows must belong to `source`; they are handed on as `target`'s, and digested. A COPY
+    /// block of a table not in `tables` (the export's manifest lists them) is refused.
+    pub fn new(source: Uuid, target: Uuid, tables: Vec<String>) -> Self {
         DumpReader {
+            tables,
             digests: true,
             source: uuid_text(source),
             target: uuid_text(target),
@@ -266,8 +270,8 @@ impl DumpReader {
                 .ok_or_else(|| self.malformed(format!("bad identifier {quoted:?}")))
         };
         let table = ident(table)?;
-        if !catalog::TABLES.contains(&table.as_str()) {
-            return Err(self.malformed(format!("{table} is not a tenant table")));
+        if !self.tables.iter().any(|t| t == table.as_str()) {
+            return Err(self.malformed(format!("{table} is not a table of the export")));
         }
         if self.done.iter().any(|t| t.table == table.as_str()) {
             return Err(self.malformed(format!("table {table} appears twice")));
@@ -317,14 +321,19 @@ impl DumpReader {
 
 /// Empties the tenant tables of a staging container (a retried load starts over).
 pub async fn truncate(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+    let db = cluster.database(&c.database);
+    let tables = super::tables::tenant_tables(cluster, &db, &c.schema).await?;
+    if tables.is_empty() {
+        return Ok(());
+    }
     let mut stmt = Statement::new("TRUNCATE ");
-    for (i, table) in catalog::tables().enumerate() {
+    for (i, table) in tables.iter().enumerate() {
         if i > 0 {
             stmt = stmt.push(", ");
         }
-        stmt = stmt.qualified(&c.schema, &table);
+        stmt = stmt.qualified(&c.schema, table);
     }
-    cluster.exec(&cluster.database(&c.database), stmt).await
+    cluster.exec(&db, stmt).await
 }
 
 /// Connections that load at once: the server parses and stores COPY input on one core per
@@ -506,7 +515,11 @@ mod tests {
     }
 
     fn read(text: &str, piece: usize) -> Result<(Vec<TableLoad>, Vec<u8>), DumpError> {
-        let mut r = DumpReader::new(SOURCE.parse().unwrap(), TARGET.parse().unwrap());
+        let mut r = DumpReader::new(
+            SOURCE.parse().unwrap(),
+            TARGET.parse().unwrap(),
+            vec!["patients".into()],
+        );
         let mut data = Vec::new();
         for chunk in text.as_bytes().chunks(piece) {
             for p in r.feed(chunk)? {
@@ -528,8 +541,12 @@ mod tests {
         let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
         let text = dump(&rows);
         let (whole, data) = read(&text, text.len()).unwrap();
-        let mut counted =
-            DumpReader::new(SOURCE.parse().unwrap(), TARGET.parse().unwrap()).without_digests();
+        let mut counted = DumpReader::new(
+            SOURCE.parse().unwrap(),
+            TARGET.parse().unwrap(),
+            vec!["patients".into()],
+        )
+        .without_digests();
         counted.feed(text.as_bytes()).unwrap();
         let counted = counted.finish().unwrap();
         assert_eq!((counted[0].rows, counted[0].checksum.as_str()), (3, ""));

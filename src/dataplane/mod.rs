@@ -18,6 +18,7 @@ pub mod pool;
 pub mod roles;
 pub mod schema;
 pub mod staging;
+pub mod tables;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, catalog, erasure, fence};
+use super::{Cluster, Container, DataPlaneError, TierBackend, erasure, fence, tables};
 use crate::sql::Ident;
 
 pub fn schema() -> Ident {
@@ -28,28 +28,22 @@ impl TierBackend for PoolTier {
     /// sharing these tables are never blocked for long, then lifts its fence. The fence stays
     /// until the last row is gone: a stale route must not write rows nobody will copy.
     async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
+        // None when the pool schema does not exist yet (provisioning failed that early).
         let pool = cluster.database(&c.database);
-        for table in catalog::tables().rev() {
-            // The pool schema may not exist yet if provisioning failed that early.
-            let (exists,): (bool,) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+        for table in tables::tenant_tables(cluster, &pool, &c.schema)
+            .await?
+            .iter()
+            .rev()
+        {
+            erasure::delete_rows(
+                cluster,
+                &c.database,
+                &c.schema,
+                table,
+                c.tenant_id,
+                erasure::BACKGROUND,
             )
-            .bind(c.schema.as_str())
-            .bind(table.as_str())
-            .fetch_one(&pool)
-            .await
-            .map_err(|e| cluster.err(e))?;
-            if exists {
-                erasure::delete_rows(
-                    cluster,
-                    &c.database,
-                    &c.schema,
-                    &table,
-                    c.tenant_id,
-                    erasure::BACKGROUND,
-                )
-                .await?;
-            }
+            .await?;
         }
         fence::unfence(cluster, c).await
     }

@@ -85,6 +85,7 @@ pub async fn create(
         )));
     }
     let err = |e| cluster.err(e);
+    let tables = super::tables::tenant_tables(cluster, &db, &staging.schema).await?;
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT c.relname::text, k.conname::text,
                 CASE k.contype WHEN 'f' THEN 'foreign_key' ELSE 'key' END,
@@ -105,7 +106,7 @@ pub async fn create(
          ORDER BY 1, 2",
     )
     .bind(staging.schema.as_str())
-    .bind(catalog::TABLES)
+    .bind(tables.iter().map(Ident::as_str).collect::<Vec<_>>())
     .fetch_all(&db)
     .await
     .map_err(err)?;
@@ -388,9 +389,10 @@ pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneEr
                 .await
                 .map_err(err)?;
         }
-        for table in catalog::tables().rev() {
+        let tables = super::tables::tenant_tables(cluster, &mut *tx, &staged.schema).await?;
+        for table in tables.iter().rev() {
             let stmt = Statement::new("DELETE FROM ")
-                .qualified(&live.schema, &table)
+                .qualified(&live.schema, table)
                 .push(" WHERE tenant_id = $1");
             sqlx::query(stmt.into_sql())
                 .bind(live.tenant_id)
@@ -398,23 +400,25 @@ pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneEr
                 .await
                 .map_err(err)?;
         }
-        for table in catalog::tables() {
-            let cols = columns(cluster, &mut tx, &live.schema, &table).await?;
+        for table in &tables {
+            let cols = columns(cluster, &mut tx, &live.schema, table).await?;
+            // The staged rows keep their identity values, as the export had them.
             let stmt = column_list(
                 Statement::new("INSERT INTO ")
-                    .qualified(&live.schema, &table)
+                    .qualified(&live.schema, table)
                     .push(" ("),
                 &cols,
             )
-            .push(") SELECT ");
+            .push(") OVERRIDING SYSTEM VALUE SELECT ");
             let stmt = column_list(stmt, &cols)
                 .push(" FROM ")
-                .qualified(&staged.schema, &table);
+                .qualified(&staged.schema, table);
             sqlx::query(stmt.into_sql())
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
         }
+        super::tables::advance_sequences(cluster, &mut tx, &live.schema, &tables).await?;
         let drop = Statement::new("DROP SCHEMA ")
             .ident(&staged.schema)
             .push(" CASCADE");
@@ -433,6 +437,9 @@ pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneEr
             rename_schema(cluster, &mut tx, &live.schema, &replaced(live).schema).await?;
         }
         rename_schema(cluster, &mut tx, &staged.schema, &live.schema).await?;
+        // Loaded by COPY with the export's values: the sequences never moved.
+        let tables = super::tables::tenant_tables(cluster, &mut *tx, &live.schema).await?;
+        super::tables::advance_sequences(cluster, &mut tx, &live.schema, &tables).await?;
     }
     fence::unfence_in(cluster, &mut tx, live).await?;
     tx.commit().await.map_err(err)

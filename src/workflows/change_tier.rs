@@ -35,7 +35,9 @@ use uuid::Uuid;
 use crate::context::Context;
 use crate::credentials;
 use crate::dataplane::copy::{self, TableDigest};
-use crate::dataplane::{Cluster, Container, DataPlaneError, backend, catalog, erasure, fence};
+use crate::dataplane::{
+    Cluster, Container, DataPlaneError, backend, catalog, erasure, fence, tables,
+};
 use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
@@ -343,7 +345,7 @@ async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Res
                     "pool is at tenant-schema version {at}, the tenant at {version}"
                 )));
             }
-            for table in catalog::tables() {
+            for table in tables::tenant_tables(cluster, &db, &dst.schema).await? {
                 if at != 0 && count_rows(cluster, dst, &table).await? > 0 {
                     return Err(taken(format!(
                         "pool already holds rows of this tenant in {table}"
@@ -355,23 +357,49 @@ async fn target_is_free(cluster: &Cluster, dst: &Container, version: i32) -> Res
     Ok(())
 }
 
-/// Copies every table, parents first. A retry starts from an empty target (children first),
-/// so a copy interrupted half-way never leaves duplicates.
+/// The tenant tables of the move, from the source's catalog; the target, migrated to the
+/// same version, must hold the same ones.
+async fn tables_of(e: &Ends<'_>) -> Result<Vec<Ident>, StepError> {
+    let src_db = e.src_cluster.database(&e.src.database);
+    let dst_db = e.dst_cluster.database(&e.dst.database);
+    let (src, dst) = tokio::try_join!(
+        tables::tenant_tables(e.src_cluster, &src_db, &e.src.schema),
+        tables::tenant_tables(e.dst_cluster, &dst_db, &e.dst.schema),
+    )?;
+    let mut sorted = (src.clone(), dst);
+    sorted.0.sort();
+    sorted.1.sort();
+    if sorted.0 != sorted.1 {
+        let names = |t: &[Ident]| t.iter().map(Ident::as_str).collect::<Vec<_>>().join(", ");
+        return Err(StepError::precondition(format!(
+            "the source holds tables [{}] and the target [{}]; a container has drifted from \
+             its tenant-schema version",
+            names(&sorted.0),
+            names(&sorted.1)
+        )));
+    }
+    Ok(src)
+}
+
+/// Copies every table, parents first, then moves the target's sequences past the copied
+/// values. A retry starts from an empty target (children first), so a copy interrupted
+/// half-way never leaves duplicates.
 async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError> {
-    for table in catalog::tables().rev() {
+    let tables = tables_of(e).await?;
+    for table in tables.iter().rev() {
         erasure::delete_rows(
             e.dst_cluster,
             &e.dst.database,
             &e.dst.schema,
-            &table,
+            table,
             e.dst.tenant_id,
             erasure::BACKGROUND,
         )
         .await?;
     }
     let mut items = Vec::new();
-    for table in catalog::tables() {
-        let total = count_rows(e.src_cluster, &e.src, &table).await?;
+    for table in &tables {
+        let total = count_rows(e.src_cluster, &e.src, table).await?;
         items.push(ProgressItem {
             name: table.as_str().to_owned(),
             done: 0,
@@ -379,14 +407,14 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
         });
     }
     cx.progress(&items).await?;
-    for (i, table) in catalog::tables().enumerate() {
+    for (i, table) in tables.iter().enumerate() {
         let streamed = AtomicU64::new(0);
         let copy = copy::copy_table(
             e.src_cluster,
             &e.src,
             e.dst_cluster,
             &e.dst,
-            &table,
+            table,
             &streamed,
         );
         tokio::pin!(copy);
@@ -406,6 +434,13 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
         crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, copied as u64);
         tracing::info!(table = %table, rows = copied, "table copied");
     }
+    let mut dst = e
+        .dst_cluster
+        .database(&e.dst.database)
+        .acquire()
+        .await
+        .map_err(|err| e.dst_cluster.err(err))?;
+    tables::advance_sequences(e.dst_cluster, &mut dst, &e.dst.schema, &tables).await?;
     if failpoint::armed(CORRUPT_TARGET) {
         corrupt(e.dst_cluster, &e.dst).await?;
     }
@@ -443,7 +478,7 @@ async fn corrupt(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>
 /// Digests every table on both ends (concurrently) and fails on the first difference.
 async fn verify(e: &Ends<'_>) -> Result<Vec<VerifiedTable>, StepError> {
     let mut verified = Vec::new();
-    for table in catalog::tables() {
+    for table in tables_of(e).await? {
         let (src, dst) = tokio::try_join!(
             copy::digest(e.src_cluster, &e.src, &table),
             copy::digest(e.dst_cluster, &e.dst, &table),

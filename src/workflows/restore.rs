@@ -547,7 +547,8 @@ async fn read_dump(
             ))
         };
         let mut archive = ArchiveReader::for_manifest(&manifest, &key).map_err(|e| corrupt(&e))?;
-        let mut dump = DumpReader::new(source, target);
+        let tables = manifest.tables.iter().map(|t| t.table.clone()).collect();
+        let mut dump = DumpReader::new(source, target, tables);
         if !digests {
             dump = dump.without_digests();
         }

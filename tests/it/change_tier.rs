@@ -66,7 +66,7 @@ async fn move_to(env: &mut TestEnv, t: &pb::Tenant, tier: pb::Tier, cluster: &st
         .find(|s| s.name == "copy")
         .unwrap()
         .clone();
-    assert_eq!(copy.items.len(), tenantd::dataplane::catalog::TABLES.len());
+    assert_eq!(copy.items.len(), crate::harness::EXAMPLE_TABLES.len());
     assert!(copy.items.iter().all(|i| i.done == i.total));
     assert_eq!(copy.progress_done as usize, rows);
 

@@ -104,7 +104,10 @@ pub fn restore(sql: &Path) -> Place {
 async fn rows_of_others(place: &Place, tenant: Uuid) -> i64 {
     let pool = admin(&place.cluster, &place.database).await;
     let mut n = 0;
-    for table in tenantd::dataplane::catalog::TABLES {
+    for table in tenantd::dataplane::tables::names_in(&pool, "public")
+        .await
+        .unwrap()
+    {
         let q = format!("SELECT count(*) FROM public.{table} WHERE tenant_id <> $1");
         let (c,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(tenant)

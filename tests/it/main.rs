@@ -21,3 +21,4 @@ mod replicas;
 mod restore;
 mod rollout;
 mod sqlstate;
+mod tables;

@@ -9,8 +9,21 @@ use uuid::Uuid;
 use tenantd::api::pb;
 use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::auth::client::AuthChannel;
+use tenantd::dataplane::tables;
 
 use super::{TestEnv, admin};
+
+/// The example schema's tables (tenant-migrations/ today): what the tests expect a container
+/// of that schema to hold. Code under test reads tables from the catalog instead.
+pub const EXAMPLE_TABLES: &[&str] = &[
+    "appointment_types",
+    "appointments",
+    "audit_events",
+    "clinical_notes",
+    "encounters",
+    "observations",
+    "patients",
+];
 
 /// What the data plane holds for one tenant: schemas named after it, databases, roles.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,7 +71,7 @@ pub async fn footprint(tenant_id: &str, cluster: &str) -> Footprint {
         .await
         .unwrap();
         if pool_exists {
-            for table in tenantd::dataplane::catalog::TABLES {
+            for table in tables::names_in(&shared, "pool").await.unwrap() {
                 let q = format!("SELECT count(*) FROM pool.{table} WHERE tenant_id = $1");
                 let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
                     .bind(id)
@@ -137,7 +150,7 @@ pub async fn fill(place: &Place, tenant: Uuid, n: i32) {
 pub async fn snapshot(place: &Place, tenant: Uuid) -> Vec<(String, Vec<String>)> {
     let pool = admin(&place.cluster, &place.database).await;
     let mut out = Vec::new();
-    for table in tenantd::dataplane::catalog::TABLES {
+    for table in tables::names_in(&pool, &place.schema).await.unwrap() {
         let q = format!(
             "SELECT t::text FROM \"{}\".{table} t WHERE tenant_id = $1 ORDER BY 1",
             place.schema
