@@ -145,20 +145,23 @@ impl Bench {
         )))
         .execute(&scratch)
         .await?;
-        let cluster = tenantd::dataplane::DataPlane::new(&[tenantd::config::ClusterConfig {
-            name: "bench".into(),
-            admin_url: (self.url)(scratch_db),
-            public_host: None,
-            public_port: None,
-            shared_database: scratch_db.into(),
-        }])
+        let cluster = tenantd::dataplane::DataPlane::new(
+            &[tenantd::config::ClusterConfig {
+                name: "bench".into(),
+                admin_url: (self.url)(scratch_db),
+                public_host: None,
+                public_port: None,
+                shared_database: scratch_db.into(),
+            }],
+            std::sync::Arc::new(tenantd::tenant_schema::TenantSchema::example()),
+        )
         .map_err(anyhow::Error::msg)?;
         let cluster = cluster.cluster("bench")?;
         catalog::migrate(
             cluster,
             &scratch,
             &Ident::from_static(scratch_schema),
-            catalog::latest_version(),
+            tenantd::tenant_schema::TenantSchema::example().latest(),
         )
         .await?;
         let (src_url, dst_url) = ((self.url)(from_db), (self.url)(scratch_db));

@@ -78,7 +78,11 @@ async fn main() -> anyhow::Result<()> {
     println!("  provisioned in {:.1} s", started.elapsed().as_secs_f64());
 
     // 1. The baseline: the migrator, one schema after another.
-    let dataplane = DataPlane::new(&config.clusters).map_err(anyhow::Error::msg)?;
+    let dataplane = DataPlane::new(
+        &config.clusters,
+        std::sync::Arc::new(tenantd::tenant_schema::TenantSchema::example()),
+    )
+    .map_err(anyhow::Error::msg)?;
     let cluster = dataplane.cluster(config.default_cluster())?;
     let db = cluster.database(&cluster.shared_database);
     let schemas: Vec<Ident> = ids

@@ -43,6 +43,19 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub grpc_web: GrpcWebConfig,
+    #[serde(default)]
+    pub tenant_schema: TenantSchemaConfig,
+}
+
+/// The tenant schema: the user's own migrations.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSchemaConfig {
+    /// The directory of the tenant schema: `NNNN_name.sql` migrations and optional
+    /// `NNNN_name.seed.sql` reference rows (docs/tenant-schema.md). Unset: the example schema
+    /// that ships with tenantd (`examples/healthcare/`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 /// gRPC-web for browser consoles: always translated on the gRPC port; which web origins may

@@ -89,6 +89,7 @@ pub async fn start(
         server: Default::default(),
         metrics: Default::default(),
         grpc_web: Default::default(),
+        tenant_schema: Default::default(),
     };
     Ok(DevStack {
         postgres,

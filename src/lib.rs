@@ -30,5 +30,6 @@ pub mod sql;
 pub mod sqlstate;
 pub mod telemetry;
 pub mod tenant;
+pub mod tenant_schema;
 pub mod workflow;
 pub mod workflows;

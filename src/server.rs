@@ -34,6 +34,7 @@ use crate::registry::Registry;
 use crate::registry::clusters::ClusterRow;
 use crate::registry::events::OperationEvents;
 use crate::service::Control;
+use crate::tenant_schema::TenantSchema;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,23 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let registry = Registry::connect(&config.registry_url).await?;
     registry.migrate().await?;
-    let latest = crate::dataplane::catalog::latest_version();
+    let files = match &config.tenant_schema.dir {
+        Some(dir) => TenantSchema::from_dir(dir).map_err(|e| ServerError::Config(e.to_string()))?,
+        None => {
+            tracing::info!(
+                "tenant schema: the built-in example (examples/healthcare); set [tenant_schema] dir for yours"
+            );
+            TenantSchema::example()
+        }
+    };
+    // A file that differs from what the registry recorded for its version stops this replica.
+    let tenant_schema = Arc::new(
+        registry
+            .adopt_tenant_schema(&files)
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let latest = tenant_schema.latest();
     let version = registry.init_schema_version(latest).await?;
     if version < latest {
         tracing::info!(
@@ -68,7 +85,7 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     }
     let keys = key_service(&config, registry.pool()).await?;
     let objects = object_store(&config).await?;
-    let dataplane = DataPlane::new(&config.clusters).map_err(ServerError::Config)?;
+    let dataplane = DataPlane::new(&config.clusters, tenant_schema).map_err(ServerError::Config)?;
     for c in dataplane.clusters() {
         registry
             .sync_cluster(&ClusterRow {

@@ -124,8 +124,9 @@ impl Statement {
         self.0.push_str(&other.0);
         self
     }
-    /// Splices a whole SQL file shipped inside the binary (tenant-schema migrations).
-    pub fn trusted_file(mut self, text: &'static str) -> Self {
+    /// Splices a whole SQL file the tenant schema's owner supplied (a migration or a seed,
+    /// recorded in the registry): their DDL, run by the migrator in one transaction.
+    pub fn trusted_file(mut self, text: &str) -> Self {
         self.0.push_str(text);
         self
     }

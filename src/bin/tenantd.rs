@@ -60,6 +60,10 @@ enum Command {
         /// default dev generates an admin token, prints it and keeps it in STATE_DIR/admin.token.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Your tenant schema: a directory of NNNN_name.sql migrations (and NNNN_name.seed.sql
+        /// reference rows). Default: the example that ships with tenantd (examples/healthcare).
+        #[arg(long, value_name = "DIR")]
+        tenant_schema: Option<PathBuf>,
     },
     /// Bearer tokens for `[[auth.tokens]]`.
     #[command(subcommand)]
@@ -122,10 +126,12 @@ async fn main() -> anyhow::Result<()> {
             pg_port,
             metrics_listen,
             insecure_no_auth,
+            tenant_schema,
         } => {
             let options = DevOptions {
                 metrics_listen,
                 insecure_no_auth,
+                tenant_schema,
             };
             dev(state_dir, listen, pg_port, options, shutdown).await?
         }
@@ -154,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
 struct DevOptions {
     metrics_listen: Option<std::net::SocketAddr>,
     insecure_no_auth: bool,
+    tenant_schema: Option<PathBuf>,
 }
 
 async fn dev(
@@ -163,6 +170,7 @@ async fn dev(
     DevOptions {
         metrics_listen,
         insecure_no_auth,
+        tenant_schema,
     }: DevOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -172,6 +180,7 @@ async fn dev(
     tracing::info!(state_dir = %state_dir.display(), "starting embedded PostgreSQL");
     let mut stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
     stack.config.metrics.listen = metrics_listen;
+    stack.config.tenant_schema.dir = tenant_schema;
     let access = if insecure_no_auth {
         stack.config.auth.allow_unauthenticated = true;
         "no credentials needed (--insecure-no-auth)".to_owned()

@@ -1,59 +1,20 @@
-//! The tenant data schema: its migrations (shipped in `tenant-migrations/`, compiled in), its
-//! reference data, and the migrator that brings one container (the pool schema, a tenant
-//! schema, or the schema in a tenant database) to a version. Which tables a container holds is
-//! read from its catalog ([`super::tables`]).
+//! The migrator that brings one container (the pool schema, a tenant schema, or the schema in
+//! a tenant database) to a version of the tenant schema ([`crate::tenant_schema`], as the
+//! registry holds it), the seed a new container gets, and the grants on its tables. Which
+//! tables a container holds is read from its catalog ([`super::tables`]).
 //!
 //! Each container records what it has applied in `tenant_schema_migrations`, with a checksum
 //! of each file, so a container migrated by a different build is detected, not silently
 //! diverged. A migration runs in one transaction under an advisory lock for that container,
 //! with a lock timeout so a busy container fails (and is retried) instead of stalling.
 
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
-pub struct Migration {
-    pub version: i32,
-    pub name: &'static str,
-    pub sql: &'static str,
-}
-
-/// Every tenant-schema migration, in order. `tests::every_file_is_listed` keeps this in step
-/// with the folder.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "healthcare_core",
-        sql: include_str!("../../tenant-migrations/0001_healthcare_core.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "write_fence",
-        sql: include_str!("../../tenant-migrations/0002_write_fence.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "foreign_key_indexes",
-        sql: include_str!("../../tenant-migrations/0003_foreign_key_indexes.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "patient_preferred_language",
-        sql: include_str!("../../tenant-migrations/0004_patient_preferred_language.sql"),
-    },
-];
-
-/// The first version with the write fence ([`super::fence`]): data can move only from and to
-/// containers at this version or later.
 pub const FENCE_VERSION: i32 = 2;
-
-/// The tenant-schema version this build provisions.
-pub fn latest_version() -> i32 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
-}
 
 /// The table in each container that records the migrations applied to it.
 pub const BOOKKEEPING: &str = "tenant_schema_migrations";
@@ -82,10 +43,6 @@ pub async fn current_version(
         .await
         .map_err(|e| cluster.err(e))?;
     Ok(version)
-}
-
-fn checksum(sql: &str) -> String {
-    hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
 /// How [`migrate_with`] treats a container.
@@ -126,10 +83,11 @@ pub async fn migrate_with(
     target: i32,
     options: MigrateOptions,
 ) -> Result<i32, DataPlaneError> {
-    if target > latest_version() {
+    let known = cluster.tenant_schema();
+    if target > known.latest() {
         return Err(DataPlaneError::Invariant(format!(
             "tenant-schema version {target} is not known to this tenantd (latest {})",
-            latest_version()
+            known.latest()
         )));
     }
     let err = |e| cluster.err(e);
@@ -170,14 +128,14 @@ pub async fn migrate_with(
         .await
         .map_err(err)?;
     for (version, sum) in &applied {
-        match MIGRATIONS.iter().find(|m| m.version == *version) {
+        match known.get(*version) {
             None => {
                 return Err(DataPlaneError::Invariant(format!(
                     "{} is at tenant-schema version {version}, which this tenantd does not know",
                     schema.as_str()
                 )));
             }
-            Some(m) if checksum(m.sql) != *sum => {
+            Some(m) if m.sha256() != *sum => {
                 return Err(DataPlaneError::Invariant(format!(
                     "{}: migration {version} was applied from a different file",
                     schema.as_str()
@@ -196,11 +154,12 @@ pub async fn migrate_with(
             schema.as_str()
         )));
     }
-    for m in MIGRATIONS
+    for m in known
+        .migrations()
         .iter()
         .filter(|m| m.version > current && m.version <= target)
     {
-        sqlx::raw_sql(Statement::new("").trusted_file(m.sql).into_sql())
+        sqlx::raw_sql(Statement::new("").trusted_file(&m.sql).into_sql())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -209,8 +168,8 @@ pub async fn migrate_with(
             .push(" (version, name, checksum) VALUES ($1, $2, $3)");
         sqlx::query(record.into_sql())
             .bind(m.version)
-            .bind(m.name)
-            .bind(checksum(m.sql))
+            .bind(&m.name)
+            .bind(m.sha256())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -219,37 +178,45 @@ pub async fn migrate_with(
     Ok(target.max(current))
 }
 
-/// Reference data every tenant starts with; tenants may change their own copy.
-const APPOINTMENT_TYPES: &[(&str, &str, i32)] = &[
-    ("new-patient", "New patient visit", 30),
-    ("follow-up", "Follow-up visit", 15),
-    ("telehealth", "Telehealth visit", 20),
-    ("annual-physical", "Annual physical", 45),
-];
-
-/// Inserts the tenant's reference data; rows it already has are left alone.
+/// Runs the seeds (`NNNN_name.seed.sql`) of every version up to the container's, with
+/// `search_path` on the container's schema and `app.tenant_id` set to the tenant, in one
+/// transaction: the reference rows a new container starts with. A seed must be repeatable
+/// (`ON CONFLICT DO NOTHING`): a retried step runs it again. Returns the rows it inserted.
 pub async fn seed(
     cluster: &Cluster,
     pool: &PgPool,
     schema: &Ident,
     tenant_id: Uuid,
 ) -> Result<u64, DataPlaneError> {
-    let stmt = Statement::new("INSERT INTO ")
-        .qualified(schema, &Ident::from_static("appointment_types"))
-        .push(
-            " (tenant_id, code, name, duration_minutes) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[]) \
-             ON CONFLICT DO NOTHING",
-        );
-    let r = sqlx::query(stmt.into_sql())
-        .bind(tenant_id)
-        .bind(APPOINTMENT_TYPES.iter().map(|t| t.0).collect::<Vec<_>>())
-        .bind(APPOINTMENT_TYPES.iter().map(|t| t.1).collect::<Vec<_>>())
-        .bind(APPOINTMENT_TYPES.iter().map(|t| t.2).collect::<Vec<_>>())
-        .execute(pool)
+    let version = current_version(cluster, pool, schema).await?;
+    let err = |e| cluster.err(e);
+    let mut tx = pool.begin().await.map_err(err)?;
+    sqlx::query(
+        Statement::new("SET LOCAL search_path TO ")
+            .ident(schema)
+            .into_sql(),
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant_id.to_string())
+        .execute(&mut *tx)
         .await
-        .map_err(|e| cluster.err(e))?;
-    Ok(r.rows_affected())
+        .map_err(err)?;
+    let mut rows = 0;
+    for m in cluster.tenant_schema().migrations() {
+        let Some(seed) = m.seed.as_deref().filter(|_| m.version <= version) else {
+            continue;
+        };
+        rows += sqlx::raw_sql(Statement::new("").trusted_file(seed).into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(rows)
 }
 
 /// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, USAGE on the
@@ -335,45 +302,4 @@ pub async fn grant_tables(
     cluster
         .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_file_is_listed() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tenant-migrations");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|f| f.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let listed: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
-            .collect();
-        assert_eq!(files, listed);
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i32 + 1, "versions are dense and ordered");
-        }
-    }
-
-    #[test]
-    fn every_table_is_created_with_rls() {
-        let sql = MIGRATIONS[0].sql;
-        for t in [
-            "patients",
-            "appointment_types",
-            "encounters",
-            "observations",
-            "clinical_notes",
-            "appointments",
-            "audit_events",
-        ] {
-            assert!(sql.contains(&format!("CREATE TABLE {t} (")), "{t}");
-            assert!(sql.contains(&format!("'{t}'")), "{t} gets a policy");
-        }
-    }
 }

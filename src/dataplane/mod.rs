@@ -21,7 +21,7 @@ pub mod staging;
 pub mod tables;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::config::{ClusterConfig, redact_url};
 use crate::sql::{Ident, InvalidIdent, InvalidLiteral, Statement};
 use crate::tenant::{ContainerNames, Placement, Tier};
+use crate::tenant_schema::{SchemaHandle, TenantSchema};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -85,13 +86,15 @@ pub struct Cluster {
     pub public_host: String,
     pub public_port: u16,
     pub shared_database: Ident,
+    /// The tenant schema every container here is migrated with (the registry's versions).
+    tenant_schema: SchemaHandle,
     base: PgConnectOptions,
     admin: PgPool,
     databases: Mutex<HashMap<String, PgPool>>,
 }
 
 impl Cluster {
-    fn new(c: &ClusterConfig) -> Result<Self, String> {
+    fn new(c: &ClusterConfig, tenant_schema: SchemaHandle) -> Result<Self, String> {
         let base: PgConnectOptions = c
             .admin_url
             .parse::<PgConnectOptions>()
@@ -116,10 +119,16 @@ impl Cluster {
                 .unwrap_or_else(|| base.get_host().to_owned()),
             public_port: c.public_port.unwrap_or_else(|| base.get_port()),
             shared_database: Ident::new(c.shared_database.clone()).map_err(|e| e.to_string())?,
+            tenant_schema,
             base,
             admin,
             databases: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The tenant schema containers on this cluster are migrated with.
+    pub fn tenant_schema(&self) -> Arc<TenantSchema> {
+        self.tenant_schema.current()
     }
 
     /// Pool on the admin URL's database, for cluster-wide statements.
@@ -354,15 +363,34 @@ impl Cluster {
 /// All configured clusters.
 pub struct DataPlane {
     clusters: HashMap<String, Cluster>,
+    tenant_schema: SchemaHandle,
 }
 
 impl DataPlane {
-    pub fn new(configs: &[ClusterConfig]) -> Result<Self, String> {
+    /// The clusters of `configs`, whose containers are migrated with `tenant_schema`.
+    pub fn new(
+        configs: &[ClusterConfig],
+        tenant_schema: Arc<TenantSchema>,
+    ) -> Result<Self, String> {
+        let tenant_schema = SchemaHandle::new((*tenant_schema).clone());
         let clusters = configs
             .iter()
-            .map(|c| Ok((c.name.clone(), Cluster::new(c)?)))
+            .map(|c| Ok((c.name.clone(), Cluster::new(c, tenant_schema.clone())?)))
             .collect::<Result<_, String>>()?;
-        Ok(DataPlane { clusters })
+        Ok(DataPlane {
+            clusters,
+            tenant_schema,
+        })
+    }
+
+    /// The tenant schema, every version this process knows (as the registry holds them).
+    pub fn tenant_schema(&self) -> Arc<TenantSchema> {
+        self.tenant_schema.current()
+    }
+
+    /// Learns versions another replica recorded since this one started.
+    pub fn grow_tenant_schema(&self, schema: TenantSchema) {
+        self.tenant_schema.grow(schema)
     }
 
     pub fn cluster(&self, name: &str) -> Result<&Cluster, DataPlaneError> {

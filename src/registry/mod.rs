@@ -19,6 +19,7 @@ pub mod exports;
 pub mod leases;
 pub mod operations;
 pub mod rollouts;
+pub mod tenant_schema;
 pub mod tenants;
 
 use std::time::Duration;

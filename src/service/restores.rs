@@ -65,7 +65,8 @@ impl Control {
                 operation: None,
             });
         }
-        restore::known_version(m).map_err(|reason| Error::FailedPrecondition {
+        let latest = self.deps.tenant_schema().await?.latest();
+        restore::known_version(m, latest).map_err(|reason| Error::FailedPrecondition {
             reason,
             operation: None,
         })?;

@@ -5,7 +5,6 @@ use uuid::Uuid;
 
 use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
 use super::{Control, OperationView};
-use crate::dataplane::catalog;
 use crate::error::{Error, Result};
 use crate::paging;
 use crate::rollout::{Canaries, Counts, Plan, Target, TargetState};
@@ -41,7 +40,7 @@ impl Control {
     pub async fn fleet_schema(&self) -> Result<FleetSchema> {
         Ok(FleetSchema {
             version: self.registry().schema_version().await?,
-            latest: catalog::latest_version(),
+            latest: self.deps.tenant_schema().await?.latest(),
             tenants_by_version: self.registry().tenants_by_version().await?,
         })
     }
@@ -74,7 +73,7 @@ impl Control {
                 Canaries::Tenants(ids)
             }
         };
-        plan.validate(catalog::latest_version())?;
+        plan.validate(self.deps.tenant_schema().await?.latest())?;
         let hash = request_hash(&plan);
         let state = migrate_fleet::State::new(plan);
         self.start_rollout(state, request_id.as_ref(), &hash).await

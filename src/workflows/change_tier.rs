@@ -298,6 +298,8 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         )));
     }
     let dst = Container::plan(cx.tenant_id()?, state.target.tier, dst_cluster);
+    // The target is migrated to the source's version, which another replica may have added.
+    deps.tenant_schema().await?;
     let version = catalog::current_version(
         src_cluster,
         &src_cluster.database(&src.database),

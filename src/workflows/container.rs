@@ -15,6 +15,7 @@ pub async fn migrate_to_fleet(
     c: &Container,
 ) -> Result<i32, StepError> {
     let fleet = deps.registry.schema_version().await?;
+    deps.tenant_schema().await?;
     let db = cluster.database(&c.database);
     let options = catalog::MigrateOptions {
         newer_ok: true,

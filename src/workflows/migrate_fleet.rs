@@ -330,6 +330,7 @@ async fn migrate_container(
     placement: Option<(Tier, Placement)>,
     plan: &Plan,
 ) -> Result<i32, StepError> {
+    deps.tenant_schema().await?;
     let cluster = deps.dataplane.cluster(&t.cluster)?;
     let (database, schema) = match (t.tenant_id, placement) {
         (Some(id), Some((tier, placement))) => {

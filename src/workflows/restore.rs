@@ -269,18 +269,16 @@ impl Workflow for Restore {
     }
 }
 
-/// Refuses an export at a tenant-schema version this build does not know (made by a newer
-/// tenantd): its tables cannot be created, nor migrated back.
-pub fn known_version(m: &Manifest) -> Result<(), String> {
-    if m.schema_version <= catalog::latest_version() {
+/// Refuses an export at a tenant-schema version the fleet does not know (`latest`, the
+/// newest version the registry holds): its tables cannot be created, nor migrated back.
+pub fn known_version(m: &Manifest, latest: i32) -> Result<(), String> {
+    if m.schema_version <= latest {
         return Ok(());
     }
     Err(format!(
-        "export exports/{} is at tenant-schema version {}, newer than this tenantd knows ({}); \
-         upgrade tenantd first",
-        m.export_id,
-        m.schema_version,
-        catalog::latest_version()
+        "export exports/{} is at tenant-schema version {}, newer than the tenant schema knows \
+         ({latest}); add the newer versions first",
+        m.export_id, m.schema_version,
     ))
 }
 
@@ -294,7 +292,7 @@ async fn verify(
     let deps = cx.deps;
     let export = VerifiedExport::open(deps, state.export_id).await?;
     let m = &export.manifest;
-    known_version(m).map_err(StepError::precondition)?;
+    known_version(m, deps.tenant_schema().await?.latest()).map_err(StepError::precondition)?;
     let target_version = match (state.tier, state.mode) {
         (Tier::Pool, Mode::InPlace) => {
             let db = cluster.database(&live.database);

@@ -484,7 +484,7 @@ async fn the_fence_stops_only_the_fenced_tenants_writes_and_waits_out_older_ones
     use tenantd::tenant::Tier;
     let mut env = TestEnv::start().await;
     let (_, aid, _, bid) = pool_pair(&mut env, "fenced", "free").await;
-    let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
     let main = dataplane.cluster("main").unwrap();
     let c = Container::plan(aid, Tier::Pool, main);
     let apps = AppConnector::new(&env);
@@ -505,7 +505,8 @@ async fn the_fence_stops_only_the_fenced_tenants_writes_and_waits_out_older_ones
     assert!(err.to_string().contains("still run"), "{err}");
     // ...and returns once it has committed.
     let waiting = tokio::spawn({
-        let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+        let dataplane =
+            DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
         let c = c.clone();
         async move {
             let main = dataplane.cluster("main").unwrap();

@@ -27,7 +27,7 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
     fill(&Place::pool("main"), a, 300).await;
     fill(&Place::pool("main"), b, 50).await;
 
-    let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
     let (main, second) = (
         dataplane.cluster("main").unwrap(),
         dataplane.cluster("second").unwrap(),
@@ -40,7 +40,7 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         second,
         &second.database(&dst.database),
         &dst.schema,
-        catalog::latest_version(),
+        tenantd::tenant_schema::TenantSchema::example().latest(),
     )
     .await
     .unwrap();

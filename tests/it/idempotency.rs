@@ -162,7 +162,7 @@ async fn identical_requests_racing_on_one_request_id_all_get_the_winners_operati
         async move {
             fleet
                 .migrate_fleet(pb::MigrateFleetRequest {
-                    target_version: tenantd::dataplane::catalog::latest_version(),
+                    target_version: tenantd::tenant_schema::TenantSchema::example().latest(),
                     auto_continue: true,
                     request_id: "race-rollout".into(),
                     ..Default::default()

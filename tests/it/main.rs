@@ -22,3 +22,4 @@ mod restore;
 mod rollout;
 mod sqlstate;
 mod tables;
+mod tenant_schema;

@@ -58,7 +58,7 @@ async fn pool_tier_shares_tables_under_forced_rls() {
     assert_eq!(t.state, pb::TenantState::Active as i32);
     assert_eq!(
         t.schema_version,
-        tenantd::dataplane::catalog::latest_version()
+        tenantd::tenant_schema::TenantSchema::example().latest()
     );
     let p = t.placement.clone().unwrap();
     assert_eq!(

@@ -15,7 +15,7 @@ use crate::harness::{EXAMPLE_TABLES, TestEnv, admin, admin_conn};
 async fn the_example_schema_is_read_from_a_container_parents_first() {
     let mut env = TestEnv::start().await;
     let t = env.provision("tables-schema", pb::Tier::Schema, "").await;
-    let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
     let main = dataplane.cluster("main").unwrap();
     let c = Container::plan(t.id.parse().unwrap(), Tier::Schema, main);
     let db = main.database(&c.database);
@@ -79,7 +79,7 @@ async fn partitions_self_references_cycles_and_sequences() {
     // tenant data.
     assert_eq!(names, ["wards", "readings", "staff", "eggs", "hens"]);
 
-    let dataplane = DataPlane::new(&env.config.clusters).unwrap();
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
     let main = dataplane.cluster("main").unwrap();
     let schema_ident = Ident::new(schema.clone()).unwrap();
     let found = tables::tenant_tables(main, &pool, &schema_ident)

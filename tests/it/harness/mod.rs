@@ -36,7 +36,8 @@ use tenantd::api::pb::tenant_service_client::TenantServiceClient;
 use tenantd::auth::Role;
 use tenantd::auth::client::{AuthChannel, Bearer, with_token};
 use tenantd::config::{
-    AuthConfig, ClusterConfig, Config, KeysConfig, ObjectsConfig, TokenConfig, WorkflowConfig,
+    AuthConfig, ClusterConfig, Config, KeysConfig, ObjectsConfig, TenantSchemaConfig, TokenConfig,
+    WorkflowConfig,
 };
 use tenantd::sql::Ident;
 
@@ -262,6 +263,10 @@ impl TestEnv {
             server: Default::default(),
             metrics: Default::default(),
             grpc_web: Default::default(),
+            // The example schema, read from its directory as a user's would be.
+            tenant_schema: TenantSchemaConfig {
+                dir: Some(EXAMPLE_SCHEMA_DIR.into()),
+            },
         };
         (config, dir)
     }

@@ -13,6 +13,14 @@ use tenantd::dataplane::tables;
 
 use super::{TestEnv, admin};
 
+/// The directory of the example tenant schema that ships in the repository.
+pub const EXAMPLE_SCHEMA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/healthcare");
+
+/// The example schema, as a data plane built outside tenantd migrates with it.
+pub fn example_schema() -> std::sync::Arc<tenantd::tenant_schema::TenantSchema> {
+    std::sync::Arc::new(tenantd::tenant_schema::TenantSchema::example())
+}
+
 /// The example schema's tables (tenant-migrations/ today): what the tests expect a container
 /// of that schema to hold. Code under test reads tables from the catalog instead.
 pub const EXAMPLE_TABLES: &[&str] = &[

@@ -1,0 +1,150 @@
+//! The tenant schema is supplied as a directory: the registry records every version's exact
+//! text, a replica whose file differs for a version refuses to start naming the file, and a
+//! new version is a new file that reaches tenants through a rollout.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tenantd::api::pb;
+use tenantd::tenant_schema::{TenantSchema, sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{EXAMPLE_SCHEMA_DIR, Place, TestEnv, admin};
+
+/// A copy of the example schema's directory to change.
+fn copy_example(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(EXAMPLE_SCHEMA_DIR).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+async fn recorded(env: &TestEnv) -> Vec<(i32, String, String)> {
+    sqlx::query_as("SELECT version, name, sha256 FROM tenant_schema_versions ORDER BY version")
+        .fetch_all(&env.registry)
+        .await
+        .unwrap()
+}
+
+/// Starts another replica on `env`'s registry with the schema in `dir`: Err when it refuses.
+async fn replica(
+    env: &TestEnv,
+    dir: &Path,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), tenantd::server::ServerError>>,
+) {
+    let mut config = env.config.clone();
+    config.tenant_schema.dir = Some(dir.to_owned());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(tenantd::server::run(config, listener, shutdown.clone()));
+    (shutdown, run)
+}
+
+#[tokio::test]
+async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("schema-owner", pb::Tier::Schema, "").await;
+    // The first replica recorded the example's versions, byte for byte.
+    let example = TenantSchema::example();
+    let before = recorded(&env).await;
+    let expected: Vec<(i32, String, String)> = example
+        .migrations()
+        .iter()
+        .map(|m| (m.version, m.name.clone(), m.sha256()))
+        .collect();
+    assert_eq!(before, expected);
+
+    // A replica whose file for version 2 differs refuses to start, naming the file.
+    let dir = env.dir.join("schema");
+    copy_example(&dir);
+    let edited = dir.join("0002_write_fence.sql");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, format!("{text}\n-- edited in place\n")).unwrap();
+    let (_, run) = replica(&env, &dir).await;
+    let refused = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the replica stops at once")
+        .unwrap()
+        .expect_err("a changed version is refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("0002_write_fence.sql differs from version 2"),
+        "{message}"
+    );
+    assert!(message.contains(&sha256(&format!("{text}\n-- edited in place\n"))));
+    assert_eq!(recorded(&env).await, before, "nothing was recorded");
+
+    // A new version is a new file: the replica that brings it records it.
+    std::fs::write(&edited, text).unwrap();
+    std::fs::write(
+        dir.join("0005_patient_nickname.sql"),
+        "ALTER TABLE patients ADD COLUMN nickname text;\n",
+    )
+    .unwrap();
+    let (stop, run) = replica(&env, &dir).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorded(&env).await.len() < 5 {
+        assert!(Instant::now() < deadline, "version 5 not recorded");
+        assert!(!run.is_finished(), "the replica stopped: {:?}", run.await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first replica learns it from the registry.
+    let fleet = env
+        .fleet
+        .get_fleet_schema(pb::GetFleetSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((fleet.version, fleet.latest_version), (4, 5));
+    // A rollout brings its canary there. (Only the canary: the test clusters' shared pool
+    // belongs to every test, which know version 4 only.)
+    let op = env
+        .fleet
+        .migrate_fleet(pb::MigrateFleetRequest {
+            target_version: 5,
+            canary_tenants: vec![t.slug.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let place = Place::of(&t);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = admin(&place.cluster, &place.database).await;
+        let columns: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = 'patients' AND column_name = 'nickname'",
+        )
+        .bind(&place.schema)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if columns == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the canary never reached version 5"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tenant = env
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: t.slug.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tenant.schema_version, 5);
+    env.ops
+        .cancel_operation(pb::CancelOperationRequest { name: op.name })
+        .await
+        .unwrap();
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
