@@ -150,14 +150,34 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         _request: Request<pb::GetFleetSchemaRequest>,
     ) -> Result<Response<pb::FleetSchema>, Status> {
         let f = self.control.fleet_schema().await?;
+        let tenants = |v: i32| {
+            let at = f
+                .tenants_by_version
+                .iter()
+                .find(|(version, _)| *version == v);
+            at.map_or(0, |(_, n)| *n)
+        };
+        let versions = f
+            .schema
+            .migrations()
+            .iter()
+            .map(|m| pb::fleet_schema::Version {
+                version: m.version,
+                file: m.file_name(),
+                sha256: m.sha256(),
+                seed_sha256: m.seed_sha256().unwrap_or_default(),
+                tenants: tenants(m.version),
+            })
+            .collect();
         Ok(Response::new(pb::FleetSchema {
             version: f.version,
             latest_version: f.latest,
             tenants_by_version: f
                 .tenants_by_version
-                .into_iter()
-                .map(|(version, tenants)| pb::fleet_schema::VersionCount { version, tenants })
+                .iter()
+                .map(|&(version, tenants)| pb::fleet_schema::VersionCount { version, tenants })
                 .collect(),
+            versions,
         }))
     }
 

@@ -18,6 +18,8 @@ pub struct FleetSchema {
     pub version: i32,
     pub latest: i32,
     pub tenants_by_version: Vec<(i32, i64)>,
+    /// Every version of the tenant schema, as the registry holds them.
+    pub schema: std::sync::Arc<crate::tenant_schema::TenantSchema>,
 }
 
 /// How canaries are asked for, before tenant names are resolved.
@@ -38,10 +40,12 @@ pub struct TargetPage {
 
 impl Control {
     pub async fn fleet_schema(&self) -> Result<FleetSchema> {
+        let schema = self.deps.tenant_schema().await?;
         Ok(FleetSchema {
             version: self.registry().schema_version().await?,
-            latest: self.deps.tenant_schema().await?.latest(),
+            latest: schema.latest(),
             tenants_by_version: self.registry().tenants_by_version().await?,
+            schema,
         })
     }
 

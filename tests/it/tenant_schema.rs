@@ -9,7 +9,9 @@ use tenantd::api::pb;
 use tenantd::tenant_schema::{TenantSchema, sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{EXAMPLE_SCHEMA_DIR, Place, TestEnv, admin};
+use tenantd::auth::Role;
+
+use crate::harness::{EXAMPLE_SCHEMA_DIR, Place, TestEnv, admin, tenantctl};
 
 /// A copy of the example schema's directory to change.
 fn copy_example(to: &Path) {
@@ -99,6 +101,23 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
         .unwrap()
         .into_inner();
     assert_eq!((fleet.version, fleet.latest_version), (4, 5));
+    // `tenantctl schema list` shows every version with its checksums and tenants.
+    let args = ["--addr", &env.addr, "schema", "list"].map(std::ffi::OsStr::new);
+    let out = tenantctl(&args, Some(Role::Viewer)).await.unwrap();
+    assert!(out.contains("fleet at version 4 of 5"), "{out}");
+    let five = sha256("ALTER TABLE patients ADD COLUMN nickname text;\n");
+    assert!(out.contains("0005_patient_nickname.sql"), "{out}");
+    assert!(out.contains(&five), "{out}");
+    let seed = example.get(1).unwrap().seed_sha256().unwrap();
+    assert!(
+        out.contains("0001_healthcare_core.seed.sql") && out.contains(&seed),
+        "{out}"
+    );
+    let v4 = out.lines().find(|l| l.contains("0004_")).unwrap();
+    assert!(
+        v4.starts_with('*') && v4.contains(" 1  "),
+        "one tenant at v4: {v4}"
+    );
     // A rollout brings its canary there. (Only the canary: the test clusters' shared pool
     // belongs to every test, which know version 4 only.)
     let op = env

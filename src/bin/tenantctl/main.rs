@@ -6,6 +6,7 @@ mod connect;
 mod exports;
 mod fleet;
 mod operations;
+mod schema;
 mod tenants;
 
 use audit::AuditCommand;
@@ -13,6 +14,7 @@ use certificate::CertificateCommand;
 use connect::Connection;
 use fleet::FleetCommand;
 use operations::OperationCommand;
+use schema::SchemaCommand;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -83,6 +85,9 @@ enum Command {
     /// approval, progress, per-target status), retrying one target.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// The tenant schema: every version the registry recorded, with checksums and tenants.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -114,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certificate::run(&mut DeletionServiceClient::new(channel), cmd).await?
         }
         Command::Audit(cmd) => audit::run(&mut AuditServiceClient::new(channel), cmd).await?,
+        Command::Schema(cmd) => schema::run(&mut FleetServiceClient::new(channel), cmd).await?,
         Command::Fleet(cmd) => {
             let mut ops = OperationServiceClient::new(channel.clone());
             fleet::run(&mut FleetServiceClient::new(channel), &mut ops, cmd).await?
