@@ -20,6 +20,16 @@ pub struct TableRows {
     pub rows: u64,
 }
 
+/// One tenant-schema version an export was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    pub version: i32,
+    /// The migration's file, `NNNN_name.sql`.
+    pub file: String,
+    /// Hex sha256 of its exact text, as the registry recorded it.
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
     pub cipher: String,
@@ -61,6 +71,11 @@ pub struct Manifest {
     pub tenant_slug: String,
     pub source_tier: String,
     pub schema_version: i32,
+    /// Every tenant-schema migration up to `schema_version`, with its sha256: a restore
+    /// refuses a fleet whose text for one of them differs. Absent in exports made before
+    /// tenant schemas were supplied (those versions are the example's, byte for byte).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<SchemaVersion>,
     /// Start of the REPEATABLE READ snapshot every table was read in (RFC 3339).
     pub snapshot_at: String,
     pub object_key: String,

@@ -65,8 +65,8 @@ impl Control {
                 operation: None,
             });
         }
-        let latest = self.deps.tenant_schema().await?.latest();
-        restore::known_version(m, latest).map_err(|reason| Error::FailedPrecondition {
+        let schema = self.deps.tenant_schema().await?;
+        restore::known_schema(m, &schema).map_err(|reason| Error::FailedPrecondition {
             reason,
             operation: None,
         })?;

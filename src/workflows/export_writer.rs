@@ -14,7 +14,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::archive::layout::ExportKeys;
-use crate::archive::manifest::{self, Encryption, Manifest, TableRows, WrappedBy};
+use crate::archive::manifest::{self, Encryption, Manifest, SchemaVersion, TableRows, WrappedBy};
 use crate::archive::{ArchiveWriter, Digest256, aead_stream};
 use crate::blobs::Upload;
 use crate::context::Context;
@@ -80,6 +80,19 @@ pub async fn write_manifest(
     dumped: &Dumped,
 ) -> Result<(), StepError> {
     let public = deps.keys.public_key().await?;
+    let tenant_schema = deps.tenant_schema().await?;
+    let schema = (1..=dumped.schema_version)
+        .map(|v| {
+            let m = tenant_schema.get(v).ok_or_else(|| {
+                StepError::internal(format!("tenant-schema version {v} is not recorded"))
+            })?;
+            Ok(SchemaVersion {
+                version: v,
+                file: m.file_name(),
+                sha256: m.sha256(),
+            })
+        })
+        .collect::<Result<Vec<_>, StepError>>()?;
     let m = Manifest {
         format: manifest::FORMAT.to_owned(),
         export_id: s.export_id.to_string(),
@@ -87,6 +100,7 @@ pub async fn write_manifest(
         tenant_slug: s.slug.to_owned(),
         source_tier: dumped.tier.clone(),
         schema_version: dumped.schema_version,
+        schema,
         snapshot_at: dumped.snapshot_at.to_rfc3339(),
         object_key: keys.archive.as_str().to_owned(),
         tables: dumped.tables.clone(),

@@ -55,6 +55,7 @@ use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::sql::Ident;
 use crate::tenant::{TenantRef, Tier};
+use crate::tenant_schema::TenantSchema;
 use crate::workflow::{StepContext, StepError, Workflow, steps};
 use crate::workflows::container::undo;
 use crate::workflows::tenant_key;
@@ -269,17 +270,35 @@ impl Workflow for Restore {
     }
 }
 
-/// Refuses an export at a tenant-schema version the fleet does not know (`latest`, the
-/// newest version the registry holds): its tables cannot be created, nor migrated back.
-pub fn known_version(m: &Manifest, latest: i32) -> Result<(), String> {
-    if m.schema_version <= latest {
-        return Ok(());
+/// Refuses an export the fleet's tenant schema cannot restore: at a version the registry does
+/// not hold (its tables cannot be created, nor migrated back), or made with a different text
+/// for one of its versions (its tables would not be the ones staged).
+pub fn known_schema(m: &Manifest, schema: &TenantSchema) -> Result<(), String> {
+    if m.schema_version > schema.latest() {
+        return Err(format!(
+            "export exports/{} is at tenant-schema version {}, newer than the tenant schema \
+             knows ({}); add the newer versions first",
+            m.export_id,
+            m.schema_version,
+            schema.latest()
+        ));
     }
-    Err(format!(
-        "export exports/{} is at tenant-schema version {}, newer than the tenant schema knows \
-         ({latest}); add the newer versions first",
-        m.export_id, m.schema_version,
-    ))
+    for v in &m.schema {
+        let ours = schema.get(v.version).map(|m| m.sha256());
+        if ours.as_deref() != Some(v.sha256.as_str()) {
+            return Err(format!(
+                "export exports/{} was made with tenant-schema version {} ({}, sha256 {}), \
+                 which the registry holds with another text (sha256 {}); it cannot be restored \
+                 into this fleet",
+                m.export_id,
+                v.version,
+                v.file,
+                v.sha256,
+                ours.unwrap_or_else(|| "none".into())
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `verify` step (see the module doc).
@@ -292,7 +311,8 @@ async fn verify(
     let deps = cx.deps;
     let export = VerifiedExport::open(deps, state.export_id).await?;
     let m = &export.manifest;
-    known_version(m, deps.tenant_schema().await?.latest()).map_err(StepError::precondition)?;
+    let schema = deps.tenant_schema().await?;
+    known_schema(m, &schema).map_err(StepError::precondition)?;
     let target_version = match (state.tier, state.mode) {
         (Tier::Pool, Mode::InPlace) => {
             let db = cluster.database(&live.database);

@@ -212,6 +212,29 @@ async fn tampering_and_wrong_keys_are_refused() {
     let signature = objects.get(&keys.signature).await.unwrap();
     let public = ks.public_key().await.unwrap();
     let manifest = Manifest::verified(&manifest_bytes, &signature, &public.spki_der).unwrap();
+    // The manifest records the tenant schema the export was made with, version by version.
+    let example = tenantd::tenant_schema::TenantSchema::example();
+    let recorded: Vec<(i32, String, String)> = manifest
+        .schema
+        .iter()
+        .map(|v| (v.version, v.file.clone(), v.sha256.clone()))
+        .collect();
+    let expected: Vec<(i32, String, String)> = example.migrations()
+        [..manifest.schema_version as usize]
+        .iter()
+        .map(|m| (m.version, m.file_name(), m.sha256()))
+        .collect();
+    assert_eq!(recorded, expected);
+    use tenantd::workflows::restore::known_schema;
+    known_schema(&manifest, &example).unwrap();
+    // A fleet holding another text for one of those versions refuses it, naming the version.
+    let mut other = manifest.clone();
+    other.schema[1].sha256 = "0".repeat(64);
+    let refused = known_schema(&other, &example).unwrap_err();
+    assert!(
+        refused.contains("tenant-schema version 2 (0002_write_fence.sql"),
+        "{refused}"
+    );
     let wrapped = manifest.wrapped_data_key().unwrap();
 
     // The data key opens only with tenant A's key and the export's own context.
