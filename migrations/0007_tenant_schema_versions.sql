@@ -21,3 +21,7 @@ END $$;
 CREATE TRIGGER tenant_schema_versions_append_only
     BEFORE UPDATE OR DELETE ON tenant_schema_versions
     FOR EACH ROW EXECUTE FUNCTION tenant_schema_versions_append_only();
+
+CREATE TRIGGER tenant_schema_versions_no_truncate
+    BEFORE TRUNCATE ON tenant_schema_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION tenant_schema_versions_append_only();

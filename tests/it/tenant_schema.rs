@@ -58,6 +58,18 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
         .map(|m| (m.version, m.name.clone(), m.sha256()))
         .collect();
     assert_eq!(before, expected);
+    // Recorded versions are never changed or removed, whoever asks.
+    for statement in [
+        "UPDATE tenant_schema_versions SET sql = sql || ' ' WHERE version = 1",
+        "DELETE FROM tenant_schema_versions WHERE version = 4",
+        "TRUNCATE tenant_schema_versions",
+    ] {
+        let e = sqlx::query(statement)
+            .execute(&env.registry)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("never changed or removed"), "{e}");
+    }
 
     // A replica whose file for version 2 differs refuses to start, naming the file.
     let dir = env.dir.join("schema");
