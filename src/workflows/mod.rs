@@ -64,3 +64,92 @@ impl Dispatch for Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::Steps;
+
+    /// The registry stores steps by name and the cursor by position: the lists earlier
+    /// releases stored must stay exactly as they are, or stored operations would resume at
+    /// the wrong step.
+    #[test]
+    fn stored_step_names_and_order_never_change() {
+        fn names<W: Workflow>() -> (&'static str, Vec<&'static str>) {
+            (W::KIND, W::Step::names())
+        }
+        let stored: [(&str, &[&str]); 7] = [
+            (
+                "provision",
+                &[
+                    "reserve",
+                    "create_key",
+                    "create_container",
+                    "migrate",
+                    "grant",
+                    "seed",
+                    "activate",
+                ],
+            ),
+            (
+                "change_tier",
+                &[
+                    "preflight",
+                    "create_target",
+                    "fence",
+                    "copy",
+                    "verify",
+                    "switch",
+                    "unfence",
+                    "cleanup",
+                ],
+            ),
+            ("export", &["prepare", "dump", "sign", "record"]),
+            ("create_key", &["create_key"]),
+            (
+                "restore",
+                &[
+                    "verify", "prepare", "stage", "load", "index", "check", "migrate", "grant",
+                    "fence", "swap", "activate", "cleanup",
+                ],
+            ),
+            (
+                "delete",
+                &[
+                    "fence",
+                    "final_export",
+                    "inventory",
+                    "delete_data",
+                    "delete_objects",
+                    "delete_key",
+                    "verify",
+                    "certify",
+                ],
+            ),
+            ("migrate_fleet", &["plan", "canary", "approve", "rollout"]),
+        ];
+        let ours = [
+            names::<Provision>(),
+            names::<ChangeTier>(),
+            names::<Export>(),
+            names::<KeyBackfill>(),
+            names::<Restore>(),
+            names::<Delete>(),
+            names::<MigrateFleet>(),
+        ];
+        for ((kind, steps), (our_kind, our_steps)) in stored.iter().zip(&ours) {
+            assert_eq!((kind, steps.to_vec()), (our_kind, our_steps.clone()));
+        }
+        // The points of no return are where they were.
+        assert_eq!(
+            ChangeTier::ROLL_FORWARD_FROM.map(|s| s.name()),
+            Some("switch")
+        );
+        assert_eq!(Restore::ROLL_FORWARD_FROM.map(|s| s.name()), Some("swap"));
+        assert_eq!(
+            Delete::UNCANCELLABLE_FROM.map(|s| s.name()),
+            Some("delete_data")
+        );
+        assert_eq!(Delete::ROLL_FORWARD_FROM, None);
+    }
+}
