@@ -56,6 +56,9 @@ pub struct TenantSchemaConfig {
     /// that ships with tenantd (`examples/healthcare/`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Extensions a migration may create (`CREATE EXTENSION`); any other is refused.
+    #[serde(default)]
+    pub extensions: Vec<String>,
 }
 
 /// gRPC-web for browser consoles: always translated on the gRPC port; which web origins may

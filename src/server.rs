@@ -26,7 +26,7 @@ use crate::blobs::local::LocalDir;
 use crate::blobs::s3::S3Store;
 use crate::config::{Config, GrpcWebConfig, KeysConfig, ObjectsConfig, TlsConfig};
 use crate::context::Context;
-use crate::dataplane::DataPlane;
+use crate::dataplane::{DataPlane, conventions};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKms;
 use crate::keys::local::{LocalKeys, LocalKms};
@@ -67,6 +67,18 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
             TenantSchema::example()
         }
     };
+    let dataplane =
+        DataPlane::new(&config.clusters, Arc::new(files.clone())).map_err(ServerError::Config)?;
+    // Versions the registry does not hold yet are tried in a throwaway container first: one
+    // that breaks a convention never reaches a tenant, nor the registry.
+    if files.latest() > registry.latest_tenant_schema_version().await? {
+        let cluster = dataplane
+            .cluster(config.default_cluster())
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        conventions::check(cluster, &files, &config.tenant_schema.extensions)
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    }
     // A file that differs from what the registry recorded for its version stops this replica.
     let tenant_schema = Arc::new(
         registry
@@ -85,7 +97,8 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     }
     let keys = key_service(&config, registry.pool()).await?;
     let objects = object_store(&config).await?;
-    let dataplane = DataPlane::new(&config.clusters, tenant_schema).map_err(ServerError::Config)?;
+    // Migrate with the registry's versions (more than the files, if another replica added some).
+    dataplane.grow_tenant_schema((*tenant_schema).clone());
     for c in dataplane.clusters() {
         registry
             .sync_cluster(&ClusterRow {

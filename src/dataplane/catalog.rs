@@ -14,8 +14,6 @@ use uuid::Uuid;
 use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
-pub const FENCE_VERSION: i32 = 2;
-
 /// The table in each container that records the migrations applied to it.
 pub const BOOKKEEPING: &str = "tenant_schema_migrations";
 
@@ -253,7 +251,7 @@ pub async fn grant_tables(
     let fences = Ident::from_static(super::fence::TABLE);
     // Grants on a shared schema (the pool) change catalog rows other provisionings change too.
     let lock = format!("tenantd:schema-acl:{}", schema.as_str());
-    // None: no fence table (a container below FENCE_VERSION).
+    // None: no fence table (a version before the schema creates it).
     let fence_granted: Option<bool> = sqlx::query_scalar(
         "SELECT has_table_privilege($1, c.oid, 'SELECT') FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3",

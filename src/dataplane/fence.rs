@@ -43,8 +43,11 @@ impl Pause {
     }
 }
 
-/// The fence table, created by tenant-schema migration 2.
+/// The fence table, created by the tenant schema (the example's migration 2).
 pub const TABLE: &str = "tenant_write_fences";
+
+/// The statement-level trigger on every tenant table that refuses a fenced tenant's writes.
+pub const TRIGGER: &str = "tenant_write_fence";
 
 /// What a fenced write fails with: documented for applications as "retry after resolving the
 /// tenant's route again".
@@ -68,6 +71,34 @@ async fn has_table(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneEr
     .await
     .map_err(|e| cluster.err(e))?;
     Ok(exists)
+}
+
+/// Why `c`'s writes cannot be fenced, if they cannot: the fence table is missing, or a
+/// tenant table lacks the fence trigger (its writes would go on during a move and be lost).
+/// `None`: every tenant table is fenced by the trigger.
+pub async fn missing(cluster: &Cluster, c: &Container) -> Result<Option<String>, DataPlaneError> {
+    if !has_table(cluster, c).await? {
+        return Ok(Some(format!("no {TABLE} table")));
+    }
+    let db = cluster.database(&c.database);
+    let tables = super::tables::tenant_tables(cluster, &db, &c.schema).await?;
+    let unfenced: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY($2)
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                           WHERE t.tgrelid = c.oid AND t.tgname = $3 AND t.tgenabled <> 'D')
+         ORDER BY 1",
+    )
+    .bind(c.schema.as_str())
+    .bind(tables.iter().map(Ident::as_str).collect::<Vec<_>>())
+    .bind(TRIGGER)
+    .fetch_all(&db)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    Ok((!unfenced.is_empty()).then(|| {
+        let names: Vec<String> = unfenced.into_iter().map(|(t,)| t).collect();
+        format!("no {TRIGGER} trigger on {}", names.join(", "))
+    }))
 }
 
 /// Fences the tenant's writes in `c` on behalf of `operation_id`. Idempotent.

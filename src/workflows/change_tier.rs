@@ -4,8 +4,9 @@
 //! - `preflight` records where the tenant is (the registry is authoritative: this operation
 //!   holds the tenant's one active-operation slot, so its placement cannot change under us),
 //!   and refuses unless the tenant is active, the target container is free and both ends are
-//!   at the same tenant-schema version, with the write fence (version 2 or later), and the
-//!   source cluster's admin role can see the transactions the fence must wait for.
+//!   at the same tenant-schema version, the source has the write fence on every tenant table
+//!   (`fence::missing`, read from its catalog), and the source cluster's admin role can see
+//!   the transactions the fence must wait for.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
 //!   role. A tenant that already has its own login role keeps its password.
@@ -306,12 +307,11 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         &src.schema,
     )
     .await?;
-    if version < catalog::FENCE_VERSION {
+    if let Some(what) = fence::missing(src_cluster, &src).await? {
         return Err(StepError::precondition(format!(
-            "tenant {} is at tenant-schema version {version}, which has no write fence; \
-             migrate it to version {} or later first",
-            tenant.slug,
-            catalog::FENCE_VERSION
+            "tenant {}'s writes cannot be fenced at tenant-schema version {version} ({what}); \
+             migrate it to a version with the write fence first",
+            tenant.slug
         )));
     }
     target_is_free(dst_cluster, &dst, version).await?;

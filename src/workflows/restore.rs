@@ -358,12 +358,11 @@ async fn verify(
         }
         let db = cluster.database(&live.database);
         let version = catalog::current_version(cluster, &db, &live.schema).await?;
-        if version < catalog::FENCE_VERSION {
+        if let Some(what) = fence::missing(cluster, live).await? {
             return Err(StepError::precondition(format!(
-                "tenant {} is at tenant-schema version {version}, which has no write fence; \
-                 migrate it to version {} or later first",
-                tenant.slug,
-                catalog::FENCE_VERSION
+                "tenant {}'s writes cannot be fenced at tenant-schema version {version} \
+                 ({what}); migrate it to a version with the write fence first",
+                tenant.slug
             )));
         }
         let replaced = staging::replaced(live);

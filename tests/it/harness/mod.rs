@@ -266,6 +266,7 @@ impl TestEnv {
             // The example schema, read from its directory as a user's would be.
             tenant_schema: TenantSchemaConfig {
                 dir: Some(EXAMPLE_SCHEMA_DIR.into()),
+                extensions: Vec::new(),
             },
         };
         (config, dir)

@@ -1,0 +1,309 @@
+//! A tenant schema is tried before any tenant gets it: every version is applied, in order,
+//! to a throwaway container (a scratch schema in one transaction in a data-plane cluster's
+//! admin database, rolled back at the end, so nothing stays), and the catalog is checked
+//! after each version.
+//! A version that breaks a convention is refused with the file, the object and the rule.
+//!
+//! The conventions, and why each exists (docs/tenant-schema.md):
+//! - every table has `tenant_id uuid NOT NULL`: rows are told apart, copied, exported and
+//!   deleted by it;
+//! - every primary key, unique constraint and unique index leads with `tenant_id`, and every
+//!   foreign key includes it: no key spans tenants, and the pool's shared tables stay one
+//!   index range per tenant;
+//! - every table has row-level security enabled and forced, with the policy
+//!   `tenant_isolation` exactly as tenantd writes it, and no other permissive policy (one
+//!   would widen what a tenant sees);
+//! - nothing is created outside the container: no schema-qualified objects elsewhere, no
+//!   roles, no event triggers, no grants (access is tenantd's), no extension the
+//!   configuration does not allow (`[tenant_schema] extensions`);
+//! - a `SECURITY DEFINER` function sets its `search_path`;
+//! - once the schema has the write fence (`tenant_write_fences`), every tenant table carries
+//!   its trigger: a table without it would take writes while its tenant moves, and lose them.
+
+use std::collections::BTreeSet;
+
+use sqlx::PgConnection;
+
+use super::{Cluster, DataPlaneError};
+use crate::sql::{Ident, Statement};
+use crate::tenant_schema::{Migration, TenantSchema};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConventionError {
+    #[error("tenant schema: {file} is refused: {reason}")]
+    Refused { file: String, reason: String },
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+}
+
+/// The policy every tenant table carries: the tenant in `app.tenant_id` sees and writes only
+/// its own rows. The sub-select makes it one InitPlan per statement, not a call per row.
+const POLICY_USING: &str = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)";
+
+/// Tries every version of `schema` in a throwaway container on `cluster` (see the module
+/// doc). Nothing is left behind, whatever the outcome.
+pub async fn check(
+    cluster: &Cluster,
+    schema: &TenantSchema,
+    extensions: &[String],
+) -> Result<(), ConventionError> {
+    let err = |e| cluster.err(e);
+    // The admin database: it always exists, and the try leaves nothing in it.
+    let mut tx = cluster.admin().begin().await.map_err(err)?;
+    // One snapshot for the whole try: roles or objects other sessions create meanwhile
+    // (another tenant's provisioning) are not taken for this migration's.
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '5min'")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    let scratch = Ident::new(format!("tenantd_check_{}", uuid::Uuid::new_v4().simple()))
+        .map_err(DataPlaneError::from)?;
+    for stmt in [
+        Statement::new("CREATE SCHEMA ").ident(&scratch),
+        Statement::new("SET LOCAL search_path TO ").ident(&scratch),
+    ] {
+        sqlx::query(stmt.into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    let canonical = canonical_policy(cluster, &mut tx).await?;
+    let before = outside(cluster, &mut tx, &scratch).await?;
+    for m in schema.migrations() {
+        let refuse = |reason: String| ConventionError::Refused {
+            file: m.file_name(),
+            reason,
+        };
+        sqlx::raw_sql(Statement::new("").trusted_file(&m.sql).into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| refuse(format!("it does not apply: {e}")))?;
+        let after = outside(cluster, &mut tx, &scratch).await?;
+        if let Some(reason) = created_outside(&before, &after, extensions) {
+            return Err(refuse(reason));
+        }
+        if let Some(reason) = tables_break_rules(cluster, &mut tx, &scratch, &canonical).await? {
+            return Err(refuse(reason));
+        }
+        check_functions(cluster, &mut tx, &scratch, m).await?;
+    }
+    // Dropping the transaction rolls back the scratch schema and everything in it.
+    drop(tx);
+    Ok(())
+}
+
+/// The deparsed USING and WITH CHECK of tenantd's policy, as this server prints them.
+async fn canonical_policy(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+) -> Result<(String, String), DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let probe = format!(
+        "CREATE TABLE tenantd_policy_probe (tenant_id uuid NOT NULL);
+         CREATE POLICY tenant_isolation ON tenantd_policy_probe FOR ALL
+             USING ({POLICY_USING}) WITH CHECK ({POLICY_USING});"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(probe))
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    let canonical: (String, String) = sqlx::query_as(
+        "SELECT pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+         FROM pg_policy p WHERE p.polrelid = 'tenantd_policy_probe'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(err)?;
+    sqlx::raw_sql("DROP TABLE tenantd_policy_probe")
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(canonical)
+}
+
+/// Every object outside `scratch` that no extension owns, as `kind name` (and every role,
+/// event trigger and extension), to tell what a migration created elsewhere.
+async fn outside(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    scratch: &Ident,
+) -> Result<BTreeSet<String>, DataPlaneError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "WITH own AS (SELECT oid FROM pg_namespace WHERE nspname = $1),
+              skip AS (SELECT oid FROM pg_namespace
+                       WHERE nspname IN ('pg_toast', 'pg_catalog', 'information_schema')
+                          OR nspname LIKE 'pg_temp%' OR nspname LIKE 'pg_toast_temp%'
+                          OR oid IN (SELECT oid FROM own))
+         SELECT 'schema ' || nspname FROM pg_namespace
+             WHERE oid NOT IN (SELECT oid FROM skip) AND nspname <> 'public'
+         UNION ALL
+         SELECT 'relation ' || c.oid::regclass::text FROM pg_class c
+             WHERE c.relnamespace NOT IN (SELECT oid FROM skip)
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                               WHERE d.objid = c.oid AND d.deptype = 'e')
+         UNION ALL
+         SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
+             WHERE p.pronamespace NOT IN (SELECT oid FROM skip)
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                               WHERE d.objid = p.oid AND d.deptype = 'e')
+         UNION ALL
+         SELECT 'type ' || t.oid::regtype::text FROM pg_type t
+             WHERE t.typnamespace NOT IN (SELECT oid FROM skip)
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                               WHERE d.objid = t.oid AND d.deptype = 'e')
+         UNION ALL
+         SELECT 'role ' || rolname FROM pg_roles
+         UNION ALL
+         SELECT 'event trigger ' || evtname FROM pg_event_trigger
+         UNION ALL
+         SELECT 'extension ' || extname FROM pg_extension",
+    )
+    .bind(scratch.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    Ok(rows.into_iter().map(|(r,)| r).collect())
+}
+
+/// What a migration created outside its container, as a refusal.
+fn created_outside(
+    before: &BTreeSet<String>,
+    after: &BTreeSet<String>,
+    extensions: &[String],
+) -> Option<String> {
+    for new in after.difference(before) {
+        let (kind, name) = new.split_once(' ').unwrap_or((new, ""));
+        let reason = match kind {
+            "extension" if extensions.iter().any(|e| e == name) => continue,
+            "extension" => format!(
+                "it creates extension {name}, which [tenant_schema] extensions does not allow"
+            ),
+            "role" => format!("it creates role {name}: roles and logins are tenantd's"),
+            "event trigger" => {
+                format!("it creates event trigger {name}: event triggers act on the whole database")
+            }
+            _ => format!(
+                "it creates {new} outside the tenant's container: write unqualified names, \
+                 the migration runs in each container's own schema"
+            ),
+        };
+        return Some(reason);
+    }
+    None
+}
+
+/// The first table rule the container breaks, if any.
+async fn tables_break_rules(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    scratch: &Ident,
+    (using, check): &(String, String),
+) -> Result<Option<String>, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    // One row per broken rule, ordered so the message is the same on every run.
+    let broken: Vec<(i32, String)> = sqlx::query_as(
+        "WITH t AS (
+             SELECT c.oid, c.relname::text AS name, c.relrowsecurity, c.relforcerowsecurity,
+                    c.relispartition, c.relacl,
+                    (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = c.oid
+                       AND a.attname = 'tenant_id' AND a.atttypid = 'uuid'::regtype
+                       AND a.attnotnull AND NOT a.attisdropped) AS tenant
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+               AND c.relname <> ALL($2))
+         SELECT 1, format('table %s has no tenant_id uuid NOT NULL column', name)
+             FROM t WHERE tenant IS NULL
+         UNION ALL
+         SELECT 2, format('%s %s of table %s does not lead with tenant_id',
+                       CASE k.contype WHEN 'p' THEN 'the primary key' ELSE 'unique constraint' END,
+                       k.conname, t.name)
+             FROM t JOIN pg_constraint k ON k.conrelid = t.oid
+             WHERE t.tenant IS NOT NULL AND k.contype IN ('p', 'u') AND k.conkey[1] <> t.tenant
+         UNION ALL
+         SELECT 3, format('unique index %s of table %s does not lead with tenant_id',
+                       i.indexrelid::regclass, t.name)
+             FROM t JOIN pg_index i ON i.indrelid = t.oid
+             WHERE t.tenant IS NOT NULL AND i.indisunique AND i.indkey[0] <> t.tenant
+         UNION ALL
+         SELECT 4, format('foreign key %s of table %s does not include tenant_id',
+                       k.conname, t.name)
+             FROM t JOIN pg_constraint k ON k.conrelid = t.oid
+             WHERE t.tenant IS NOT NULL AND k.contype = 'f' AND NOT t.tenant = ANY(k.conkey)
+         UNION ALL
+         SELECT 5, format('table %s must have row-level security enabled and forced \
+                        (ALTER TABLE %s ENABLE ROW LEVEL SECURITY, then FORCE)', name, name)
+             FROM t WHERE NOT relispartition AND NOT (relrowsecurity AND relforcerowsecurity)
+         UNION ALL
+         SELECT 6, format('table %s has no policy tenant_isolation FOR ALL USING (%s) \
+                           WITH CHECK (%s)', t.name, $5::text, $5::text)
+             FROM t WHERE NOT t.relispartition AND NOT EXISTS (
+                 SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid
+                   AND p.polname = 'tenant_isolation' AND p.polpermissive AND p.polcmd = '*'
+                   AND pg_get_expr(p.polqual, p.polrelid) = $3
+                   AND pg_get_expr(p.polwithcheck, p.polrelid) = $4)
+         UNION ALL
+         SELECT 7, format('policy %s on table %s is permissive: it widens what a tenant sees \
+                        (make it AS RESTRICTIVE)', p.polname, t.name)
+             FROM t JOIN pg_policy p ON p.polrelid = t.oid
+             WHERE p.polpermissive AND p.polname <> 'tenant_isolation'
+         UNION ALL
+         SELECT 8, format('table %s carries grants: access to tenant tables is tenantd''s', name)
+             FROM t WHERE relacl IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM pg_default_acl d
+                               WHERE d.defaclrole = (SELECT oid FROM pg_roles
+                                                     WHERE rolname = current_user))
+         UNION ALL
+         SELECT 9, format('table %s has no %s trigger: once the schema has the write fence \
+                           (%s), every tenant table needs it, or its writes go on while the \
+                           tenant moves', t.name, $6::text, $7::text)
+             FROM t WHERE NOT t.relispartition
+               AND EXISTS (SELECT 1 FROM pg_class f WHERE f.relname = $7
+                             AND f.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1))
+               AND NOT EXISTS (SELECT 1 FROM pg_trigger g
+                               WHERE g.tgrelid = t.oid AND g.tgname = $6)
+         ORDER BY 1, 2",
+    )
+    .bind(scratch.as_str())
+    .bind(super::tables::NOT_TENANT_DATA)
+    .bind(using)
+    .bind(check)
+    .bind(POLICY_USING)
+    .bind(super::fence::TRIGGER)
+    .bind(super::fence::TABLE)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    Ok(broken.into_iter().next().map(|(_, r)| r))
+}
+
+/// A `SECURITY DEFINER` function must pin its `search_path`, or a caller's path decides what
+/// its unqualified names resolve to, with the definer's rights.
+async fn check_functions(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    scratch: &Ident,
+    m: &Migration,
+) -> Result<(), ConventionError> {
+    let unsafe_definers: Vec<(String,)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = $1 AND p.prosecdef
+           AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
+         ORDER BY 1",
+    )
+    .bind(scratch.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    match unsafe_definers.into_iter().next() {
+        None => Ok(()),
+        Some((f,)) => Err(ConventionError::Refused {
+            file: m.file_name(),
+            reason: format!("function {f} is SECURITY DEFINER without SET search_path"),
+        }),
+    }
+}

@@ -1,0 +1,296 @@
+//! A tenant schema is tried in a throwaway container before any tenant gets it: each
+//! convention has a migration that breaks it, refused with the file, the object and the rule,
+//! and nothing is left behind.
+
+use tenantd::dataplane::DataPlane;
+use tenantd::dataplane::conventions::{self, ConventionError};
+use tenantd::tenant_schema::{Migration, TenantSchema};
+
+use crate::harness::{EXAMPLE_SCHEMA_DIR, TestEnv, admin};
+
+/// Row-level security as tenantd requires it, for `table`.
+fn rls(table: &str) -> String {
+    let own = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)";
+    format!(
+        "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_isolation ON {table} FOR ALL USING ({own}) WITH CHECK ({own});"
+    )
+}
+
+/// Version 1, which keeps every convention: one table, keyed by tenant.
+fn base() -> String {
+    format!(
+        "CREATE TABLE wards (tenant_id uuid NOT NULL, id bigint NOT NULL, name text,
+                             PRIMARY KEY (tenant_id, id));
+         {}",
+        rls("wards")
+    )
+}
+
+fn schema(versions: &[String]) -> TenantSchema {
+    let migrations = versions
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| Migration {
+            version: i as i32 + 1,
+            name: format!("v{}", i + 1),
+            sql: sql.clone(),
+            seed: None,
+        })
+        .collect();
+    TenantSchema::new(migrations).unwrap()
+}
+
+#[tokio::test]
+async fn each_convention_is_enforced_by_name_and_nothing_is_left_behind() {
+    let env = TestEnv::start().await;
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
+    let main = dataplane.cluster("main").unwrap();
+    let check = |versions: Vec<String>, extensions: Vec<String>| async move {
+        conventions::check(main, &schema(&versions), &extensions).await
+    };
+    // The example and a small conforming schema pass.
+    conventions::check(main, &TenantSchema::example(), &[])
+        .await
+        .expect("the example keeps every convention");
+    check(vec![base()], vec![]).await.unwrap();
+
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let role = format!("it_conv_{}", &suffix[..12]);
+    let trigger = format!("it_conv_{}", &suffix[12..24]);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "CREATE TABLE beds (id int PRIMARY KEY);".into(),
+            "table beds has no tenant_id uuid NOT NULL column",
+        ),
+        (
+            format!(
+                "CREATE TABLE beds (tenant_id uuid, id int); {}",
+                rls("beds")
+            ),
+            "table beds has no tenant_id uuid NOT NULL column",
+        ),
+        (
+            format!(
+                "CREATE TABLE beds (tenant_id uuid NOT NULL, id int, PRIMARY KEY (id, tenant_id));
+                 {}",
+                rls("beds")
+            ),
+            "the primary key beds_pkey of table beds does not lead with tenant_id",
+        ),
+        (
+            "CREATE UNIQUE INDEX wards_name ON wards (name, tenant_id);".into(),
+            "unique index wards_name of table wards does not lead with tenant_id",
+        ),
+        (
+            format!(
+                "CREATE TABLE beds (tenant_id uuid NOT NULL, id int, ward_tenant uuid,
+                                    ward bigint, PRIMARY KEY (tenant_id, id),
+                                    FOREIGN KEY (ward_tenant, ward) REFERENCES wards);
+                 {}",
+                rls("beds")
+            ),
+            "foreign key beds_ward_tenant_ward_fkey of table beds does not include tenant_id",
+        ),
+        (
+            "CREATE TABLE public.it_conv_leak (tenant_id uuid NOT NULL);".into(),
+            "it creates relation public.it_conv_leak outside the tenant's container",
+        ),
+        (format!("CREATE ROLE {role};"), "it creates role it_conv_"),
+        (
+            "GRANT SELECT ON wards TO PUBLIC;".into(),
+            "table wards carries grants",
+        ),
+        (
+            "ALTER TABLE wards NO FORCE ROW LEVEL SECURITY;".into(),
+            "table wards must have row-level security enabled and forced",
+        ),
+        (
+            "ALTER TABLE wards DISABLE ROW LEVEL SECURITY;".into(),
+            "table wards must have row-level security enabled and forced",
+        ),
+        (
+            "CREATE POLICY everyone ON wards USING (true);".into(),
+            "policy everyone on table wards is permissive",
+        ),
+        (
+            "DROP POLICY tenant_isolation ON wards;
+             CREATE POLICY tenant_isolation ON wards USING (true);"
+                .into(),
+            "table wards has no policy tenant_isolation",
+        ),
+        (
+            format!(
+                "CREATE FUNCTION it_conv_et() RETURNS event_trigger LANGUAGE plpgsql
+                     AS $$ BEGIN END $$;
+                 CREATE EVENT TRIGGER {trigger} ON ddl_command_start
+                     EXECUTE FUNCTION it_conv_et();"
+            ),
+            "it creates event trigger it_conv_",
+        ),
+        (
+            "CREATE FUNCTION ward_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+                 AS 'SELECT count(*) FROM wards';"
+                .into(),
+            "function ward_count() is SECURITY DEFINER without SET search_path",
+        ),
+        (
+            "CREATE EXTENSION citext;".into(),
+            "it creates extension citext, which [tenant_schema] extensions does not allow",
+        ),
+        ("CREATE TABLE (;".into(), "it does not apply: "),
+    ];
+    for (sql, rule) in cases {
+        match check(vec![base(), sql.clone()], vec![]).await {
+            Err(ConventionError::Refused { file, reason }) => {
+                assert_eq!(file, "0002_v2.sql", "{sql}");
+                assert!(
+                    reason.contains(rule),
+                    "{sql}\nexpected: {rule}\ngot: {reason}"
+                );
+            }
+            other => panic!("{sql}: not refused: {other:?}"),
+        }
+    }
+    // On a schema with the write fence (the example's version 2), a new table needs its
+    // trigger too, or its writes would go on while the tenant moves.
+    let mut fenced: Vec<String> = TenantSchema::example()
+        .migrations()
+        .iter()
+        .map(|m| m.sql.clone())
+        .collect();
+    fenced.push(format!(
+        "CREATE TABLE beds (tenant_id uuid NOT NULL, id int, PRIMARY KEY (tenant_id, id)); {}",
+        rls("beds")
+    ));
+    match check(fenced.clone(), vec![]).await {
+        Err(ConventionError::Refused { file, reason }) => {
+            assert_eq!(file, "0005_v5.sql");
+            assert!(
+                reason.contains("table beds has no tenant_write_fence trigger"),
+                "{reason}"
+            );
+        }
+        other => panic!("a table without the fence trigger was not refused: {other:?}"),
+    }
+    *fenced.last_mut().unwrap() += " CREATE TRIGGER tenant_write_fence BEFORE INSERT OR UPDATE \
+        OR DELETE ON beds FOR EACH STATEMENT EXECUTE FUNCTION tenant_write_fence();";
+    check(fenced, vec![]).await.unwrap();
+    // What the configuration allows, and a definer that pins its path, pass.
+    check(
+        vec![
+            base(),
+            "CREATE EXTENSION citext;
+             CREATE FUNCTION ward_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+                 SET search_path = pg_catalog, pg_temp AS 'SELECT 1::bigint';"
+                .into(),
+        ],
+        vec!["citext".into()],
+    )
+    .await
+    .unwrap();
+    // Nothing was left behind: the tries were rolled back.
+    let pool = admin("main", "postgres").await;
+    let left: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1),
+                (SELECT count(*) FROM pg_event_trigger WHERE evtname = $2),
+                (SELECT count(*) FROM pg_class WHERE relname = 'it_conv_leak'),
+                (SELECT count(*) FROM pg_extension WHERE extname = 'citext')",
+    )
+    .bind(&role)
+    .bind(&trigger)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_replica_with_a_version_that_breaks_a_convention_refuses_to_start() {
+    let mut env = TestEnv::start().await;
+    // Once the first replica answers, it has recorded the example's versions.
+    env.fleet
+        .get_fleet_schema(tenantd::api::pb::GetFleetSchemaRequest {})
+        .await
+        .unwrap();
+    let dir = env.dir.join("bad-schema");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(EXAMPLE_SCHEMA_DIR).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.join("0005_beds.sql"),
+        "CREATE TABLE beds (id int PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let mut config = env.config.clone();
+    config.tenant_schema.dir = Some(dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tenantd::server::run(config, listener, Default::default())
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        refused.contains("0005_beds.sql is refused: table beds has no tenant_id uuid NOT NULL"),
+        "{refused}"
+    );
+    let recorded: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM tenant_schema_versions ORDER BY version")
+            .fetch_all(&env.registry)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        [1, 2, 3, 4],
+        "the refused version was not recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_whose_table_lost_its_fence_trigger_is_not_moved() {
+    let mut env = TestEnv::start().await;
+    let t = env
+        .provision("unfenced-table", tenantd::api::pb::Tier::Schema, "")
+        .await;
+    let place = crate::harness::Place::of(&t);
+    let pool = admin(&place.cluster, &place.database).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER tenant_write_fence ON \"{}\".clinical_notes",
+        place.schema
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let op = env
+        .tenants
+        .change_tier(tenantd::api::pb::ChangeTierRequest {
+            tenant: t.slug.clone(),
+            tier: tenantd::api::pb::Tier::Database as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match env.wait(&op.name).await.result {
+        Some(tenantd::api::pb::operation::Result::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
+            assert_eq!(e.step, "preflight");
+            assert!(
+                e.message
+                    .contains("no tenant_write_fence trigger on clinical_notes"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("an unfenced tenant was moved: {other:?}"),
+    }
+    let after = env
+        .tenants
+        .get_tenant(tenantd::api::pb::GetTenantRequest { tenant: t.slug })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.tier, tenantd::api::pb::Tier::Schema as i32);
+}
