@@ -173,7 +173,30 @@ pub async fn migrate_with(
             .map_err(err)?;
     }
     tx.commit().await.map_err(err)?;
+    if target > current {
+        regrant(cluster, pool, schema).await?;
+    }
     Ok(target.max(current))
+}
+
+/// After new versions, the roles that already reach the container (USAGE on its schema:
+/// the pool role, a tenant's own role) get the same access to the tables those versions
+/// added. Idempotent, and nothing is written for a role that already holds it all.
+async fn regrant(cluster: &Cluster, pool: &PgPool, schema: &Ident) -> Result<(), DataPlaneError> {
+    let roles: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT r.rolname::text
+         FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee
+         WHERE n.nspname = $1 AND a.privilege_type = 'USAGE' AND a.grantee <> n.nspowner
+         ORDER BY 1",
+    )
+    .bind(schema.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    for (role,) in roles {
+        grant_tables(cluster, pool, schema, &Ident::new(role)?).await?;
+    }
+    Ok(())
 }
 
 /// Runs the seeds (`NNNN_name.seed.sql`) of every version up to the container's, with

@@ -13,6 +13,24 @@ use tenantd::auth::Role;
 
 use crate::harness::{EXAMPLE_SCHEMA_DIR, Place, TestEnv, admin, tenantctl};
 
+/// A new version: a column, and a table that keeps every convention (the example has the
+/// write fence, so the table carries its trigger).
+const VERSION_5: &str = "ALTER TABLE patients ADD COLUMN nickname text;
+CREATE TABLE care_teams (
+    tenant_id uuid NOT NULL,
+    id uuid NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+ALTER TABLE care_teams ENABLE ROW LEVEL SECURITY;
+ALTER TABLE care_teams FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON care_teams FOR ALL
+    USING (tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid))
+    WITH CHECK (tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid));
+CREATE TRIGGER tenant_write_fence BEFORE INSERT OR UPDATE OR DELETE ON care_teams
+    FOR EACH STATEMENT EXECUTE FUNCTION tenant_write_fence();
+";
+
 /// A copy of the example schema's directory to change.
 fn copy_example(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -93,11 +111,7 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
 
     // A new version is a new file: the replica that brings it records it.
     std::fs::write(&edited, text).unwrap();
-    std::fs::write(
-        dir.join("0005_patient_nickname.sql"),
-        "ALTER TABLE patients ADD COLUMN nickname text;\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("0005_patient_nickname.sql"), VERSION_5).unwrap();
     let (stop, run) = replica(&env, &dir).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while recorded(&env).await.len() < 5 {
@@ -117,7 +131,7 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
     let args = ["--addr", &env.addr, "schema", "list"].map(std::ffi::OsStr::new);
     let out = tenantctl(&args, Some(Role::Viewer)).await.unwrap();
     assert!(out.contains("fleet at version 4 of 5"), "{out}");
-    let five = sha256("ALTER TABLE patients ADD COLUMN nickname text;\n");
+    let five = sha256(VERSION_5);
     assert!(out.contains("0005_patient_nickname.sql"), "{out}");
     assert!(out.contains(&five), "{out}");
     let seed = example.get(1).unwrap().seed_sha256().unwrap();
@@ -172,6 +186,18 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
         .unwrap()
         .into_inner();
     assert_eq!(tenant.schema_version, 5);
+    // The tenant's own role reaches the table the new version added.
+    let role = tenant.placement.as_ref().unwrap().role.clone();
+    let granted: bool = sqlx::query_scalar(
+        "SELECT has_table_privilege($1, format('%I.care_teams', $2::text), 'SELECT')
+                AND has_table_privilege($1, format('%I.care_teams', $2::text), 'INSERT')",
+    )
+    .bind(&role)
+    .bind(&place.schema)
+    .fetch_one(&admin(&place.cluster, &place.database).await)
+    .await
+    .unwrap();
+    assert!(granted, "{role} cannot use care_teams");
     env.ops
         .cancel_operation(pb::CancelOperationRequest { name: op.name })
         .await
