@@ -41,8 +41,27 @@ pub enum ConventionError {
 const POLICY_USING: &str = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)";
 
 /// Tries every version of `schema` in a throwaway container on `cluster` (see the module
-/// doc). Nothing is left behind, whatever the outcome.
+/// doc). Nothing is left behind, whatever the outcome. A try cut short by a transient error
+/// (a lost connection, a lock or serialization conflict with another session) is made again.
 pub async fn check(
+    cluster: &Cluster,
+    schema: &TenantSchema,
+    extensions: &[String],
+) -> Result<(), ConventionError> {
+    let mut attempt = 1;
+    loop {
+        match try_once(cluster, schema, extensions).await {
+            Err(ConventionError::DataPlane(e)) if e.is_transient() && attempt < 3 => {
+                tracing::warn!(error = %e, attempt, "tenant schema try interrupted; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_once(
     cluster: &Cluster,
     schema: &TenantSchema,
     extensions: &[String],
@@ -81,7 +100,13 @@ pub async fn check(
         sqlx::raw_sql(Statement::new("").trusted_file(&m.sql).into_sql())
             .execute(&mut *tx)
             .await
-            .map_err(|e| refuse(format!("it does not apply: {e}")))?;
+            .map_err(|e| {
+                if crate::sqlstate::is_transient(&e) {
+                    ConventionError::DataPlane(cluster.err(e))
+                } else {
+                    refuse(format!("it does not apply: {e}"))
+                }
+            })?;
         let after = outside(cluster, &mut tx, &scratch).await?;
         if let Some(reason) = created_outside(&before, &after, extensions) {
             return Err(refuse(reason));

@@ -75,11 +75,13 @@ impl TestEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(tenantd::server::run(
-            config.clone(),
-            listener,
-            shutdown.clone(),
-        ));
+        let run = tenantd::server::run(config.clone(), listener, shutdown.clone());
+        // A start-up refusal must be seen, not only felt as a reset connection.
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                eprintln!("tenantd (in-process) stopped: {e}");
+            }
+        });
         Self::connected(config, dir, format!("http://{addr}"), None, shutdown).await
     }
 
