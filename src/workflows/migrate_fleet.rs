@@ -85,6 +85,10 @@ impl Workflow for MigrateFleet {
         state: &mut State,
     ) -> Result<(), StepError> {
         let registry = &cx.deps.registry;
+        // Every target migrates to the plan's version, which another replica may have
+        // recorded: learn it once per step run (a resumed step runs this again), not per
+        // target.
+        cx.deps.tenant_schema().await?;
         match step {
             Step::Plan => {
                 let (counts, canaries) = registry
@@ -330,7 +334,6 @@ async fn migrate_container(
     placement: Option<(Tier, Placement)>,
     plan: &Plan,
 ) -> Result<i32, StepError> {
-    deps.tenant_schema().await?;
     let cluster = deps.dataplane.cluster(&t.cluster)?;
     let (database, schema) = match (t.tenant_id, placement) {
         (Some(id), Some((tier, placement))) => {
