@@ -20,7 +20,7 @@
 //! - once the schema has the write fence (`tenant_write_fences`), every tenant table carries
 //!   its trigger: a table without it would take writes while its tenant moves, and lose them.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
 
@@ -150,57 +150,67 @@ async fn canonical_policy(
     Ok(canonical)
 }
 
-/// Every object outside `scratch` that no extension owns, as `kind name` (and every role,
-/// event trigger and extension), to tell what a migration created elsewhere.
+/// Every object outside `scratch` that no extension owns (and every role, event trigger and
+/// extension), keyed by what identifies it in this transaction's snapshot, with the name to
+/// show. Relations, functions and types are keyed by oid: their printed names come from the
+/// catalog cache, which sees other sessions' drops, so a neighbour dropping a table during the
+/// try must not make that table look new.
 async fn outside(
     cluster: &Cluster,
     conn: &mut PgConnection,
     scratch: &Ident,
-) -> Result<BTreeSet<String>, DataPlaneError> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+) -> Result<BTreeMap<String, String>, DataPlaneError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
         "WITH own AS (SELECT oid FROM pg_namespace WHERE nspname = $1),
               skip AS (SELECT oid FROM pg_namespace
                        WHERE nspname IN ('pg_toast', 'pg_catalog', 'information_schema')
                           OR nspname LIKE 'pg_temp%' OR nspname LIKE 'pg_toast_temp%'
                           OR oid IN (SELECT oid FROM own))
-         SELECT 'schema ' || nspname FROM pg_namespace
+         SELECT 'schema ' || oid::text, 'schema ' || nspname FROM pg_namespace
              WHERE oid NOT IN (SELECT oid FROM skip) AND nspname <> 'public'
          UNION ALL
-         SELECT 'relation ' || c.oid::regclass::text FROM pg_class c
+         SELECT 'relation ' || c.oid::text, 'relation ' || n.nspname || '.' || c.relname
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relnamespace NOT IN (SELECT oid FROM skip)
                AND NOT EXISTS (SELECT 1 FROM pg_depend d
                                WHERE d.objid = c.oid AND d.deptype = 'e')
          UNION ALL
-         SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
+         SELECT 'function ' || p.oid::text, 'function ' || n.nspname || '.' || p.proname || '()'
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE p.pronamespace NOT IN (SELECT oid FROM skip)
                AND NOT EXISTS (SELECT 1 FROM pg_depend d
                                WHERE d.objid = p.oid AND d.deptype = 'e')
          UNION ALL
-         SELECT 'type ' || t.oid::regtype::text FROM pg_type t
+         SELECT 'type ' || t.oid::text, 'type ' || n.nspname || '.' || t.typname
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
              WHERE t.typnamespace NOT IN (SELECT oid FROM skip)
                AND NOT EXISTS (SELECT 1 FROM pg_depend d
                                WHERE d.objid = t.oid AND d.deptype = 'e')
          UNION ALL
-         SELECT 'role ' || rolname FROM pg_roles
+         SELECT 'role ' || rolname, 'role ' || rolname FROM pg_roles
          UNION ALL
-         SELECT 'event trigger ' || evtname FROM pg_event_trigger
+         SELECT 'event trigger ' || evtname, 'event trigger ' || evtname FROM pg_event_trigger
          UNION ALL
-         SELECT 'extension ' || extname FROM pg_extension",
+         SELECT 'extension ' || extname, 'extension ' || extname FROM pg_extension",
     )
     .bind(scratch.as_str())
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| cluster.err(e))?;
-    Ok(rows.into_iter().map(|(r,)| r).collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// What a migration created outside its container, as a refusal.
 fn created_outside(
-    before: &BTreeSet<String>,
-    after: &BTreeSet<String>,
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
     extensions: &[String],
 ) -> Option<String> {
-    for new in after.difference(before) {
+    let created = after
+        .iter()
+        .filter(|(key, _)| !before.contains_key(*key))
+        .map(|(_, shown)| shown);
+    for new in created {
         let (kind, name) = new.split_once(' ').unwrap_or((new, ""));
         let reason = match kind {
             "extension" if extensions.iter().any(|e| e == name) => continue,

@@ -207,6 +207,44 @@ async fn each_convention_is_enforced_by_name_and_nothing_is_left_behind() {
 }
 
 #[tokio::test]
+async fn neighbours_creating_and_dropping_objects_during_a_try_are_not_taken_for_its_own() {
+    let env = TestEnv::start().await;
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
+    let main = dataplane.cluster("main").unwrap();
+    let pool = admin("main", "postgres").await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (gone, late) = (
+        format!("it_conv_gone_{suffix}"),
+        format!("it_conv_late_{suffix}"),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE public.{gone} (id int)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The try takes its snapshot, then sleeps inside its second version while a neighbour
+    // (another tenant's deletion or provisioning) drops one table and creates another.
+    let slow = vec![base(), "SELECT pg_sleep(2);".to_owned()];
+    let neighbour = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE public.{gone}; CREATE TABLE public.{late} (id int);"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    let slow = schema(&slow);
+    let (tried, ()) = tokio::join!(conventions::check(main, &slow, &[]), neighbour);
+    tried.expect("a neighbour's objects are not the migration's");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE public.{late}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_replica_with_a_version_that_breaks_a_convention_refuses_to_start() {
     let mut env = TestEnv::start().await;
     // Once the first replica answers, it has recorded the example's versions.
