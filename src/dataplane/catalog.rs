@@ -90,18 +90,7 @@ pub async fn migrate_with(
     }
     let err = |e| cluster.err(e);
     let mut tx = pool.begin().await.map_err(err)?;
-    // Before the first lock, so that waiting for another migration of this container is
-    // bounded too.
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{}ms", options.lock_timeout.as_millis().max(1)))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("tenantd:migrate:{}", schema.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
+    lock_container(cluster, &mut tx, schema, options.lock_timeout).await?;
     let set_path = Statement::new("SET LOCAL search_path TO ").ident(schema);
     sqlx::query(set_path.into_sql())
         .execute(&mut *tx)
@@ -172,17 +161,48 @@ pub async fn migrate_with(
             .await
             .map_err(err)?;
     }
+    // tenantd's own RLS, policy and write fence on every table, including what these
+    // versions added, before anyone else sees them.
+    let secured = super::isolation::ensure(cluster, &mut tx, schema).await?;
     tx.commit().await.map_err(err)?;
-    if target > current {
+    if target > current || secured {
         regrant(cluster, pool, schema).await?;
     }
     Ok(target.max(current))
 }
 
+/// Takes the container's migration lock on `conn` (in a transaction, released at its end),
+/// waiting at most `lock_timeout`, which also bounds every later lock in the transaction.
+pub(super) async fn lock_container(
+    cluster: &Cluster,
+    conn: &mut sqlx::PgConnection,
+    schema: &Ident,
+    lock_timeout: std::time::Duration,
+) -> Result<(), DataPlaneError> {
+    let err = |e| cluster.err(e);
+    // Before the first lock, so that waiting for another migration of this container is
+    // bounded too.
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("tenantd:migrate:{}", schema.as_str()))
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
 /// After new versions, the roles that already reach the container (USAGE on its schema:
 /// the pool role, a tenant's own role) get the same access to the tables those versions
 /// added. Idempotent, and nothing is written for a role that already holds it all.
-async fn regrant(cluster: &Cluster, pool: &PgPool, schema: &Ident) -> Result<(), DataPlaneError> {
+pub(super) async fn regrant(
+    cluster: &Cluster,
+    pool: &PgPool,
+    schema: &Ident,
+) -> Result<(), DataPlaneError> {
     let roles: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT r.rolname::text
          FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee
@@ -271,27 +291,30 @@ pub async fn grant_tables(
     .fetch_one(pool)
     .await
     .map_err(|e| cluster.err(e))?;
-    let fences = Ident::from_static(super::fence::TABLE);
     // Grants on a shared schema (the pool) change catalog rows other provisionings change too.
     let lock = format!("tenantd:schema-acl:{}", schema.as_str());
-    // None: no fence table (a version before the schema creates it).
-    let fence_granted: Option<bool> = sqlx::query_scalar(
-        "SELECT has_table_privilege($1, c.oid, 'SELECT') FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3",
+    // The fence tables present (tenantd's, and the example's own from its version 2) that
+    // the role cannot read yet.
+    let ungranted: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $2 AND c.relname = ANY($3)
+           AND NOT has_table_privilege($1, c.oid, 'SELECT')
+         ORDER BY 1",
     )
     .bind(role.as_str())
     .bind(schema.as_str())
-    .bind(fences.as_str())
-    .fetch_optional(pool)
+    .bind(super::fence::TABLES)
+    .fetch_all(pool)
     .await
     .map_err(|e| cluster.err(e))?;
-    if fence_granted == Some(false) {
+    for (fences,) in ungranted {
         cluster
             .exec_serialised(
                 pool,
                 &lock,
                 Statement::new("GRANT SELECT ON TABLE ")
-                    .qualified(schema, &fences)
+                    .qualified(schema, &Ident::new(fences)?)
                     .push(" TO ")
                     .ident(role),
             )

@@ -10,20 +10,22 @@
 //! - every primary key, unique constraint and unique index leads with `tenant_id`, and every
 //!   foreign key includes it: no key spans tenants, and the pool's shared tables stay one
 //!   index range per tenant;
-//! - every table has row-level security enabled and forced, with the policy
-//!   `tenant_isolation` exactly as tenantd writes it, and no other permissive policy (one
-//!   would widen what a tenant sees);
+//! - a version does not turn row-level security off on a table tenantd secured (DISABLE or
+//!   NO FORCE), does not write its own `tenant_isolation` policy differently from tenantd's,
+//!   and adds no other permissive policy (one would widen what a tenant sees). RLS, the
+//!   policy and the write fence are tenantd's to add ([`super::isolation`]), after each version
+//!   here as in every real container, so a schema needs none of it;
+//! - names beginning `tenantd_` are tenantd's;
 //! - nothing is created outside the container: no schema-qualified objects elsewhere, no
 //!   roles, no event triggers, no grants (access is tenantd's), no extension the
 //!   configuration does not allow (`[tenant_schema] extensions`);
-//! - a `SECURITY DEFINER` function sets its `search_path`;
-//! - once the schema has the write fence (`tenant_write_fences`), every tenant table carries
-//!   its trigger: a table without it would take writes while its tenant moves, and lose them.
+//! - a `SECURITY DEFINER` function sets its `search_path`.
 
 use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
 
+use super::isolation::POLICY_USING;
 use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 use crate::tenant_schema::{Migration, TenantSchema};
@@ -35,10 +37,6 @@ pub enum ConventionError {
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
 }
-
-/// The policy every tenant table carries: the tenant in `app.tenant_id` sees and writes only
-/// its own rows. The sub-select makes it one InitPlan per statement, not a call per row.
-const POLICY_USING: &str = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)";
 
 /// Tries every version of `schema` in a throwaway container on `cluster` (see the module
 /// doc). Nothing is left behind, whatever the outcome. A try cut short by a transient error
@@ -97,6 +95,7 @@ async fn try_once(
             file: m.file_name(),
             reason,
         };
+        let secured = relations_in(cluster, &mut tx, &scratch).await?;
         sqlx::raw_sql(Statement::new("").trusted_file(&m.sql).into_sql())
             .execute(&mut *tx)
             .await
@@ -111,10 +110,14 @@ async fn try_once(
         if let Some(reason) = created_outside(&before, &after, extensions) {
             return Err(refuse(reason));
         }
-        if let Some(reason) = tables_break_rules(cluster, &mut tx, &scratch, &canonical).await? {
+        if let Some(reason) =
+            tables_break_rules(cluster, &mut tx, &scratch, &canonical, &secured).await?
+        {
             return Err(refuse(reason));
         }
         check_functions(cluster, &mut tx, &scratch, m).await?;
+        // What every real container gets after a version, before the next one.
+        super::isolation::ensure(cluster, &mut tx, &scratch).await?;
     }
     // Dropping the transaction rolls back the scratch schema and everything in it.
     drop(tx);
@@ -231,12 +234,30 @@ fn created_outside(
     None
 }
 
-/// The first table rule the container breaks, if any.
+/// The relations in `scratch` now: before a version, those tenantd has secured.
+async fn relations_in(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    scratch: &Ident,
+) -> Result<Vec<sqlx::postgres::types::Oid>, DataPlaneError> {
+    sqlx::query_scalar(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1",
+    )
+    .bind(scratch.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| cluster.err(e))
+}
+
+/// The first table rule the container breaks, if any. `secured`: the relations that were
+/// there before the version (tenantd secured them after the last one).
 async fn tables_break_rules(
     cluster: &Cluster,
     conn: &mut PgConnection,
     scratch: &Ident,
     (using, check): &(String, String),
+    secured: &[sqlx::postgres::types::Oid],
 ) -> Result<Option<String>, DataPlaneError> {
     let err = |e| cluster.err(e);
     // One row per broken rule, ordered so the message is the same on every run.
@@ -269,17 +290,19 @@ async fn tables_break_rules(
              FROM t JOIN pg_constraint k ON k.conrelid = t.oid
              WHERE t.tenant IS NOT NULL AND k.contype = 'f' AND NOT t.tenant = ANY(k.conkey)
          UNION ALL
-         SELECT 5, format('table %s must have row-level security enabled and forced \
-                        (ALTER TABLE %s ENABLE ROW LEVEL SECURITY, then FORCE)', name, name)
-             FROM t WHERE NOT relispartition AND NOT (relrowsecurity AND relforcerowsecurity)
+         SELECT 5, format('table %s: the version turns row-level security off \
+                        (DISABLE or NO FORCE ROW LEVEL SECURITY); tenantd enables and forces \
+                        it on every tenant table', name)
+             FROM t WHERE t.oid = ANY($8) AND NOT (relrowsecurity AND relforcerowsecurity)
          UNION ALL
-         SELECT 6, format('table %s has no policy tenant_isolation FOR ALL USING (%s) \
-                           WITH CHECK (%s)', t.name, $5::text, $5::text)
-             FROM t WHERE NOT t.relispartition AND NOT EXISTS (
-                 SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid
-                   AND p.polname = 'tenant_isolation' AND p.polpermissive AND p.polcmd = '*'
-                   AND pg_get_expr(p.polqual, p.polrelid) = $3
-                   AND pg_get_expr(p.polwithcheck, p.polrelid) = $4)
+         SELECT 6, format('policy tenant_isolation on table %s is not tenantd''s \
+                           (FOR ALL USING (%s) WITH CHECK (%s)): leave it out, tenantd adds it',
+                          t.name, $5::text, $5::text)
+             FROM t JOIN pg_policy p ON p.polrelid = t.oid
+             WHERE p.polname = 'tenant_isolation'
+               AND NOT (p.polpermissive AND p.polcmd = '*'
+                        AND pg_get_expr(p.polqual, p.polrelid) IS NOT DISTINCT FROM $3
+                        AND pg_get_expr(p.polwithcheck, p.polrelid) IS NOT DISTINCT FROM $4)
          UNION ALL
          SELECT 7, format('policy %s on table %s is permissive: it widens what a tenant sees \
                         (make it AS RESTRICTIVE)', p.polname, t.name)
@@ -292,14 +315,18 @@ async fn tables_break_rules(
                                WHERE d.defaclrole = (SELECT oid FROM pg_roles
                                                      WHERE rolname = current_user))
          UNION ALL
-         SELECT 9, format('table %s has no %s trigger: once the schema has the write fence \
-                           (%s), every tenant table needs it, or its writes go on while the \
-                           tenant moves', t.name, $6::text, $7::text)
-             FROM t WHERE NOT t.relispartition
-               AND EXISTS (SELECT 1 FROM pg_class f WHERE f.relname = $7
-                             AND f.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1))
-               AND NOT EXISTS (SELECT 1 FROM pg_trigger g
-                               WHERE g.tgrelid = t.oid AND g.tgname = $6)
+         SELECT 9, format('%s is named like tenantd''s own objects: names beginning \
+                           tenantd_ are tenantd''s', c.oid::regclass)
+             FROM pg_class c
+             WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+               AND c.relname LIKE 'tenantd\\_%' AND NOT c.oid = ANY($8)
+         UNION ALL
+         SELECT 9, format('function %s is named like tenantd''s own objects: names \
+                           beginning tenantd_ are tenantd''s', p.oid::regprocedure)
+             FROM pg_proc p
+             WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+               AND p.proname LIKE 'tenantd\\_%'
+               AND NOT (p.proname = $6 AND p.prosrc = $7)
          ORDER BY 1, 2",
     )
     .bind(scratch.as_str())
@@ -307,8 +334,9 @@ async fn tables_break_rules(
     .bind(using)
     .bind(check)
     .bind(POLICY_USING)
-    .bind(super::fence::TRIGGER)
-    .bind(super::fence::TABLE)
+    .bind(super::fence::FUNCTION)
+    .bind(super::isolation::FENCE_BODY)
+    .bind(secured)
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Cluster, DataPlaneError, fence, is_gone};
+use super::{Cluster, DataPlaneError, is_gone};
 use crate::sql::{Ident, Statement};
 
 /// How hard a batched delete may push: rows per statement (each its own transaction, so
@@ -105,12 +105,12 @@ pub async fn tables(
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE a.attname = 'tenant_id' AND NOT a.attisdropped
            AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-           AND c.relname <> $1
+           AND c.relname <> ALL($1)
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND n.nspname NOT LIKE 'pg\\_%'
          ORDER BY n.nspname, c.relname",
     )
-    .bind(fence::TABLE)
+    .bind(super::tables::NOT_TENANT_DATA)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| cluster.err(e))?;

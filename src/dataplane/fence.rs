@@ -1,11 +1,17 @@
 //! The write fence: while a tenant's data moves between containers, its application sessions
 //! may read but not write it.
 //!
-//! A fence is a row in the container's `tenant_write_fences` table (tenant-schema version 2).
-//! A statement-level trigger on every tenant table refuses INSERT, UPDATE and DELETE by an
-//! application session whose `app.tenant_id` is fenced, with SQLSTATE [`SQLSTATE`]; sessions
-//! of the tables' owner (tenantd's own copy and cleanup) pass. Other tenants are never
-//! affected: the fence names one tenant.
+//! A fence is a row in the container's `tenantd_write_fences` table. A statement-level
+//! trigger on every tenant table refuses INSERT, UPDATE and DELETE by an application session
+//! whose `app.tenant_id` is fenced, with SQLSTATE [`SQLSTATE`]; sessions of the tables' owner
+//! (tenantd's own copy and cleanup) pass. Other tenants are never affected: the fence names
+//! one tenant. The table, the trigger function and the triggers are tenantd's, added to every
+//! container whatever its schema ([`super::isolation`]).
+//!
+//! The example schema's version 2 made a fence of its own before tenantd did
+//! (`tenant_write_fences` and triggers `tenant_write_fence`); containers made from it keep
+//! those objects. tenantd writes fences only to its own table, but lifts a tenant's fence from
+//! both, so a fence set by an older build (a move in flight across the upgrade) is lifted too.
 //!
 //! Committing the fence row is not enough on its own: a transaction that wrote before the
 //! fence committed (or that holds a snapshot taken before it, in REPEATABLE READ) can still
@@ -43,34 +49,72 @@ impl Pause {
     }
 }
 
-/// The fence table, created by the tenant schema (the example's migration 2).
-pub const TABLE: &str = "tenant_write_fences";
+/// tenantd's fence table in every container.
+pub const TABLE: &str = "tenantd_write_fences";
 
 /// The statement-level trigger on every tenant table that refuses a fenced tenant's writes.
-pub const TRIGGER: &str = "tenant_write_fence";
+pub const TRIGGER: &str = "tenantd_write_fence";
+
+/// The trigger function it executes.
+pub const FUNCTION: &str = "tenantd_write_fence";
+
+/// The example schema's own fence table (its version 2), from before tenantd added one.
+pub const LEGACY_TABLE: &str = "tenant_write_fences";
+
+/// Every table a fence row may be in: tenantd's, then the legacy one.
+pub const TABLES: &[&str] = &[TABLE, LEGACY_TABLE];
 
 /// What a fenced write fails with: documented for applications as "retry after resolving the
 /// tenant's route again".
 pub const SQLSTATE: &str = crate::sqlstate::FENCED;
 
+/// How long securing a container may wait for its migration lock or a table lock.
+const SECURE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn table() -> Ident {
     Ident::from_static(TABLE)
 }
 
-/// Whether the container still has a fence table (its schema or database may be gone).
-async fn has_table(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
+/// The fence tables `c` has (none if its schema or database is gone).
+async fn tables_in(cluster: &Cluster, c: &Container) -> Result<Vec<Ident>, DataPlaneError> {
     if !cluster.database_exists(&c.database).await? {
-        return Ok(false);
+        return Ok(Vec::new());
     }
-    let (exists,): (bool,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+    let mut conn = cluster
+        .database(&c.database)
+        .acquire()
+        .await
+        .map_err(|e| cluster.err(e))?;
+    tables_on(cluster, &mut conn, c).await
+}
+
+async fn tables_on(
+    cluster: &Cluster,
+    conn: &mut sqlx::PgConnection,
+    c: &Container,
+) -> Result<Vec<Ident>, DataPlaneError> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)
+         ORDER BY tablename = $3 DESC",
     )
     .bind(c.schema.as_str())
+    .bind(TABLES)
     .bind(TABLE)
-    .fetch_one(&cluster.database(&c.database))
+    .fetch_all(conn)
     .await
     .map_err(|e| cluster.err(e))?;
-    Ok(exists)
+    names
+        .into_iter()
+        .map(|(n,)| Ident::new(n).map_err(DataPlaneError::from))
+        .collect()
+}
+
+/// Whether the container has tenantd's fence table.
+async fn has_table(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
+    Ok(tables_in(cluster, c)
+        .await?
+        .iter()
+        .any(|t| t.as_str() == TABLE))
 }
 
 /// Why `c`'s writes cannot be fenced, if they cannot: the fence table is missing, or a
@@ -101,12 +145,25 @@ pub async fn missing(cluster: &Cluster, c: &Container) -> Result<Option<String>,
     }))
 }
 
-/// Fences the tenant's writes in `c` on behalf of `operation_id`. Idempotent.
+/// Makes sure `c` can be fenced before a workflow relies on it: adds what tenantd's isolation
+/// machinery lacks there (a trigger dropped or disabled by hand, a container from before
+/// tenantd owned the fence; [`super::isolation::secure`]), then says why the writes still
+/// cannot be fenced, if they cannot.
+pub async fn prepare(cluster: &Cluster, c: &Container) -> Result<Option<String>, DataPlaneError> {
+    let db = cluster.database(&c.database);
+    super::isolation::secure(cluster, &db, &c.schema, SECURE_LOCK_TIMEOUT).await?;
+    missing(cluster, c).await
+}
+
+/// Fences the tenant's writes in `c` on behalf of `operation_id`, securing the container
+/// first as [`prepare`] does (a container no migration touched since an upgrade). Idempotent.
 pub async fn fence(
     cluster: &Cluster,
     c: &Container,
     operation_id: Uuid,
 ) -> Result<(), DataPlaneError> {
+    let db = cluster.database(&c.database);
+    super::isolation::secure(cluster, &db, &c.schema, SECURE_LOCK_TIMEOUT).await?;
     let stmt = Statement::new("INSERT INTO ")
         .qualified(&c.schema, &table())
         .push(" (tenant_id, operation_id) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING");
@@ -121,7 +178,7 @@ pub async fn fence(
 
 /// Lifts the tenant's fence in `c`. Idempotent, also once the container is gone.
 pub async fn unfence(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
-    if !has_table(cluster, c).await? {
+    if !cluster.database_exists(&c.database).await? {
         return Ok(());
     }
     let mut conn = cluster
@@ -133,37 +190,41 @@ pub async fn unfence(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneEr
 }
 
 /// Lifts the tenant's fence in `c` on `conn`, e.g. inside the transaction that makes the
-/// container live. The fence table must exist.
+/// container live: from every fence table the container has.
 pub async fn unfence_in(
     cluster: &Cluster,
     conn: &mut sqlx::PgConnection,
     c: &Container,
 ) -> Result<(), DataPlaneError> {
-    let stmt = Statement::new("DELETE FROM ")
-        .qualified(&c.schema, &table())
-        .push(" WHERE tenant_id = $1");
-    sqlx::query(stmt.into_sql())
-        .bind(c.tenant_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| cluster.err(e))
+    for fences in tables_on(cluster, &mut *conn, c).await? {
+        let stmt = Statement::new("DELETE FROM ")
+            .qualified(&c.schema, &fences)
+            .push(" WHERE tenant_id = $1");
+        sqlx::query(stmt.into_sql())
+            .bind(c.tenant_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| cluster.err(e))?;
+    }
+    Ok(())
 }
 
-/// Whether the tenant is fenced in `c`.
+/// Whether the tenant is fenced in `c`, in any of its fence tables.
 pub async fn is_fenced(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
-    if !has_table(cluster, c).await? {
-        return Ok(false);
+    for fences in tables_in(cluster, c).await? {
+        let stmt = Statement::new("SELECT EXISTS (SELECT 1 FROM ")
+            .qualified(&c.schema, &fences)
+            .push(" WHERE tenant_id = $1)");
+        let (fenced,): (bool,) = sqlx::query_as(stmt.into_sql())
+            .bind(c.tenant_id)
+            .fetch_one(&cluster.database(&c.database))
+            .await
+            .map_err(|e| cluster.err(e))?;
+        if fenced {
+            return Ok(true);
+        }
     }
-    let stmt = Statement::new("SELECT EXISTS (SELECT 1 FROM ")
-        .qualified(&c.schema, &table())
-        .push(" WHERE tenant_id = $1)");
-    let (fenced,): (bool,) = sqlx::query_as(stmt.into_sql())
-        .bind(c.tenant_id)
-        .fetch_one(&cluster.database(&c.database))
-        .await
-        .map_err(|e| cluster.err(e))?;
-    Ok(fenced)
+    Ok(false)
 }
 
 /// Application transactions in `database` that began before `before` and have written or hold

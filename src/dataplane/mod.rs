@@ -14,6 +14,7 @@ pub mod database;
 pub mod dump;
 pub mod erasure;
 pub mod fence;
+pub mod isolation;
 pub mod load;
 pub mod pool;
 pub mod roles;

@@ -5,7 +5,8 @@
 //! A tenant table is an ordinary or partitioned table of the container's schema with a
 //! `tenant_id` column. A partition is reached through its parent (reading or writing the
 //! parent covers every partition), so partitions are not listed. tenantd's own tables in the
-//! container (the migration bookkeeping and the write fences) are not tenant data.
+//! container (the migration bookkeeping and the write fences, [`NOT_TENANT_DATA`]) are not
+//! tenant data.
 //!
 //! Order: parents before children by foreign key, so a copy into a container whose foreign
 //! keys are enforced inserts referenced rows first and a deletion goes in reverse. A
@@ -23,7 +24,11 @@ use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
 /// Tables in a container that belong to tenantd, not to the tenant schema.
-pub const NOT_TENANT_DATA: &[&str] = &[super::catalog::BOOKKEEPING, super::fence::TABLE];
+pub const NOT_TENANT_DATA: &[&str] = &[
+    super::catalog::BOOKKEEPING,
+    super::fence::TABLE,
+    super::fence::LEGACY_TABLE,
+];
 
 /// The tenant tables of `schema`, parents first (see the module doc). Empty when the schema
 /// does not exist.

@@ -5,7 +5,7 @@
 //!   holds the tenant's one active-operation slot, so its placement cannot change under us),
 //!   and refuses unless the tenant is active, the target container is free and both ends are
 //!   at the same tenant-schema version, the source has the write fence on every tenant table
-//!   (`fence::missing`, read from its catalog), and the source cluster's admin role can see
+//!   (`fence::prepare` adds what tenantd's machinery lacks there, then reads the catalog), and the source cluster's admin role can see
 //!   the transactions the fence must wait for.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
@@ -307,10 +307,9 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
         &src.schema,
     )
     .await?;
-    if let Some(what) = fence::missing(src_cluster, &src).await? {
+    if let Some(what) = fence::prepare(src_cluster, &src).await? {
         return Err(StepError::precondition(format!(
-            "tenant {}'s writes cannot be fenced at tenant-schema version {version} ({what}); \
-             migrate it to a version with the write fence first",
+            "tenant {}'s writes cannot be fenced at tenant-schema version {version} ({what})",
             tenant.slug
         )));
     }

@@ -358,10 +358,10 @@ async fn verify(
         }
         let db = cluster.database(&live.database);
         let version = catalog::current_version(cluster, &db, &live.schema).await?;
-        if let Some(what) = fence::missing(cluster, live).await? {
+        if let Some(what) = fence::prepare(cluster, live).await? {
             return Err(StepError::precondition(format!(
                 "tenant {}'s writes cannot be fenced at tenant-schema version {version} \
-                 ({what}); migrate it to a version with the write fence first",
+                 ({what})",
                 tenant.slug
             )));
         }

@@ -117,7 +117,7 @@ where
 }
 
 async fn fences(place: &Place, tenant: Uuid) -> i64 {
-    let sql = "SELECT count(*) FROM S.tenant_write_fences WHERE tenant_id = $1";
+    let sql = "SELECT count(*) FROM S.tenantd_write_fences WHERE tenant_id = $1";
     column_at::<i64>(place, sql, tenant).await[0]
 }
 
@@ -546,17 +546,17 @@ async fn the_fence_stops_only_the_fenced_tenants_writes_and_waits_out_older_ones
         .execute(&mut other)
         .await
         .unwrap();
-    let e = sqlx::query("DELETE FROM tenant_write_fences")
+    let e = sqlx::query("DELETE FROM tenantd_write_fences")
         .execute(&mut other)
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e}");
-    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenant_write_fences")
+    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenantd_write_fences")
         .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(visible, 1, "A sees its own fence");
-    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenant_write_fences")
+    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenantd_write_fences")
         .fetch_one(&mut other)
         .await
         .unwrap();

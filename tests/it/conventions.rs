@@ -104,11 +104,11 @@ async fn each_convention_is_enforced_by_name_and_nothing_is_left_behind() {
         ),
         (
             "ALTER TABLE wards NO FORCE ROW LEVEL SECURITY;".into(),
-            "table wards must have row-level security enabled and forced",
+            "table wards: the version turns row-level security off",
         ),
         (
             "ALTER TABLE wards DISABLE ROW LEVEL SECURITY;".into(),
-            "table wards must have row-level security enabled and forced",
+            "table wards: the version turns row-level security off",
         ),
         (
             "CREATE POLICY everyone ON wards USING (true);".into(),
@@ -118,7 +118,17 @@ async fn each_convention_is_enforced_by_name_and_nothing_is_left_behind() {
             "DROP POLICY tenant_isolation ON wards;
              CREATE POLICY tenant_isolation ON wards USING (true);"
                 .into(),
-            "table wards has no policy tenant_isolation",
+            "policy tenant_isolation on table wards is not tenantd's",
+        ),
+        (
+            "CREATE TABLE tenantd_beds (tenant_id uuid NOT NULL);".into(),
+            "tenantd_beds is named like tenantd's own objects",
+        ),
+        (
+            "CREATE OR REPLACE FUNCTION tenantd_write_fence() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RETURN NULL; END $$;"
+                .into(),
+            "function tenantd_write_fence() is named like tenantd's own objects",
         ),
         (
             format!(
@@ -153,30 +163,19 @@ async fn each_convention_is_enforced_by_name_and_nothing_is_left_behind() {
             other => panic!("{sql}: not refused: {other:?}"),
         }
     }
-    // On a schema with the write fence (the example's version 2), a new table needs its
-    // trigger too, or its writes would go on while the tenant moves.
-    let mut fenced: Vec<String> = TenantSchema::example()
+    // A bare table needs nothing of its own: tenantd adds RLS, the policy and the fence, after
+    // each version, in the try as in every container. On the example too, which made a fence
+    // of its own in version 2.
+    let mut bare: Vec<String> = TenantSchema::example()
         .migrations()
         .iter()
         .map(|m| m.sql.clone())
         .collect();
-    fenced.push(format!(
-        "CREATE TABLE beds (tenant_id uuid NOT NULL, id int, PRIMARY KEY (tenant_id, id)); {}",
-        rls("beds")
-    ));
-    match check(fenced.clone(), vec![]).await {
-        Err(ConventionError::Refused { file, reason }) => {
-            assert_eq!(file, "0005_v5.sql");
-            assert!(
-                reason.contains("table beds has no tenant_write_fence trigger"),
-                "{reason}"
-            );
-        }
-        other => panic!("a table without the fence trigger was not refused: {other:?}"),
-    }
-    *fenced.last_mut().unwrap() += " CREATE TRIGGER tenant_write_fence BEFORE INSERT OR UPDATE \
-        OR DELETE ON beds FOR EACH STATEMENT EXECUTE FUNCTION tenant_write_fence();";
-    check(fenced, vec![]).await.unwrap();
+    bare.push(
+        "CREATE TABLE beds (tenant_id uuid NOT NULL, id int, PRIMARY KEY (tenant_id, id));".into(),
+    );
+    bare.push("ALTER TABLE beds ADD COLUMN ward text;".into());
+    check(bare, vec![]).await.unwrap();
     // What the configuration allows, and a definer that pins its path, pass.
     check(
         vec![
@@ -286,49 +285,47 @@ async fn a_replica_with_a_version_that_breaks_a_convention_refuses_to_start() {
     );
 }
 
+/// The isolation machinery is tenantd's: a fence trigger someone dropped or disabled by hand
+/// is back before tenantd fences the tenant, so the fence holds on every table.
 #[tokio::test]
-async fn a_tenant_whose_table_lost_its_fence_trigger_is_not_moved() {
+async fn a_fence_trigger_dropped_or_disabled_by_hand_is_back_before_a_fence() {
+    use tenantd::dataplane::{Container, fence};
     let mut env = TestEnv::start().await;
     let t = env
         .provision("unfenced-table", tenantd::api::pb::Tier::Schema, "")
         .await;
+    let id: uuid::Uuid = t.id.parse().unwrap();
     let place = crate::harness::Place::of(&t);
     let pool = admin(&place.cluster, &place.database).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP TRIGGER tenant_write_fence ON \"{}\".clinical_notes",
-        place.schema
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER tenantd_write_fence ON \"{s}\".clinical_notes;
+         ALTER TABLE \"{s}\".patients DISABLE TRIGGER tenantd_write_fence;",
+        s = place.schema
     )))
     .execute(&pool)
     .await
     .unwrap();
-    let op = env
-        .tenants
-        .change_tier(tenantd::api::pb::ChangeTierRequest {
-            tenant: t.slug.clone(),
-            tier: tenantd::api::pb::Tier::Database as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match env.wait(&op.name).await.result {
-        Some(tenantd::api::pb::operation::Result::Error(e)) => {
-            assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
-            assert_eq!(e.step, "preflight");
-            assert!(
-                e.message
-                    .contains("no tenant_write_fence trigger on clinical_notes"),
-                "{}",
-                e.message
-            );
-        }
-        other => panic!("an unfenced tenant was moved: {other:?}"),
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
+    let main = dataplane.cluster("main").unwrap();
+    let c = Container::plan(id, tenantd::tenant::Tier::Schema, main);
+    assert_eq!(c.schema.as_str(), place.schema);
+    fence::fence(main, &c, uuid::Uuid::new_v4()).await.unwrap();
+    let apps = crate::harness::AppConnector::new(&env);
+    let (mut conn, _) = apps.clone().connect(id).await.unwrap();
+    for write in [
+        "DELETE FROM clinical_notes",
+        "UPDATE patients SET family_name = family_name",
+    ] {
+        let e = sqlx::query(write).execute(&mut conn).await.unwrap_err();
+        assert_eq!(
+            crate::harness::sqlstate(&e),
+            fence::SQLSTATE,
+            "{write}: {e}"
+        );
     }
-    let after = env
-        .tenants
-        .get_tenant(tenantd::api::pb::GetTenantRequest { tenant: t.slug })
+    fence::unfence(main, &c).await.unwrap();
+    sqlx::query("UPDATE patients SET family_name = family_name")
+        .execute(&mut conn)
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after.tier, tenantd::api::pb::Tier::Schema as i32);
+        .unwrap();
 }

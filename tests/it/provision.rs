@@ -12,7 +12,8 @@ async fn rls_flags(cluster: &str, db: &str, schema: &str) -> Vec<(String, bool, 
                 (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relkind = 'r'
-           AND c.relname NOT IN ('tenant_schema_migrations', 'tenant_write_fences')
+           AND c.relname NOT IN ('tenant_schema_migrations', 'tenant_write_fences',
+                                 'tenantd_write_fences')
          ORDER BY 1",
     )
     .bind(schema)

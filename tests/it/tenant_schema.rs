@@ -13,8 +13,8 @@ use tenantd::auth::Role;
 
 use crate::harness::{EXAMPLE_SCHEMA_DIR, Place, TestEnv, admin, tenantctl};
 
-/// A new version: a column, and a table that keeps every convention (the example has the
-/// write fence, so the table carries its trigger).
+/// A new version: a column, and a bare table: no RLS, policy or fence of its own (tenantd
+/// adds them).
 const VERSION_5: &str = "ALTER TABLE patients ADD COLUMN nickname text;
 CREATE TABLE care_teams (
     tenant_id uuid NOT NULL,
@@ -22,13 +22,6 @@ CREATE TABLE care_teams (
     name text NOT NULL,
     PRIMARY KEY (tenant_id, id)
 );
-ALTER TABLE care_teams ENABLE ROW LEVEL SECURITY;
-ALTER TABLE care_teams FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON care_teams FOR ALL
-    USING (tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid))
-    WITH CHECK (tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid));
-CREATE TRIGGER tenant_write_fence BEFORE INSERT OR UPDATE OR DELETE ON care_teams
-    FOR EACH STATEMENT EXECUTE FUNCTION tenant_write_fence();
 ";
 
 /// A copy of the example schema's directory to change.
@@ -198,6 +191,29 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
     .await
     .unwrap();
     assert!(granted, "{role} cannot use care_teams");
+    // tenantd secured the table the version added: RLS forced, its policy, its fence.
+    let secured: (bool, bool, String, bool) = sqlx::query_as(
+        "SELECT c.relrowsecurity, c.relforcerowsecurity,
+                (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy p
+                 WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'),
+                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid
+                          AND g.tgname = 'tenantd_write_fence' AND g.tgenabled = 'O')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = 'care_teams'",
+    )
+    .bind(&place.schema)
+    .fetch_one(&admin(&place.cluster, &place.database).await)
+    .await
+    .unwrap();
+    assert_eq!(
+        secured,
+        (
+            true,
+            true,
+            "(tenant_id = ( SELECT (current_setting('app.tenant_id'::text, true))::uuid AS current_setting))".to_owned(),
+            true
+        )
+    );
     env.ops
         .cancel_operation(pb::CancelOperationRequest { name: op.name })
         .await
