@@ -5,8 +5,8 @@
 //!   holds the tenant's one active-operation slot, so its placement cannot change under us),
 //!   and refuses unless the tenant is active, the target container is free and both ends are
 //!   at the same tenant-schema version, the source has the write fence on every tenant table
-//!   (`fence::prepare` adds what tenantd's machinery lacks there, then reads the catalog), and the source cluster's admin role can see
-//!   the transactions the fence must wait for.
+//!   (`fence::prepare` adds what tenantd's machinery lacks there, then reads the catalog),
+//!   and the source cluster's admin role can see the transactions the fence must wait for.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
 //!   role. A tenant that already has its own login role keeps its password.
