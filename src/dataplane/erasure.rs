@@ -198,20 +198,24 @@ pub async fn scan(cluster: &Cluster, tenant_id: Uuid) -> Result<Vec<TableCount>,
     Ok(out)
 }
 
-/// The column after `tenant_id` in the table's primary key, and its type (`None`: the key is
-/// not `(tenant_id, key)`, e.g. a hand-made table).
+/// The column after `tenant_id` in the table's primary key, and its type as the schema and
+/// name the catalog holds it under (`pg_catalog.int8`, a container's own enum): quoted, that
+/// names the type exactly, whatever the search path. `None`: the key is not
+/// `(tenant_id, key)`, e.g. a hand-made table.
 async fn key_column(
     cluster: &Cluster,
     pool: &sqlx::PgPool,
     schema: &Ident,
     table: &Ident,
-) -> Result<Option<(Ident, Ident)>, DataPlaneError> {
-    let cols: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, NULL)
+) -> Result<Option<(Ident, (Ident, Ident))>, DataPlaneError> {
+    let cols: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, tn.nspname::text, ty.typname::text
          FROM pg_index i
          JOIN pg_class t ON t.oid = i.indrelid
          JOIN pg_namespace n ON n.oid = t.relnamespace
          JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY (i.indkey)
+         JOIN pg_type ty ON ty.oid = a.atttypid
+         JOIN pg_namespace tn ON tn.oid = ty.typnamespace
          WHERE n.nspname = $1 AND t.relname = $2 AND i.indisprimary
          ORDER BY array_position(i.indkey, a.attnum)",
     )
@@ -221,9 +225,10 @@ async fn key_column(
     .await
     .map_err(|e| cluster.err(e))?;
     match cols.as_slice() {
-        [(first, _), (key, ty)] if first == "tenant_id" => {
-            Ok(Some((Ident::new(key.clone())?, Ident::new(ty.clone())?)))
-        }
+        [(first, _, _), (key, ty_schema, ty)] if first == "tenant_id" => Ok(Some((
+            Ident::new(key.clone())?,
+            (Ident::new(ty_schema.clone())?, Ident::new(ty.clone())?),
+        ))),
         _ => Ok(None),
     }
 }
@@ -244,7 +249,7 @@ pub async fn delete_rows(
     pace: Pace,
 ) -> Result<u64, DataPlaneError> {
     let pool = cluster.database(database);
-    let Some((key, ty)) = key_column(cluster, &pool, schema, table).await? else {
+    let Some((key, (ty_schema, ty))) = key_column(cluster, &pool, schema, table).await? else {
         return delete_by_row_id(cluster, &pool, schema, table, tenant_id, pace).await;
     };
     let err = |e| cluster.err(e);
@@ -273,7 +278,7 @@ pub async fn delete_rows(
         .push(" WHERE tenant_id = $1 AND ")
         .ident(&key)
         .push(" >= CAST($2 AS ")
-        .ident(&ty)
+        .qualified(&ty_schema, &ty)
         .push(") ORDER BY ")
         .ident(&key)
         .push(" LIMIT $3) RETURNING ")
@@ -343,9 +348,12 @@ async fn delete_by_row_id(
     tenant_id: Uuid,
     pace: Pace,
 ) -> Result<u64, DataPlaneError> {
+    // A row id is unique only within one physical table: a partitioned table's partitions
+    // share row ids, so the outer statement names the tenant too, or a batch would delete
+    // neighbours' rows that share a row id in another partition.
     let stmt = Statement::new("DELETE FROM ")
         .qualified(schema, table)
-        .push(" WHERE ctid = ANY (ARRAY (SELECT ctid FROM ")
+        .push(" WHERE tenant_id = $1 AND ctid = ANY (ARRAY (SELECT ctid FROM ")
         .qualified(schema, table)
         .push(" WHERE tenant_id = $1 LIMIT $2))");
     let compress = may_compress_wal(pool).await;
