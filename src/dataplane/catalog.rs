@@ -261,8 +261,8 @@ pub async fn seed(
 }
 
 /// `GRANT SELECT, INSERT, UPDATE, DELETE` on every tenant table of `schema`, USAGE on the
-/// schema and SELECT on the write-fence table (the fence trigger runs as the application
-/// role): the role's whole access. The bookkeeping table is not granted. When the
+/// schema and its sequences, and SELECT on the write-fence tables (the fence trigger runs as
+/// the application role): the role's whole access. The bookkeeping table is not granted. When the
 /// role already holds all of it nothing is written: GRANT on the shared pool tables would
 /// otherwise rewrite their catalog rows (and invalidate every session's cache) per tenant.
 pub async fn grant_tables(
@@ -318,6 +318,34 @@ pub async fn grant_tables(
                     .push(" TO ")
                     .ident(role),
             )
+            .await?;
+    }
+    // USAGE on the container's sequences: a serial column's default calls nextval as the
+    // application role (identity columns need no grant). Not SELECT: a pool sequence's
+    // position would tell how many rows the other tenants wrote.
+    let sequences: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $2
+           AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege($1, c.oid, 'USAGE')
+                    ELSE false END
+         ORDER BY 1",
+    )
+    .bind(role.as_str())
+    .bind(schema.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    if !sequences.is_empty() {
+        let mut stmt = Statement::new("GRANT USAGE ON SEQUENCE ");
+        for (i, (seq,)) in sequences.into_iter().enumerate() {
+            if i > 0 {
+                stmt = stmt.push(", ");
+            }
+            stmt = stmt.qualified(schema, &Ident::new(seq)?);
+        }
+        cluster
+            .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
             .await?;
     }
     if granted {
