@@ -2,13 +2,13 @@
 //! READ, READ ONLY snapshot while the tenant keeps working: no fence, no lock beyond the
 //! ACCESS SHARE every reader takes.
 //!
-//! The DDL is rebuilt from the catalog the way pg_dump does it: tables with columns,
-//! defaults, NOT NULL and CHECK constraints first; then each table's rows as a
-//! `COPY … FROM stdin` block holding this tenant's rows only (`WHERE tenant_id = …` in every
-//! tier, so a pool table never leaks a neighbour); then primary keys, unique constraints,
-//! indexes and foreign keys. Row-level security, policies, triggers and tenantd's own
-//! bookkeeping tables are not tenant data and are left out. Objects land in schema `public`
-//! of the database the dump is restored into.
+//! The DDL is rebuilt from the catalog the way pg_dump does it ([`super::ddl`]: types,
+//! sequences, tables and partitions first); then each table's rows as a `COPY … FROM stdin`
+//! block holding this tenant's rows only (`WHERE tenant_id = …` in every tier, so a pool
+//! table never leaks a neighbour); then sequences moved past the tenant's values, primary
+//! keys, unique constraints, indexes and foreign keys. Row-level security, policies,
+//! triggers and tenantd's own tables are not tenant data and are left out. Objects land in
+//! schema `public` of the database the dump is restored into.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 
 use crate::archive::manifest::TableRows;
 use crate::dataplane::copy::PINNED_SETTINGS;
+use crate::dataplane::ddl::Table;
 use crate::dataplane::load::{COMPLETE_LINE, FORMAT_LINE};
 use crate::dataplane::{Cluster, Container, DataPlaneError};
 use crate::sql::{Ident, Statement};
@@ -61,22 +62,6 @@ impl DumpProgress {
 pub struct DumpSummary {
     pub tables: Vec<TableRows>,
     pub snapshot_at: DateTime<Utc>,
-}
-
-struct Column {
-    name: Ident,
-    sql_type: String,
-    not_null: bool,
-    default: Option<String>,
-}
-
-struct Table {
-    name: Ident,
-    columns: Vec<Column>,
-    checks: Vec<(Ident, String)>,
-    keys: Vec<(Ident, String)>,
-    foreign_keys: Vec<(Ident, String)>,
-    indexes: Vec<String>,
 }
 
 /// Sends plaintext on in batches.
@@ -141,17 +126,16 @@ pub async fn dump(
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-    let tables = read_tables(cluster, &mut tx, &c.schema).await?;
+    let ddl = super::ddl::read(cluster, &mut tx, &c.schema).await?;
+    let tables = &ddl.tables;
 
     let mut out = Out {
         tx: out,
         buf: Vec::with_capacity(BATCH + 64 * 1024),
     };
     out.push(preamble(c, info, snapshot_at).as_bytes()).await?;
-    for t in &tables {
-        out.push(create_table(t).as_bytes()).await?;
-    }
-    for t in &tables {
+    out.push(ddl.pre_data().as_bytes()).await?;
+    for t in tables {
         *progress.current.lock().expect("progress lock") = Some(t.name.as_str().to_owned());
         progress
             .current_rows
@@ -168,7 +152,8 @@ pub async fn dump(
             });
     }
     let counts = progress.done.lock().expect("progress lock").clone();
-    out.push(post_data(&tables).as_bytes()).await?;
+    let max_values = sequenced_max(cluster, &mut tx, c, tables).await?;
+    out.push(ddl.post_data(&max_values).as_bytes()).await?;
     out.push(format!("--\n{COMPLETE_LINE}\n--\n").as_bytes())
         .await?;
     out.flush().await?;
@@ -209,57 +194,34 @@ fn preamble(c: &Container, info: &DumpInfo<'_>, snapshot_at: DateTime<Utc>) -> S
     )
 }
 
-fn create_table(t: &Table) -> String {
-    let mut lines: Vec<String> = t
-        .columns
-        .iter()
-        .map(|col| {
-            let mut line = format!("    {} {}", col.name, col.sql_type);
-            if let Some(d) = &col.default {
-                line.push_str(&format!(" DEFAULT {d}"));
+/// The highest value the tenant's rows hold in each column a sequence fills: the restored
+/// sequence starts past it. The tenant's own rows only: a pool sequence's position would tell
+/// how many rows the other tenants wrote.
+async fn sequenced_max(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    c: &Container,
+    tables: &[Table],
+) -> Result<Vec<(Ident, Ident, i64)>, DataPlaneError> {
+    let mut out = Vec::new();
+    for t in tables {
+        for col in t.sequenced_columns() {
+            let stmt = Statement::new("SELECT max(")
+                .ident(&col.name)
+                .push(")::bigint FROM ")
+                .qualified(&c.schema, &t.name)
+                .push(" WHERE tenant_id = $1");
+            let max: Option<i64> = sqlx::query_scalar(stmt.into_sql())
+                .bind(c.tenant_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| cluster.err(e))?;
+            if let Some(max) = max {
+                out.push((t.name.clone(), col.name.clone(), max));
             }
-            if col.not_null {
-                line.push_str(" NOT NULL");
-            }
-            line
-        })
-        .collect();
-    for (name, def) in &t.checks {
-        lines.push(format!("    CONSTRAINT {name} {def}"));
-    }
-    format!(
-        "--\n-- Name: {table}; Type: TABLE\n--\n\nCREATE TABLE public.{table} (\n{body}\n);\n\n",
-        table = t.name,
-        body = lines.join(",\n")
-    )
-}
-
-fn post_data(tables: &[Table]) -> String {
-    let mut s = String::from("--\n-- Constraints and indexes\n--\n\n");
-    for t in tables {
-        for (name, def) in &t.keys {
-            s.push_str(&format!(
-                "ALTER TABLE ONLY public.{} ADD CONSTRAINT {name} {def};\n",
-                t.name
-            ));
         }
     }
-    for t in tables {
-        for index in &t.indexes {
-            s.push_str(index);
-            s.push_str(";\n");
-        }
-    }
-    for t in tables {
-        for (name, def) in &t.foreign_keys {
-            s.push_str(&format!(
-                "ALTER TABLE ONLY public.{} ADD CONSTRAINT {name} {def};\n",
-                t.name
-            ));
-        }
-    }
-    s.push('\n');
-    s
+    Ok(out)
 }
 
 async fn copy_rows(
@@ -270,7 +232,7 @@ async fn copy_rows(
     out: &mut Out<'_>,
     streamed: &std::sync::atomic::AtomicU64,
 ) -> Result<u64, DataPlaneError> {
-    let names: Vec<String> = t.columns.iter().map(|col| col.name.to_string()).collect();
+    let names: Vec<String> = t.copied_columns().map(|col| col.name.to_string()).collect();
     let names = names.join(", ");
     out.push(
         format!(
@@ -281,7 +243,7 @@ async fn copy_rows(
     )
     .await?;
     let mut stmt = Statement::new("COPY (SELECT ");
-    for (i, col) in t.columns.iter().enumerate() {
+    for (i, col) in t.copied_columns().enumerate() {
         if i > 0 {
             stmt = stmt.push(", ");
         }
@@ -308,106 +270,4 @@ async fn copy_rows(
     drop(stream);
     out.push(b"\\.\n\n").await?;
     Ok(rows)
-}
-
-/// The tenant tables present in `schema` (parents first), with their DDL from the catalog.
-async fn read_tables(
-    cluster: &Cluster,
-    conn: &mut PgConnection,
-    schema: &Ident,
-) -> Result<Vec<Table>, DataPlaneError> {
-    let err = |e| cluster.err(e);
-    let names = super::tables::tenant_tables(cluster, &mut *conn, schema).await?;
-    let present: Vec<(String, sqlx::postgres::types::Oid)> = sqlx::query_as(
-        "SELECT c.relname::text, c.oid FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
-    )
-    .bind(schema.as_str())
-    .bind(names.iter().map(Ident::as_str).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
-    let mut tables = Vec::new();
-    for name in &names {
-        let Some((_, oid)) = present.iter().find(|(n, _)| n == name.as_str()) else {
-            continue;
-        };
-        let columns: Vec<(String, String, bool, Option<String>)> = sqlx::query_as(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                    pg_get_expr(d.adbin, d.adrelid)
-             FROM pg_attribute a
-             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        let constraints: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT conname::text, contype::text, pg_get_constraintdef(oid, true)
-             FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'p', 'u', 'f')
-             ORDER BY contype DESC, conname",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        let indexes: Vec<(String, bool, String)> = sqlx::query_as(
-            "SELECT i.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid)
-             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-             WHERE x.indrelid = $1 AND NOT EXISTS (
-                 SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid
-                   AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u', 'x'))
-             ORDER BY i.relname",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        let table = name.clone();
-        let mut t = Table {
-            columns: columns
-                .into_iter()
-                .map(|(name, sql_type, not_null, default)| {
-                    Ok(Column {
-                        name: Ident::new(name)?,
-                        sql_type,
-                        not_null,
-                        default,
-                    })
-                })
-                .collect::<Result<_, DataPlaneError>>()?,
-            checks: Vec::new(),
-            keys: Vec::new(),
-            foreign_keys: Vec::new(),
-            indexes: Vec::new(),
-            name: table,
-        };
-        for (name, kind, def) in constraints {
-            let name = Ident::new(name)?;
-            match kind.as_str() {
-                "c" => t.checks.push((name, def)),
-                "f" => t.foreign_keys.push((name, def)),
-                _ => t.keys.push((name, def)),
-            }
-        }
-        for (name, unique, def) in indexes {
-            // pg_get_indexdef always qualifies the table with the source schema; keep the
-            // method and columns, name the restored table.
-            let using = def.find(" USING ").ok_or_else(|| {
-                DataPlaneError::Invariant(format!("unexpected index definition {def:?}"))
-            })?;
-            t.indexes.push(format!(
-                "CREATE {}INDEX {} ON public.{}{}",
-                if unique { "UNIQUE " } else { "" },
-                Ident::new(name)?,
-                t.name,
-                &def[using..]
-            ));
-        }
-        tables.push(t);
-    }
-    Ok(tables)
 }

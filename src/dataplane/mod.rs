@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod conventions;
 pub mod copy;
 pub mod database;
+pub mod ddl;
 pub mod dump;
 pub mod erasure;
 pub mod fence;
