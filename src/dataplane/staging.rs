@@ -53,6 +53,11 @@ pub struct Deferred {
     pub kind: DeferredKind,
     /// What PostgreSQL printed for it (`pg_get_constraintdef`, `pg_get_indexdef`).
     pub definition: String,
+    /// Whether its table is partitioned: its index is built on every partition (not `ON
+    /// ONLY` the parent, as `pg_get_indexdef` prints it) and its foreign key is added
+    /// validated (PostgreSQL has no `NOT VALID` foreign key on a partitioned table).
+    #[serde(default)]
+    pub partitioned: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,16 +91,17 @@ pub async fn create(
     }
     let err = |e| cluster.err(e);
     let tables = super::tables::tenant_tables(cluster, &db, &staging.schema).await?;
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+    let rows: Vec<(String, String, String, String, bool)> = sqlx::query_as(
         "SELECT c.relname::text, k.conname::text,
                 CASE k.contype WHEN 'f' THEN 'foreign_key' ELSE 'key' END,
-                pg_get_constraintdef(k.oid)
+                pg_get_constraintdef(k.oid), c.relkind = 'p'
          FROM pg_constraint k
          JOIN pg_class c ON c.oid = k.conrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relname = ANY($2) AND k.contype IN ('p', 'u', 'f')
          UNION ALL
-         SELECT c.relname::text, i.relname::text, 'index', pg_get_indexdef(x.indexrelid)
+         SELECT c.relname::text, i.relname::text, 'index', pg_get_indexdef(x.indexrelid),
+                c.relkind = 'p'
          FROM pg_index x
          JOIN pg_class i ON i.oid = x.indexrelid
          JOIN pg_class c ON c.oid = x.indrelid
@@ -112,7 +118,7 @@ pub async fn create(
     .map_err(err)?;
     let deferred = rows
         .into_iter()
-        .map(|(table, name, kind, definition)| {
+        .map(|(table, name, kind, definition, partitioned)| {
             Ident::new(table.clone())?;
             Ident::new(name.clone())?;
             let kind = match kind.as_str() {
@@ -125,6 +131,7 @@ pub async fn create(
                 name,
                 kind,
                 definition,
+                partitioned,
             })
         })
         .collect::<Result<Vec<_>, DataPlaneError>>()?;
@@ -252,6 +259,10 @@ async fn build(
         let (table, name) = (Ident::new(d.table.clone())?, Ident::new(d.name.clone())?);
         let alter = || Statement::new("ALTER TABLE ").qualified(&staging.schema, &table);
         let stmt = if phase == Phase::Validate {
+            if d.partitioned {
+                // Added validated in the create phase.
+                continue;
+            }
             alter().push(" VALIDATE CONSTRAINT ").ident(&name)
         } else {
             let (exists,): (bool,) = sqlx::query_as(
@@ -269,9 +280,19 @@ async fn build(
             if exists {
                 continue;
             }
-            let definition = Statement::catalog_definition(d.definition.clone());
+            let definition = if d.kind == DeferredKind::Index && d.partitioned {
+                d.definition.replacen(" ON ONLY ", " ON ", 1)
+            } else {
+                d.definition.clone()
+            };
+            let definition = Statement::catalog_definition(definition);
             match d.kind {
                 DeferredKind::Index => definition,
+                DeferredKind::ForeignKey if d.partitioned => alter()
+                    .push(" ADD CONSTRAINT ")
+                    .ident(&name)
+                    .push(" ")
+                    .append(definition),
                 DeferredKind::Key => alter()
                     .push(" ADD CONSTRAINT ")
                     .ident(&name)
