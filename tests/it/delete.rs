@@ -18,7 +18,7 @@ use crate::crash::{boundaries, crash_through};
 use crate::export::{download, export};
 use crate::harness::{AppConnector, Place, TestEnv, admin, bad_field, fill, footprint, snapshot};
 
-fn request(tenant: &str) -> pb::DeleteTenantRequest {
+pub(crate) fn request(tenant: &str) -> pb::DeleteTenantRequest {
     pb::DeleteTenantRequest {
         tenant: tenant.into(),
         reason: "customer exit".into(),
@@ -33,13 +33,13 @@ async fn start_delete(env: &mut TestEnv, r: pb::DeleteTenantRequest) -> pb::Oper
 }
 
 /// Deletes and waits; the operation.
-async fn delete(env: &mut TestEnv, r: pb::DeleteTenantRequest) -> pb::Operation {
+pub(crate) async fn delete(env: &mut TestEnv, r: pb::DeleteTenantRequest) -> pb::Operation {
     let op = start_delete(env, r).await;
     env.wait(&op.name).await
 }
 
 /// Expects the deletion to have succeeded; its certificate, verified offline.
-async fn certified(
+pub(crate) async fn certified(
     env: &mut TestEnv,
     op: &pb::Operation,
 ) -> (pb::DeletionCertificate, Certificate) {

@@ -17,6 +17,7 @@ mod harness;
 mod idempotency;
 mod identifiers;
 mod isolation;
+mod own_schema;
 mod provision;
 mod replicas;
 mod restore;

@@ -10,7 +10,7 @@ use crate::crash::{boundaries, crash_through};
 use crate::export::{export, start_export};
 use crate::harness::{AppConnector, Place, TestEnv, admin, fill, snapshot};
 
-fn request(e: &pb::Export) -> pb::RestoreTenantRequest {
+pub(crate) fn request(e: &pb::Export) -> pb::RestoreTenantRequest {
     pb::RestoreTenantRequest {
         export: e.name.clone(),
         mode: pb::RestoreMode::InPlace as i32,
@@ -18,7 +18,12 @@ fn request(e: &pb::Export) -> pb::RestoreTenantRequest {
     }
 }
 
-fn as_new(e: &pb::Export, slug: &str, tier: pb::Tier, cluster: &str) -> pb::RestoreTenantRequest {
+pub(crate) fn as_new(
+    e: &pb::Export,
+    slug: &str,
+    tier: pb::Tier,
+    cluster: &str,
+) -> pb::RestoreTenantRequest {
     pb::RestoreTenantRequest {
         export: e.name.clone(),
         mode: pb::RestoreMode::AsNewTenant as i32,
@@ -36,7 +41,7 @@ async fn restore(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Operatio
 }
 
 /// Restores and expects success; the restored tenant.
-async fn restored(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Tenant {
+pub(crate) async fn restored(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Tenant {
     let op = restore(env, r).await;
     let Some(pb::operation::Result::Tenant(t)) = op.result.clone() else {
         panic!("restore failed: {op:?}");
@@ -52,7 +57,11 @@ async fn restored(env: &mut TestEnv, r: pb::RestoreTenantRequest) -> pb::Tenant 
 }
 
 /// A snapshot with `from`'s id written as `to`'s (a restore as a new tenant moves the rows).
-fn renamed(rows: &[(String, Vec<String>)], from: Uuid, to: Uuid) -> Vec<(String, Vec<String>)> {
+pub(crate) fn renamed(
+    rows: &[(String, Vec<String>)],
+    from: Uuid,
+    to: Uuid,
+) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = rows
         .iter()
         .map(|(t, r)| {

@@ -22,7 +22,7 @@ const FROM: i32 = 3;
 const TO: i32 = 4;
 
 /// Sets the fleet's tenant-schema version back, as a registry the previous release wrote.
-async fn pin_fleet(env: &mut TestEnv, version: i32) {
+pub(crate) async fn pin_fleet(env: &mut TestEnv, version: i32) {
     // Once tenantd answers, it has migrated the registry and set the fleet's version.
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(e) = env
@@ -41,7 +41,7 @@ async fn pin_fleet(env: &mut TestEnv, version: i32) {
 }
 
 /// The tenant-schema version the container at `place` is at, from its own bookkeeping.
-async fn container_version(place: &Place) -> i32 {
+pub(crate) async fn container_version(place: &Place) -> i32 {
     let pool = admin(&place.cluster, &place.database).await;
     let q = format!(
         "SELECT max(version) FROM \"{}\".tenant_schema_migrations",
@@ -80,7 +80,7 @@ async fn until_waiting_for_approval(env: &mut TestEnv, op: &str) -> pb::Operatio
     }
 }
 
-fn error_of(op: &pb::Operation) -> Option<&pb::OperationError> {
+pub(crate) fn error_of(op: &pb::Operation) -> Option<&pb::OperationError> {
     match &op.result {
         Some(pb::operation::Result::Error(e)) => Some(e),
         _ => None,

@@ -372,6 +372,7 @@ impl TestEnv {
     /// Waits for the operation to finish (up to 60 s) and returns it.
     pub async fn wait(&mut self, name: &str) -> pb::Operation {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
         loop {
             let reply = self
                 .ops
@@ -382,16 +383,17 @@ impl TestEnv {
                 .await;
             match reply {
                 Ok(op) if op.get_ref().done => return op.into_inner(),
-                Ok(_) => {}
+                Ok(op) => last = Some(op.into_inner()),
                 // A freshly restarted process may not listen yet.
                 Err(e) if e.code() == tonic::Code::Unavailable => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(e) => panic!("wait operation {name}: {e:?}"),
             }
+            // What it was doing (and the last step error) says why it did not finish.
             assert!(
                 Instant::now() < deadline,
-                "operation {name} not done after 60 s"
+                "operation {name} not done after 60 s: {last:?}"
             );
         }
     }
