@@ -221,3 +221,76 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
     stop.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// A container as a build from before tenantd owned the fence left it: the example's
+/// versions 1–4 with their own fence (`tenant_write_fences`), none of tenantd's, and a fence
+/// that build set (a move in flight across the upgrade). This build lifts that fence, secures
+/// the container the first time it fences it, and moves it.
+#[tokio::test]
+async fn a_container_an_older_build_left_is_unfenced_secured_and_moved() {
+    use tenantd::dataplane::{Container, DataPlane, fence};
+    let mut env = TestEnv::start().await;
+    let t = env.provision("older-build", pb::Tier::Schema, "").await;
+    let id: uuid::Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    let pool = admin(&place.cluster, &place.database).await;
+    let s = &place.schema;
+    let tables = crate::harness::EXAMPLE_TABLES;
+    let mut strip = String::new();
+    for table in tables {
+        strip.push_str(&format!(
+            "DROP TRIGGER tenantd_write_fence ON \"{s}\".{table};\n"
+        ));
+    }
+    strip.push_str(&format!(
+        "DROP FUNCTION \"{s}\".tenantd_write_fence();
+         DROP TABLE \"{s}\".tenantd_write_fences;
+         INSERT INTO \"{s}\".tenant_write_fences (tenant_id, operation_id) VALUES ('{id}', '{id}');"
+    ));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(strip))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The older build's fence holds the application's writes.
+    let apps = crate::harness::AppConnector::new(&env);
+    let write = "UPDATE patients SET family_name = family_name";
+    let (mut conn, _) = apps.clone().connect(id).await.unwrap();
+    let e = sqlx::query(write).execute(&mut conn).await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), fence::SQLSTATE, "{e}");
+    // This build lifts it.
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
+    let main = dataplane.cluster("main").unwrap();
+    let c = Container::plan(id, tenantd::tenant::Tier::Schema, main);
+    assert!(fence::is_fenced(main, &c).await.unwrap());
+    fence::unfence(main, &c).await.unwrap();
+    assert!(!fence::is_fenced(main, &c).await.unwrap());
+    sqlx::query(write).execute(&mut conn).await.unwrap();
+    drop(conn);
+    // A move secures the container first and goes through; the new container has
+    // tenantd's fence on every table.
+    let op = env
+        .tenants
+        .change_tier(pb::ChangeTierRequest {
+            tenant: t.slug.clone(),
+            tier: pb::Tier::Database as i32,
+            cluster: "second".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, moved) = env.wait_tenant(&op.name).await;
+    let to = Place::of(&moved);
+    let fenced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND g.tgname = 'tenantd_write_fence'",
+    )
+    .bind(&to.schema)
+    .fetch_one(&admin(&to.cluster, &to.database).await)
+    .await
+    .unwrap();
+    assert_eq!(fenced as usize, tables.len());
+    let (mut conn, _) = apps.clone().connect(id).await.unwrap();
+    sqlx::query(write).execute(&mut conn).await.unwrap();
+}
