@@ -308,25 +308,25 @@ pub async fn grant_tables(
     .fetch_all(pool)
     .await
     .map_err(|e| cluster.err(e))?;
+    // Everything missing, in one transaction: one commit, not one per statement.
+    let mut stmts: Vec<Statement> = Vec::new();
     for (fences,) in ungranted {
-        cluster
-            .exec_serialised(
-                pool,
-                &lock,
-                Statement::new("GRANT SELECT ON TABLE ")
-                    .qualified(schema, &Ident::new(fences)?)
-                    .push(" TO ")
-                    .ident(role),
-            )
-            .await?;
+        stmts.push(
+            Statement::new("GRANT SELECT ON TABLE ")
+                .qualified(schema, &Ident::new(fences)?)
+                .push(" TO ")
+                .ident(role),
+        );
     }
     // USAGE on the container's sequences: a serial column's default calls nextval as the
     // application role (identity columns need no grant). Not SELECT: a pool sequence's
     // position would tell how many rows the other tenants wrote.
     let sequences: Vec<(String,)> = sqlx::query_as(
-        "SELECT c.relname::text FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $2
+        "SELECT c.relname::text FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+         -- The schema's relations through pg_depend's index (see tables::names_in).
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_class'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $2)
+           AND d.deptype = 'n'
            AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege($1, c.oid, 'USAGE')
                     ELSE false END
          ORDER BY 1",
@@ -344,34 +344,28 @@ pub async fn grant_tables(
             }
             stmt = stmt.qualified(schema, &Ident::new(seq)?);
         }
-        cluster
-            .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
-            .await?;
+        stmts.push(stmt.push(" TO ").ident(role));
     }
-    if granted {
-        return Ok(());
-    }
-    cluster
-        .exec_serialised(
-            pool,
-            &lock,
+    if !granted {
+        stmts.push(
             Statement::new("GRANT USAGE ON SCHEMA ")
                 .ident(schema)
                 .push(" TO ")
                 .ident(role),
-        )
-        .await?;
-    if tables.is_empty() {
+        );
+        if !tables.is_empty() {
+            let mut stmt = Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ");
+            for (i, table) in tables.iter().enumerate() {
+                if i > 0 {
+                    stmt = stmt.push(", ");
+                }
+                stmt = stmt.qualified(schema, table);
+            }
+            stmts.push(stmt.push(" TO ").ident(role));
+        }
+    }
+    if stmts.is_empty() {
         return Ok(());
     }
-    let mut stmt = Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ");
-    for (i, table) in tables.iter().enumerate() {
-        if i > 0 {
-            stmt = stmt.push(", ");
-        }
-        stmt = stmt.qualified(schema, table);
-    }
-    cluster
-        .exec_serialised(pool, &lock, stmt.push(" TO ").ident(role))
-        .await
+    cluster.exec_all_serialised(pool, &lock, stmts).await
 }

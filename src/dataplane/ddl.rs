@@ -212,28 +212,65 @@ fn column_line(col: &Column) -> String {
     line
 }
 
-/// Reads the DDL of the tenant tables of `schema` (parents first) and the types they use.
+/// Reads the DDL of the tenant tables of `schema` (parents first) and the types they use: a
+/// fixed number of set-based catalog queries, whatever the number of tables.
 pub async fn read(
     cluster: &Cluster,
     conn: &mut PgConnection,
     schema: &Ident,
 ) -> Result<Ddl, DataPlaneError> {
+    let err = |e| cluster.err(e);
     let names = super::tables::tenant_tables(cluster, &mut *conn, schema).await?;
-    let mut tables = Vec::new();
-    for name in &names {
-        let oid: Option<Oid> = sqlx::query_scalar(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-        )
-        .bind(schema.as_str())
-        .bind(name.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| cluster.err(e))?;
-        if let Some(oid) = oid {
-            tables.push(read_table(cluster, conn, oid, name.clone(), None).await?);
+    // Every table and partition of the schema, found through pg_depend's index (see
+    // tables::names_in), with its partition key, parent and bound.
+    let rels: Vec<RelRow> = sqlx::query_as(
+        "SELECT c.oid, c.relname::text,
+                CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
+                (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = c.oid
+                   AND c.relispartition),
+                CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END
+         FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_class'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+           AND d.deptype = 'n' AND c.relkind IN ('r', 'p')
+         ORDER BY c.relname",
+    )
+    .bind(schema.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    // The tenant tables and, recursively, their partitions.
+    let mut wanted: Vec<Oid> = rels
+        .iter()
+        .filter(|r| r.3.is_none() && names.iter().any(|n| n.as_str() == r.1))
+        .map(|r| r.0)
+        .collect();
+    let mut i = 0;
+    while i < wanted.len() {
+        let parent = wanted[i];
+        wanted.extend(rels.iter().filter(|r| r.3 == Some(parent)).map(|r| r.0));
+        i += 1;
+    }
+    let mut flat = read_tables(cluster, conn, &rels, &wanted).await?;
+    // Partitions under their parents, in name order (rels is sorted by name).
+    let parent_of: std::collections::HashMap<Oid, Oid> =
+        rels.iter().filter_map(|r| Some((r.0, r.3?))).collect();
+    for oid in wanted.iter().rev() {
+        if let Some(parent) = parent_of.get(oid) {
+            let child = flat.remove(oid).expect("read");
+            flat.get_mut(parent)
+                .expect("read")
+                .partitions
+                .insert(0, child);
         }
     }
+    let tables = names
+        .iter()
+        .filter_map(|n| {
+            let (oid, ..) = rels.iter().find(|r| r.3.is_none() && r.1 == n.as_str())?;
+            flat.remove(oid)
+        })
+        .collect();
     Ok(Ddl {
         types: read_types(cluster, conn, schema).await?,
         tables,
@@ -248,50 +285,42 @@ async fn read_types(
     schema: &Ident,
 ) -> Result<Vec<String>, DataPlaneError> {
     let err = |e| cluster.err(e);
-    let enums: Vec<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
-         FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-         JOIN pg_enum e ON e.enumtypid = t.oid
-         WHERE n.nspname = $1 AND t.typtype = 'e'
-         GROUP BY t.oid, t.typname ORDER BY t.oid",
+    // (name, 'e' or 'd', enum labels, domain base type, NOT NULL, default, constraints), in
+    // creation order, so that a domain over another domain follows it.
+    let types: Vec<TypeRow> = sqlx::query_as(
+        "SELECT t.typname::text, t.typtype::text,
+                ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid
+                      ORDER BY e.enumsortorder),
+                format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault,
+                ARRAY(SELECT format('CONSTRAINT %I %s', k.conname,
+                                    pg_get_constraintdef(k.oid, true))
+                      FROM pg_constraint k WHERE k.contypid = t.oid ORDER BY k.conname)
+         FROM pg_depend d JOIN pg_type t ON t.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_type'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+           AND d.deptype = 'n' AND t.typtype IN ('e', 'd')
+         ORDER BY t.typtype DESC, t.oid",
     )
     .bind(schema.as_str())
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;
     let mut out = Vec::new();
-    for (name, labels) in enums {
-        let labels = labels
-            .iter()
-            .map(|l| literal(l))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(format!(
-            "--\n-- Name: {name}; Type: TYPE\n--\n\nCREATE TYPE public.{} AS ENUM ({});\n\n",
-            Ident::new(name.clone())?,
-            labels.join(", ")
-        ));
-    }
-    // In creation order, so that a domain over another domain follows it.
-    let domains: Vec<DomainRow> = sqlx::query_as(
-        "SELECT t.typname::text, format_type(t.typbasetype, t.typtypmod), t.typnotnull,
-                t.typdefault,
-                coalesce(array_agg(format('CONSTRAINT %I %s', k.conname,
-                                          pg_get_constraintdef(k.oid, true))
-                                   ORDER BY k.conname)
-                         FILTER (WHERE k.oid IS NOT NULL), '{}')
-         FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-         LEFT JOIN pg_constraint k ON k.contypid = t.oid
-         WHERE n.nspname = $1 AND t.typtype = 'd'
-         GROUP BY t.oid ORDER BY t.oid",
-    )
-    .bind(schema.as_str())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
-    for (name, base, not_null, default, checks) in domains {
+    for (name, kind, labels, base, not_null, default, checks) in types {
+        let ident = Ident::new(name.clone())?;
+        if kind == "e" {
+            let labels = labels
+                .iter()
+                .map(|l| literal(l))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(format!(
+                "--\n-- Name: {name}; Type: TYPE\n--\n\nCREATE TYPE public.{ident} AS ENUM ({});\n\n",
+                labels.join(", ")
+            ));
+            continue;
+        }
         let mut def = format!(
-            "--\n-- Name: {name}; Type: DOMAIN\n--\n\nCREATE DOMAIN public.{} AS {base}",
-            Ident::new(name.clone())?
+            "--\n-- Name: {name}; Type: DOMAIN\n--\n\nCREATE DOMAIN public.{ident} AS {base}"
         );
         if let Some(d) = default {
             def.push_str(&format!(" DEFAULT {d}"));
@@ -309,107 +338,115 @@ async fn read_types(
     Ok(out)
 }
 
-/// (name, base type, NOT NULL, default, constraints) of a domain.
-type DomainRow = (String, String, bool, Option<String>, Vec<String>);
+/// (oid, name, partition key, parent, partition bound) of a table or partition.
+type RelRow = (Oid, String, Option<String>, Option<Oid>, Option<String>);
 
-type ColumnRow = (String, String, bool, Option<String>, String, String, bool);
+/// (name, kind, enum labels, domain base type, NOT NULL, default, constraints) of a type.
+type TypeRow = (
+    String,
+    String,
+    Vec<String>,
+    String,
+    bool,
+    Option<String>,
+    Vec<String>,
+);
 
-/// One table (or partition, with its parent and bound) and its partitions.
-fn read_table<'a>(
-    cluster: &'a Cluster,
-    conn: &'a mut PgConnection,
-    oid: Oid,
-    name: Ident,
-    partition_of: Option<(Ident, String)>,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<Table, DataPlaneError>> + Send + 'a>> {
-    Box::pin(async move {
-        let err = |e| cluster.err(e);
-        let columns: Vec<ColumnRow> = sqlx::query_as(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                    pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text, a.attidentity::text,
-                    EXISTS (SELECT 1 FROM pg_depend s
-                            JOIN pg_class q ON q.oid = s.objid AND q.relkind = 'S'
-                            WHERE s.refobjid = a.attrelid AND s.refobjsubid = a.attnum
-                              AND s.deptype IN ('a', 'i'))
-             FROM pg_attribute a
-             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        // Constraints a partition inherits from its parent come with PARTITION OF.
-        let constraints: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT conname::text, contype::text, pg_get_constraintdef(oid, true)
-             FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'p', 'u', 'f')
-               AND conparentid = 0 AND NOT (contype = 'c' AND coninhcount > 0)
-             ORDER BY contype DESC, conname",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        // Indexes of a partition that belong to a parent's index are built by the parent's.
-        let indexes: Vec<(String, bool, String)> = sqlx::query_as(
-            "SELECT i.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid)
-             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-             WHERE x.indrelid = $1 AND NOT i.relispartition AND NOT EXISTS (
-                 SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid
-                   AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u', 'x'))
-             ORDER BY i.relname",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        let owned: Vec<(String, String)> = sqlx::query_as(
-            "SELECT q.relname::text, a.attname::text FROM pg_depend s
-             JOIN pg_class q ON q.oid = s.objid AND q.relkind = 'S'
-             JOIN pg_attribute a ON a.attrelid = s.refobjid AND a.attnum = s.refobjsubid
-             WHERE s.refobjid = $1 AND s.deptype = 'a' ORDER BY a.attnum",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-        let (partition_key,): (Option<String>,) = sqlx::query_as(
-            "SELECT CASE WHEN relkind = 'p' THEN pg_get_partkeydef(oid) END
-             FROM pg_class WHERE oid = $1",
-        )
-        .bind(oid)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(err)?;
-        let children: Vec<(Oid, String, String)> = sqlx::query_as(
-            "SELECT c.oid, c.relname::text, pg_get_expr(c.relpartbound, c.oid)
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = $1 AND c.relispartition ORDER BY c.relname",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
+/// (table, name, type, NOT NULL, default, generated, identity, sequenced) of a column.
+type ColumnRow = (
+    Oid,
+    String,
+    String,
+    bool,
+    Option<String>,
+    String,
+    String,
+    bool,
+);
+
+/// (table, sequence, column, type, increment, min, max, start, cache, cycle) of a sequence a
+/// serial column owns.
+type SequenceRow = (Oid, String, String, String, i64, i64, i64, i64, i64, bool);
+
+/// The tables (and partitions) `wanted`, keyed by oid, partitions not attached yet.
+async fn read_tables(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    rels: &[RelRow],
+    wanted: &[Oid],
+) -> Result<std::collections::HashMap<Oid, Table>, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let columns: Vec<ColumnRow> = sqlx::query_as(
+        "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod),
+                a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text,
+                a.attidentity::text,
+                EXISTS (SELECT 1 FROM pg_depend s
+                        JOIN pg_class q ON q.oid = s.objid AND q.relkind = 'S'
+                        WHERE s.refobjid = a.attrelid AND s.refobjsubid = a.attnum
+                          AND s.deptype IN ('a', 'i'))
+         FROM pg_attribute a
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attrelid, a.attnum",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    // Constraints a partition inherits from its parent come with PARTITION OF.
+    let constraints: Vec<(Oid, String, String, String)> = sqlx::query_as(
+        "SELECT conrelid, conname::text, contype::text, pg_get_constraintdef(oid, true)
+         FROM pg_constraint WHERE conrelid = ANY($1) AND contype IN ('c', 'p', 'u', 'f')
+           AND conparentid = 0 AND NOT (contype = 'c' AND coninhcount > 0)
+         ORDER BY conrelid, contype DESC, conname",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    // Indexes of a partition that belong to a parent's index are built by the parent's.
+    let indexes: Vec<(Oid, String, bool, String)> = sqlx::query_as(
+        "SELECT x.indrelid, i.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid)
+         FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+         WHERE x.indrelid = ANY($1) AND NOT i.relispartition AND NOT EXISTS (
+             SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid
+               AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u', 'x'))
+         ORDER BY x.indrelid, i.relname",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    let sequences: Vec<SequenceRow> = sqlx::query_as(
+        "SELECT s.refobjid, q.relname::text, a.attname::text, format_type(p.seqtypid, NULL),
+                p.seqincrement, p.seqmin, p.seqmax, p.seqstart, p.seqcache, p.seqcycle
+         FROM pg_depend s
+         JOIN pg_class q ON q.oid = s.objid AND q.relkind = 'S'
+         JOIN pg_sequence p ON p.seqrelid = q.oid
+         JOIN pg_attribute a ON a.attrelid = s.refobjid AND a.attnum = s.refobjsubid
+         WHERE s.classid = 'pg_class'::regclass AND s.refclassid = 'pg_class'::regclass
+           AND s.refobjid = ANY($1) AND s.deptype = 'a'
+         ORDER BY s.refobjid, a.attnum",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    let mut out = std::collections::HashMap::new();
+    for &oid in wanted {
+        let (_, name, partition_key, parent, bound) =
+            rels.iter().find(|r| r.0 == oid).expect("wanted from rels");
+        let name = Ident::new(name.clone())?;
+        let partition_of = match (parent, bound) {
+            (Some(p), Some(bound)) => {
+                let parent = &rels.iter().find(|r| r.0 == *p).expect("parent in schema").1;
+                Some((Ident::new(parent.clone())?, bound.clone()))
+            }
+            _ => None,
+        };
         let mut t = Table {
-            columns: columns
-                .into_iter()
-                .map(
-                    |(name, sql_type, not_null, default, generated, identity, sequenced)| {
-                        let generated = (generated == "s").then(|| default.clone()).flatten();
-                        Ok(Column {
-                            name: Ident::new(name)?,
-                            sql_type,
-                            not_null,
-                            default: if generated.is_some() { None } else { default },
-                            generated,
-                            identity: identity.chars().next(),
-                            sequenced,
-                        })
-                    },
-                )
-                .collect::<Result<_, DataPlaneError>>()?,
-            partition_key,
+            columns: Vec::new(),
+            partition_key: partition_key.clone(),
             partition_of,
             checks: Vec::new(),
             keys: Vec::new(),
@@ -420,15 +457,33 @@ fn read_table<'a>(
             partitions: Vec::new(),
             name,
         };
-        for (name, kind, def) in constraints {
-            let name = Ident::new(name)?;
+        for (_, name, sql_type, not_null, default, generated, identity, sequenced) in
+            columns.iter().filter(|c| c.0 == oid)
+        {
+            let generated = (generated == "s").then(|| default.clone()).flatten();
+            t.columns.push(Column {
+                name: Ident::new(name.clone())?,
+                sql_type: sql_type.clone(),
+                not_null: *not_null,
+                default: if generated.is_some() {
+                    None
+                } else {
+                    default.clone()
+                },
+                generated,
+                identity: identity.chars().next(),
+                sequenced: *sequenced,
+            });
+        }
+        for (_, name, kind, def) in constraints.iter().filter(|c| c.0 == oid) {
+            let entry = (Ident::new(name.clone())?, def.clone());
             match kind.as_str() {
-                "c" => t.checks.push((name, def)),
-                "f" => t.foreign_keys.push((name, def)),
-                _ => t.keys.push((name, def)),
+                "c" => t.checks.push(entry),
+                "f" => t.foreign_keys.push(entry),
+                _ => t.keys.push(entry),
             }
         }
-        for (name, unique, def) in indexes {
+        for (_, name, unique, def) in indexes.iter().filter(|i| i.0 == oid) {
             // pg_get_indexdef always qualifies the table with the source schema (and says
             // ON ONLY for a partitioned one); keep the method and columns, name the
             // restored table.
@@ -437,42 +492,25 @@ fn read_table<'a>(
             })?;
             t.indexes.push(format!(
                 "CREATE {}INDEX {} ON public.{}{}",
-                if unique { "UNIQUE " } else { "" },
-                Ident::new(name)?,
+                if *unique { "UNIQUE " } else { "" },
+                Ident::new(name.clone())?,
                 t.name,
                 &def[using..]
             ));
         }
-        for (seq, col) in owned {
-            let seq = Ident::new(seq)?;
-            let col = Ident::new(col)?;
-            let options: (String, i64, i64, i64, i64, i64, bool) = sqlx::query_as(
-                "SELECT format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax,
-                        s.seqstart, s.seqcache, s.seqcycle
-                 FROM pg_sequence s JOIN pg_class q ON q.oid = s.seqrelid
-                 JOIN pg_depend d ON d.objid = q.oid AND d.deptype = 'a'
-                 WHERE d.refobjid = $1 AND q.relname = $2",
-            )
-            .bind(oid)
-            .bind(seq.as_str())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(err)?;
-            let (ty, increment, min, max, start, cache, cycle) = options;
+        for (_, seq, col, ty, increment, min, max, start, cache, cycle) in
+            sequences.iter().filter(|s| s.0 == oid)
+        {
+            let seq = Ident::new(seq.clone())?;
             t.owned_sequences.push(format!(
                 "--\n-- Name: {seq}; Type: SEQUENCE\n--\n\nCREATE SEQUENCE public.{seq} AS {ty} \
                  INCREMENT BY {increment} MINVALUE {min} MAXVALUE {max} START WITH {start} \
                  CACHE {cache}{};\n\n",
-                if cycle { " CYCLE" } else { "" }
+                if *cycle { " CYCLE" } else { "" }
             ));
-            t.owned.push((seq, col));
+            t.owned.push((seq, Ident::new(col.clone())?));
         }
-        for (child, child_name, bound) in children {
-            let child_name = Ident::new(child_name)?;
-            let parent = (t.name.clone(), bound);
-            let p = read_table(cluster, &mut *conn, child, child_name, Some(parent)).await?;
-            t.partitions.push(p);
-        }
-        Ok(t)
-    })
+        out.insert(oid, t);
+    }
+    Ok(out)
 }

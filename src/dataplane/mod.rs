@@ -344,16 +344,28 @@ impl Cluster {
         lock: &str,
         stmt: Statement,
     ) -> Result<(), DataPlaneError> {
+        self.exec_all_serialised(pool, lock, vec![stmt]).await
+    }
+
+    /// [`Self::exec_serialised`] for several statements, in one transaction (one commit).
+    pub async fn exec_all_serialised(
+        &self,
+        pool: &PgPool,
+        lock: &str,
+        stmts: Vec<Statement>,
+    ) -> Result<(), DataPlaneError> {
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(lock)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
-        sqlx::query(stmt.into_sql())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+        for stmt in stmts {
+            sqlx::query(stmt.into_sql())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
         tx.commit().await.map_err(|e| self.err(e))
     }
 
