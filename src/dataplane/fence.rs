@@ -1,17 +1,18 @@
 //! The write fence: while a tenant's data moves between containers, its application sessions
 //! may read but not write it.
 //!
-//! A fence is a row in the container's `tenantd_write_fences` table. A statement-level
-//! trigger on every tenant table refuses INSERT, UPDATE and DELETE by an application session
-//! whose `app.tenant_id` is fenced, with SQLSTATE [`SQLSTATE`]; sessions of the tables' owner
+//! A fence is a row in the container's fence table. A statement-level trigger on every
+//! tenant table refuses INSERT, UPDATE and DELETE by an application session whose
+//! `app.tenant_id` is fenced, with SQLSTATE [`SQLSTATE`]; sessions of the tables' owner
 //! (tenantd's own copy and cleanup) pass. Other tenants are never affected: the fence names
-//! one tenant. The table, the trigger function and the triggers are tenantd's, added to every
-//! container whatever its schema ([`super::isolation`]).
+//! one tenant. Every container has one, whatever its schema ([`super::isolation`] adds it):
+//! - tenantd's own ([`OWN`]: `tenantd_write_fences`, `tenantd_write_fence()`);
+//! - or, in a container made from the example schema, the fence its version 2 created
+//!   before tenantd added one ([`LEGACY`]: `tenant_write_fences`, `tenant_write_fence()`),
+//!   which does the same; tenantd keeps using it there and gives its trigger to every table.
 //!
-//! The example schema's version 2 made a fence of its own before tenantd did
-//! (`tenant_write_fences` and triggers `tenant_write_fence`); containers made from it keep
-//! those objects. tenantd writes fences only to its own table, but lifts a tenant's fence from
-//! both, so a fence set by an older build (a move in flight across the upgrade) is lifted too.
+//! A fence is written to the table in use ([`in_use`]) and lifted from every fence table the
+//! container has, so a fence set before a container changed fences is lifted too.
 //!
 //! Committing the fence row is not enough on its own: a transaction that wrote before the
 //! fence committed (or that holds a snapshot taken before it, in REPEATABLE READ) can still
@@ -49,17 +50,38 @@ impl Pause {
     }
 }
 
-/// tenantd's fence table in every container.
-pub const TABLE: &str = "tenantd_write_fences";
+/// One of the two fences a container can have: the table of fence rows, the trigger function
+/// that checks it, and the statement-level trigger (of the same name) on every tenant table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub table: &'static str,
+    pub function: &'static str,
+    pub trigger: &'static str,
+}
 
-/// The statement-level trigger on every tenant table that refuses a fenced tenant's writes.
-pub const TRIGGER: &str = "tenantd_write_fence";
+/// tenantd's own fence, which it adds to a container that has none.
+pub const OWN: Kind = Kind {
+    table: "tenantd_write_fences",
+    function: "tenantd_write_fence",
+    trigger: "tenantd_write_fence",
+};
 
-/// The trigger function it executes.
-pub const FUNCTION: &str = "tenantd_write_fence";
+/// The example schema's fence (its version 2), from before tenantd added its own: a container
+/// that has it keeps using it, and tenantd adds its trigger to tables that lack it.
+pub const LEGACY: Kind = Kind {
+    table: "tenant_write_fences",
+    function: "tenant_write_fence",
+    trigger: "tenant_write_fence",
+};
 
-/// The example schema's own fence table (its version 2), from before tenantd added one.
-pub const LEGACY_TABLE: &str = "tenant_write_fences";
+/// tenantd's fence table.
+pub const TABLE: &str = OWN.table;
+
+/// tenantd's fence trigger function.
+pub const FUNCTION: &str = OWN.function;
+
+/// The example's fence table.
+pub const LEGACY_TABLE: &str = LEGACY.table;
 
 /// Every table a fence row may be in: tenantd's, then the legacy one.
 pub const TABLES: &[&str] = &[TABLE, LEGACY_TABLE];
@@ -71,8 +93,47 @@ pub const SQLSTATE: &str = crate::sqlstate::FENCED;
 /// How long securing a container may wait for its migration lock or a table lock.
 const SECURE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn table() -> Ident {
-    Ident::from_static(TABLE)
+/// The fence `schema` uses, read on `conn`: tenantd's own once its table is there (a
+/// container can have both when a later version of a schema created the example's), else the
+/// example's when its table and function are, else none yet.
+pub async fn in_use(
+    cluster: &Cluster,
+    conn: &mut sqlx::PgConnection,
+    schema: &Ident,
+) -> Result<Option<Kind>, DataPlaneError> {
+    let (own, legacy): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2),
+                EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $3)
+                AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                            WHERE n.nspname = $1 AND p.proname = $4 AND p.pronargs = 0)",
+    )
+    .bind(schema.as_str())
+    .bind(OWN.table)
+    .bind(LEGACY.table)
+    .bind(LEGACY.function)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    Ok(if own {
+        Some(OWN)
+    } else if legacy {
+        Some(LEGACY)
+    } else {
+        None
+    })
+}
+
+/// [`in_use`] for `c` (none if its database is gone).
+async fn in_use_by(cluster: &Cluster, c: &Container) -> Result<Option<Kind>, DataPlaneError> {
+    if !cluster.database_exists(&c.database).await? {
+        return Ok(None);
+    }
+    let mut conn = cluster
+        .database(&c.database)
+        .acquire()
+        .await
+        .map_err(|e| cluster.err(e))?;
+    in_use(cluster, &mut conn, &c.schema).await
 }
 
 /// The fence tables `c` has (none if its schema or database is gone).
@@ -109,21 +170,13 @@ async fn tables_on(
         .collect()
 }
 
-/// Whether the container has tenantd's fence table.
-async fn has_table(cluster: &Cluster, c: &Container) -> Result<bool, DataPlaneError> {
-    Ok(tables_in(cluster, c)
-        .await?
-        .iter()
-        .any(|t| t.as_str() == TABLE))
-}
-
-/// Why `c`'s writes cannot be fenced, if they cannot: the fence table is missing, or a
-/// tenant table lacks the fence trigger (its writes would go on during a move and be lost).
+/// Why `c`'s writes cannot be fenced, if they cannot: there is no fence table, or a tenant
+/// table lacks the fence's trigger (its writes would go on during a move and be lost).
 /// `None`: every tenant table is fenced by the trigger.
 pub async fn missing(cluster: &Cluster, c: &Container) -> Result<Option<String>, DataPlaneError> {
-    if !has_table(cluster, c).await? {
+    let Some(kind) = in_use_by(cluster, c).await? else {
         return Ok(Some(format!("no {TABLE} table")));
-    }
+    };
     let db = cluster.database(&c.database);
     let tables = super::tables::tenant_tables(cluster, &db, &c.schema).await?;
     let unfenced: Vec<(String,)> = sqlx::query_as(
@@ -135,13 +188,13 @@ pub async fn missing(cluster: &Cluster, c: &Container) -> Result<Option<String>,
     )
     .bind(c.schema.as_str())
     .bind(tables.iter().map(Ident::as_str).collect::<Vec<_>>())
-    .bind(TRIGGER)
+    .bind(kind.trigger)
     .fetch_all(&db)
     .await
     .map_err(|e| cluster.err(e))?;
     Ok((!unfenced.is_empty()).then(|| {
         let names: Vec<String> = unfenced.into_iter().map(|(t,)| t).collect();
-        format!("no {TRIGGER} trigger on {}", names.join(", "))
+        format!("no {} trigger on {}", kind.trigger, names.join(", "))
     }))
 }
 
@@ -164,8 +217,11 @@ pub async fn fence(
 ) -> Result<(), DataPlaneError> {
     let db = cluster.database(&c.database);
     super::isolation::secure(cluster, &db, &c.schema, SECURE_LOCK_TIMEOUT).await?;
+    let kind = in_use_by(cluster, c).await?.ok_or_else(|| {
+        DataPlaneError::Invariant(format!("{} has no write fence", c.schema.as_str()))
+    })?;
     let stmt = Statement::new("INSERT INTO ")
-        .qualified(&c.schema, &table())
+        .qualified(&c.schema, &Ident::from_static(kind.table))
         .push(" (tenant_id, operation_id) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING");
     sqlx::query(stmt.into_sql())
         .bind(c.tenant_id)

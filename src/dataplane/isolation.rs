@@ -4,17 +4,19 @@
 //! policies and statement triggers):
 //! - row-level security enabled and forced, with the policy `tenant_isolation`
 //!   ([`POLICY_USING`]: the tenant in `app.tenant_id` sees and writes only its own rows);
-//! - the write fence: the `tenantd_write_fences` table, the `tenantd_write_fence()` trigger
-//!   function and a statement-level trigger of that name ([`super::fence`]).
+//! - the write fence ([`super::fence`]): in a container without one, the `tenantd_write_fences`
+//!   table and the `tenantd_write_fence()` trigger function; then the fence's statement-level
+//!   trigger on every table.
 //!
 //! The migrator runs [`ensure`] in the transaction that applies new versions, after them, so
 //! a table, partition or column a later version adds is covered before any session sees it;
 //! the tier change and the in-place restore run it again before they fence ([`secure`]), so
 //! a trigger dropped or disabled by hand is back before a move relies on it. Only what is
 //! missing is written: on a container that has it all, `ensure` is one catalog read (the
-//! shared pool is secured once, not once per tenant). A schema that creates these itself
-//! (the example's early versions create RLS and their own fence) loses nothing: what it made
-//! is left as it is, and only tenantd's pieces are added next to it.
+//! shared pool is secured once, not once per tenant). A schema that creates these itself is
+//! left as it is: the example's early versions create RLS, the policies and a fence of their
+//! own, and tenantd's step adds nothing to their containers but the fence's trigger on a
+//! table a later version adds.
 
 use sqlx::{PgConnection, PgPool};
 
@@ -69,52 +71,56 @@ pub async fn ensure(
     schema: &Ident,
 ) -> Result<bool, DataPlaneError> {
     let err = |e| cluster.err(e);
-    let (has_table, function_ok): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = $1 AND c.relname = $2),
-                EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                        WHERE n.nspname = $1 AND p.proname = $3 AND p.pronargs = 0
-                          AND p.prosrc = $4 AND NOT p.prosecdef AND p.proconfig IS NOT NULL)",
-    )
-    .bind(schema.as_str())
-    .bind(fence::TABLE)
-    .bind(fence::FUNCTION)
-    .bind(FENCE_BODY)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(err)?;
     let mut ddl: Vec<Statement> = Vec::new();
-    let fences = Ident::from_static(fence::TABLE);
-    if !has_table {
-        ddl.push(
-            Statement::new("CREATE TABLE ")
-                .qualified(schema, &fences)
-                .push(
-                    " (tenant_id uuid PRIMARY KEY, operation_id uuid NOT NULL, \
-                     fenced_at timestamptz NOT NULL DEFAULT now())",
-                ),
-        );
-        // Application roles read their own tenant's fence (the trigger runs as them).
-        ddl.push(
-            Statement::new("ALTER TABLE ")
-                .qualified(schema, &fences)
-                .push(" ENABLE ROW LEVEL SECURITY"),
-        );
-        ddl.push(
-            Statement::new("CREATE POLICY tenant_isolation ON ")
-                .qualified(schema, &fences)
-                .push(" FOR SELECT USING (")
-                .push(POLICY_USING)
-                .push(")"),
-        );
-    }
+    let kind = match fence::in_use(cluster, &mut *conn, schema).await? {
+        Some(kind) => kind,
+        None => {
+            let fences = Ident::from_static(fence::OWN.table);
+            ddl.push(
+                Statement::new("CREATE TABLE ")
+                    .qualified(schema, &fences)
+                    .push(
+                        " (tenant_id uuid PRIMARY KEY, operation_id uuid NOT NULL, \
+                         fenced_at timestamptz NOT NULL DEFAULT now())",
+                    ),
+            );
+            // Application roles read their own tenant's fence (the trigger runs as them).
+            ddl.push(
+                Statement::new("ALTER TABLE ")
+                    .qualified(schema, &fences)
+                    .push(" ENABLE ROW LEVEL SECURITY"),
+            );
+            ddl.push(
+                Statement::new("CREATE POLICY tenant_isolation ON ")
+                    .qualified(schema, &fences)
+                    .push(" FOR SELECT USING (")
+                    .push(POLICY_USING)
+                    .push(")"),
+            );
+            fence::OWN
+        }
+    };
+    // tenantd's function is kept as tenantd writes it; the example's is the schema's own.
+    let function_ok: bool = kind != fence::OWN
+        || sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                            WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs = 0
+                              AND p.prosrc = $3 AND NOT p.prosecdef
+                              AND p.proconfig IS NOT NULL)",
+        )
+        .bind(schema.as_str())
+        .bind(fence::OWN.function)
+        .bind(FENCE_BODY)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
     if !function_ok {
         // The path is pinned to the container (and pg_temp last, so a session cannot shadow
         // the fence table with a temporary one); a rename of the schema carries it along
         // (staging rewrites function paths).
         ddl.push(
             Statement::new("CREATE OR REPLACE FUNCTION ")
-                .qualified(schema, &Ident::from_static(fence::FUNCTION))
+                .qualified(schema, &Ident::from_static(fence::OWN.function))
                 .push("() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER SET search_path = ")
                 .ident(schema)
                 .push(", pg_temp AS $tenantd$")
@@ -132,8 +138,12 @@ pub async fn ensure(
                 EXISTS (SELECT 1 FROM pg_trigger g
                         WHERE g.tgrelid = c.oid AND g.tgname = $4
                           AND g.tgenabled = 'D') AS trigger_disabled
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2)
+         FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+         -- The schema's relations through pg_depend's index (see tables::names_in).
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_class'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+           AND d.deptype = 'n'
+           AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2)
            AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
                          AND a.attname = 'tenant_id' AND NOT a.attisdropped)
            AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
@@ -146,7 +156,7 @@ pub async fn ensure(
     .bind(schema.as_str())
     .bind(super::tables::NOT_TENANT_DATA)
     .bind(POLICY)
-    .bind(fence::TRIGGER)
+    .bind(kind.trigger)
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;
@@ -170,29 +180,36 @@ pub async fn ensure(
                     .push(")"),
             );
         }
+        let trigger = Ident::from_static(kind.trigger);
         if t.no_trigger {
             ddl.push(
-                Statement::new(
-                    "CREATE TRIGGER tenantd_write_fence BEFORE INSERT OR UPDATE OR DELETE ON ",
-                )
-                .qualified(schema, &table)
-                .push(" FOR EACH STATEMENT EXECUTE FUNCTION ")
-                .qualified(schema, &Ident::from_static(fence::FUNCTION))
-                .push("()"),
+                Statement::new("CREATE TRIGGER ")
+                    .ident(&trigger)
+                    .push(" BEFORE INSERT OR UPDATE OR DELETE ON ")
+                    .qualified(schema, &table)
+                    .push(" FOR EACH STATEMENT EXECUTE FUNCTION ")
+                    .qualified(schema, &Ident::from_static(kind.function))
+                    .push("()"),
             );
         }
         if t.trigger_disabled {
-            ddl.push(alter().push(" ENABLE TRIGGER tenantd_write_fence"));
+            ddl.push(alter().push(" ENABLE TRIGGER ").ident(&trigger));
         }
     }
-    let wrote = !ddl.is_empty();
-    for stmt in ddl {
-        sqlx::query(stmt.into_sql())
-            .execute(&mut *conn)
-            .await
-            .map_err(err)?;
+    if ddl.is_empty() {
+        return Ok(false);
     }
-    Ok(wrote)
+    // One round trip for all of it (simple query protocol: several statements, no
+    // parameters), inside the caller's transaction.
+    let mut all = Statement::new("");
+    for stmt in ddl {
+        all = all.append(stmt).push(";\n");
+    }
+    sqlx::raw_sql(all.into_sql())
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(true)
 }
 
 /// [`ensure`] on its own, under the container's migration lock, then the grants of the roles

@@ -594,9 +594,10 @@ fn scope(deps: &Context, state: &State, key: &KeyEvidence, now: DateTime<Utc>) -
     if state.tier == Tier::Pool {
         scope.push(format!(
             "A deletion fence row (tenant id and this operation's id, no tenant data) stays in \
-             pool.{} on cluster {} so that no application session can write under this \
-             tenant id again.",
-            fence::TABLE,
+             the write-fence table of schema pool ({} or {}) on cluster {} so that no \
+             application session can write under this tenant id again.",
+            fence::OWN.table,
+            fence::LEGACY.table,
             state.cluster
         ));
     }

@@ -121,9 +121,23 @@ where
         .collect()
 }
 
+/// The tenant's fence rows at `place`, in every fence table there (tenantd's, the example's).
 async fn fences(place: &Place, tenant: Uuid) -> i64 {
-    let sql = "SELECT count(*) FROM S.tenantd_write_fences WHERE tenant_id = $1";
-    column_at::<i64>(place, sql, tenant).await[0]
+    let pool = admin(&place.cluster, &place.database).await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1
+           AND tablename IN ('tenant_write_fences', 'tenantd_write_fences')",
+    )
+    .bind(&place.schema)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut n = 0;
+    for table in tables {
+        let sql = format!("SELECT count(*) FROM S.{table} WHERE tenant_id = $1");
+        n += column_at::<i64>(place, &sql, tenant).await[0];
+    }
+    n
 }
 
 async fn credentials(env: &TestEnv, tenant: Uuid) -> i64 {
@@ -551,17 +565,17 @@ async fn the_fence_stops_only_the_fenced_tenants_writes_and_waits_out_older_ones
         .execute(&mut other)
         .await
         .unwrap();
-    let e = sqlx::query("DELETE FROM tenantd_write_fences")
+    let e = sqlx::query("DELETE FROM tenant_write_fences")
         .execute(&mut other)
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e}");
-    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenantd_write_fences")
+    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenant_write_fences")
         .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(visible, 1, "A sees its own fence");
-    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenantd_write_fences")
+    let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenant_write_fences")
         .fetch_one(&mut other)
         .await
         .unwrap();

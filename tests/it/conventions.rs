@@ -298,8 +298,8 @@ async fn a_fence_trigger_dropped_or_disabled_by_hand_is_back_before_a_fence() {
     let place = crate::harness::Place::of(&t);
     let pool = admin(&place.cluster, &place.database).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TRIGGER tenantd_write_fence ON \"{s}\".clinical_notes;
-         ALTER TABLE \"{s}\".patients DISABLE TRIGGER tenantd_write_fence;",
+        "DROP TRIGGER tenant_write_fence ON \"{s}\".clinical_notes;
+         ALTER TABLE \"{s}\".patients DISABLE TRIGGER tenant_write_fence;",
         s = place.schema
     )))
     .execute(&pool)

@@ -251,7 +251,7 @@ async fn the_restored_copy_is_complete_and_fenced_by_its_own_fence_table() {
     let pool = admin("main", &place.database).await;
     let (config,): (Vec<String>,) = sqlx::query_as(
         "SELECT p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = $1 AND p.proname = 'tenantd_write_fence'",
+         WHERE n.nspname = $1 AND p.proname = 'tenant_write_fence'",
     )
     .bind(&place.schema)
     .fetch_one(&pool)
@@ -259,7 +259,7 @@ async fn the_restored_copy_is_complete_and_fenced_by_its_own_fence_table() {
     .unwrap();
     assert_eq!(config, [format!("search_path={}, pg_temp", place.schema)]);
     let fence = format!(
-        "INSERT INTO \"{}\".tenantd_write_fences (tenant_id, operation_id) VALUES ($1, $1)",
+        "INSERT INTO \"{}\".tenant_write_fences (tenant_id, operation_id) VALUES ($1, $1)",
         place.schema
     );
     sqlx::query(sqlx::AssertSqlSafe(fence))
@@ -688,7 +688,7 @@ async fn a_cancelled_restore_changes_nothing() {
     let pool = admin(&place.cluster, &place.database).await;
     let (staging, fenced): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1),
-                (SELECT count(*) FROM app.tenantd_write_fences)",
+                (SELECT count(*) FROM app.tenant_write_fences)",
     )
     .bind(format!("restore_{}", id.simple()))
     .fetch_one(&pool)

@@ -197,7 +197,7 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
                 (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy p
                  WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'),
                 EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid
-                          AND g.tgname = 'tenantd_write_fence' AND g.tgenabled = 'O')
+                          AND g.tgname = 'tenant_write_fence' AND g.tgenabled = 'O')
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relname = 'care_teams'",
     )
@@ -222,12 +222,12 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
     run.await.unwrap().unwrap();
 }
 
-/// A container as a build from before tenantd owned the fence left it: the example's
-/// versions 1–4 with their own fence (`tenant_write_fences`), none of tenantd's, and a fence
-/// that build set (a move in flight across the upgrade). This build lifts that fence, secures
-/// the container the first time it fences it, and moves it.
+/// A container made from the example keeps the example's own fence (`tenant_write_fences`,
+/// as every build before tenantd owned the fence made it): tenantd adds no second fence
+/// there. A fence an older build set (a move in flight across the upgrade) is lifted, and a
+/// move fences and goes through as before.
 #[tokio::test]
-async fn a_container_an_older_build_left_is_unfenced_secured_and_moved() {
+async fn an_example_container_keeps_its_own_fence_and_an_older_builds_fence_is_lifted() {
     use tenantd::dataplane::{Container, DataPlane, fence};
     let mut env = TestEnv::start().await;
     let t = env.provision("older-build", pb::Tier::Schema, "").await;
@@ -236,21 +236,24 @@ async fn a_container_an_older_build_left_is_unfenced_secured_and_moved() {
     let pool = admin(&place.cluster, &place.database).await;
     let s = &place.schema;
     let tables = crate::harness::EXAMPLE_TABLES;
-    let mut strip = String::new();
-    for table in tables {
-        strip.push_str(&format!(
-            "DROP TRIGGER tenantd_write_fence ON \"{s}\".{table};\n"
-        ));
-    }
-    strip.push_str(&format!(
-        "DROP FUNCTION \"{s}\".tenantd_write_fence();
-         DROP TABLE \"{s}\".tenantd_write_fences;
-         INSERT INTO \"{s}\".tenant_write_fences (tenant_id, operation_id) VALUES ('{id}', '{id}');"
-    ));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(strip))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (own, legacy_triggers): (bool, i64) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1
+                          AND tablename = 'tenantd_write_fences'),
+                (SELECT count(*) FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND g.tgname = 'tenant_write_fence')",
+    )
+    .bind(s)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((own, legacy_triggers as usize), (false, tables.len()));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{s}\".tenant_write_fences (tenant_id, operation_id) VALUES ('{id}', '{id}')"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     // The older build's fence holds the application's writes.
     let apps = crate::harness::AppConnector::new(&env);
     let write = "UPDATE patients SET family_name = family_name";
@@ -266,8 +269,8 @@ async fn a_container_an_older_build_left_is_unfenced_secured_and_moved() {
     assert!(!fence::is_fenced(main, &c).await.unwrap());
     sqlx::query(write).execute(&mut conn).await.unwrap();
     drop(conn);
-    // A move secures the container first and goes through; the new container has
-    // tenantd's fence on every table.
+    // A move fences it with the same fence and goes through; the new container has the
+    // fence's trigger on every table.
     let op = env
         .tenants
         .change_tier(pb::ChangeTierRequest {
@@ -279,12 +282,13 @@ async fn a_container_an_older_build_left_is_unfenced_secured_and_moved() {
         .await
         .unwrap()
         .into_inner();
-    let (_, moved) = env.wait_tenant(&op.name).await;
+    let (done, moved) = env.wait_tenant(&op.name).await;
+    assert!(done.metadata.is_some());
     let to = Place::of(&moved);
     let fenced: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND g.tgname = 'tenantd_write_fence'",
+         WHERE n.nspname = $1 AND g.tgname = 'tenant_write_fence'",
     )
     .bind(&to.schema)
     .fetch_one(&admin(&to.cluster, &to.database).await)
