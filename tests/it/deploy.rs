@@ -204,4 +204,47 @@ fn the_dockerfile_builds_every_target_cargo_knows() {
             "bench {name} is not stubbed in deploy/Dockerfile"
         );
     }
+    // Every file the sources embed (include_str!, e.g. the example tenant schema) is copied
+    // into the build stage, or the release build fails in the image only.
+    let build = dockerfile
+        .split("\nFROM ")
+        .find(|s| s.contains(" AS build"))
+        .unwrap();
+    let copied: Vec<&str> = build
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("src")];
+    while let Some(dir) = sources.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources.push(path);
+                continue;
+            }
+            let text = read(&path);
+            // Unit tests are not built into the image.
+            let built = text.split("#[cfg(test)]").next().unwrap();
+            for embedded in built.split("include_str!(").skip(1) {
+                let literal = embedded.trim_start().trim_start_matches('"');
+                let relative = literal.split('"').next().unwrap();
+                let file = path.parent().unwrap().join(relative);
+                let file = file.canonicalize().unwrap();
+                let top = file
+                    .strip_prefix(root.canonicalize().unwrap())
+                    .unwrap()
+                    .components()
+                    .next()
+                    .unwrap();
+                let top = top.as_os_str().to_str().unwrap();
+                assert!(
+                    copied.contains(&top),
+                    "{} embeds {relative}, but deploy/Dockerfile does not COPY {top}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
