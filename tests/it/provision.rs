@@ -133,10 +133,12 @@ async fn schema_tier_gets_its_own_schema_and_role() {
     assert!(!owns_any_table("main", "tenants", &own).await);
     assert_eq!(footprint(&t.id, "main").await.schemas, 1);
 
-    // Privileges on its own schema only.
+    // Privileges on its own schema only (and none on the pool's, if another test made it).
     let pool = admin("main", "tenants").await;
     let (own_usage, pool_usage): (bool, bool) = sqlx::query_as(
-        "SELECT has_schema_privilege($1, $1, 'USAGE'), has_schema_privilege($1, 'pool', 'USAGE')",
+        "SELECT has_schema_privilege($1, $1, 'USAGE'),
+                coalesce((SELECT has_schema_privilege($1, oid, 'USAGE') FROM pg_namespace
+                          WHERE nspname = 'pool'), false)",
     )
     .bind(&own)
     .fetch_one(&pool)
