@@ -25,3 +25,4 @@ mod rollout;
 mod sqlstate;
 mod tables;
 mod tenant_schema;
+mod upgrade;
