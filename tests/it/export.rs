@@ -3,7 +3,6 @@
 //! wrong keys and a crash in the middle of the upload.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tenantd::api::pb;
 use tenantd::archive::ArchiveReader;
@@ -12,7 +11,7 @@ use tenantd::blobs::ObjectKey;
 use tenantd::workflow::failpoint::EXIT_CODE;
 use uuid::Uuid;
 
-use crate::harness::{Place, TestEnv, admin, cluster_url, fill, snapshot};
+use crate::harness::{Place, TestEnv, admin, fill, psql, snapshot};
 
 /// Starts an export of `tenant` (with `request_id`, if not empty); the operation.
 pub async fn start_export(env: &mut TestEnv, tenant: &str, request_id: &str) -> pb::Operation {
@@ -79,21 +78,12 @@ pub async fn download(env: &mut TestEnv, name: &str) -> Result<PathBuf, String> 
 /// Restores `sql` with psql into a new empty database on `main`; where the rows landed.
 pub fn restore(sql: &Path) -> Place {
     let db = format!("restore_{}", Uuid::new_v4().simple());
-    let psql = |dbname: &str, args: &[&str]| {
-        let out = Command::new("psql")
-            .arg(cluster_url("main", dbname))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .args(args)
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    psql("postgres", &["-c", &format!("CREATE DATABASE {db}")]);
-    psql(&db, &["-f", sql.to_str().unwrap()]);
+    psql(
+        "main",
+        "postgres",
+        &["-c", &format!("CREATE DATABASE {db}")],
+    );
+    psql("main", &db, &["-f", sql.to_str().unwrap()]);
     Place {
         cluster: "main".into(),
         database: db,

@@ -6,7 +6,6 @@
 //! runs every workflow on them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use uuid::Uuid;
 
@@ -14,7 +13,7 @@ use tenantd::api::pb;
 use tenantd::config::KeysConfig;
 use tenantd::tenant_schema::TenantSchema;
 
-use crate::harness::{AppConnector, Place, TestEnv, cluster_url, snapshot};
+use crate::harness::{AppConnector, Place, TestEnv, snapshot};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,18 +23,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Runs a fixture file with psql against `db` on the main test cluster.
 fn psql(db: &str, file: &Path) {
-    let out = Command::new("psql")
-        .arg(cluster_url("main", db))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
-        .arg(file)
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::psql("main", db, &["-f", file.to_str().unwrap()]);
 }
 
 #[tokio::test]

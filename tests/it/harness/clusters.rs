@@ -54,6 +54,22 @@ pub fn cluster_url(cluster: &str, db: &str) -> String {
     }
 }
 
+/// Runs the real psql as the superuser on `db` of `cluster` with `args`, stopping at the
+/// first error; panics with psql's message if it fails.
+pub fn psql(cluster: &str, db: &str, args: &[&str]) {
+    let out = std::process::Command::new("psql")
+        .arg(cluster_url(cluster, db))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A superuser pool on `db` of `cluster` (bypasses RLS: for setting up and inspecting).
 pub async fn admin(cluster: &str, db: &str) -> PgPool {
     PgPoolOptions::new()
