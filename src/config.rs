@@ -31,6 +31,9 @@ pub struct Config {
     pub aws: AwsConfig,
     #[serde(default)]
     pub deletion: DeletionConfig,
+    /// Logins issued to applications (docs/credentials.md).
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
     /// Who may call (docs/security.md).
     #[serde(default)]
     pub auth: AuthConfig,
@@ -119,6 +122,35 @@ impl Default for ServerConfig {
         ServerConfig {
             max_request_bytes: default_max_request_bytes(),
             max_call_seconds: default_max_call_seconds(),
+        }
+    }
+}
+
+/// Logins issued to applications (docs/credentials.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// How often each replica drops expired and revoked logins (and ends their sessions).
+    #[serde(default = "default_reap_interval_seconds")]
+    pub reap_interval_seconds: u64,
+    /// The most sessions one issued login may hold at once.
+    #[serde(default = "default_login_connection_limit")]
+    pub connection_limit: u32,
+}
+
+fn default_reap_interval_seconds() -> u64 {
+    10
+}
+
+fn default_login_connection_limit() -> u32 {
+    20
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            reap_interval_seconds: default_reap_interval_seconds(),
+            connection_limit: default_login_connection_limit(),
         }
     }
 }
@@ -389,6 +421,18 @@ impl Config {
             crate::sql::Ident::new(c.shared_database.clone())
                 .map_err(|e| ConfigError::Invalid(format!("cluster {}: {e}", c.name)))?;
         }
+        if !(1..=3600).contains(&self.credentials.reap_interval_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "credentials.reap_interval_seconds must be 1 to 3600, got {}",
+                self.credentials.reap_interval_seconds
+            )));
+        }
+        if !(1..=10_000).contains(&self.credentials.connection_limit) {
+            return Err(ConfigError::Invalid(format!(
+                "credentials.connection_limit must be 1 to 10000, got {}",
+                self.credentials.connection_limit
+            )));
+        }
         if !KEY_PENDING_DAYS.contains(&self.deletion.key_pending_days) {
             return Err(ConfigError::Invalid(format!(
                 "deletion.key_pending_days must be 7 to 30, got {}",
@@ -619,9 +663,36 @@ mod tests {
                     subject: "CN=x".into(),
                     name: "x".into(),
                     role: Role::Viewer,
+                    tenants: None,
                 })
             },
             "tls.client_ca_file",
+        );
+        refused(
+            &|c| {
+                c.auth.tokens.push(TokenConfig {
+                    name: "console".into(),
+                    role: Role::Viewer,
+                    sha256: "0".repeat(64),
+                    tenants: Some("region=eu".into()),
+                })
+            },
+            "only role \"application\"",
+        );
+        refused(
+            &|c| {
+                c.auth.tokens.push(TokenConfig {
+                    name: "app".into(),
+                    role: Role::Application,
+                    sha256: "0".repeat(64),
+                    tenants: Some("region".into()),
+                })
+            },
+            "not key=value",
+        );
+        refused(
+            &|c| c.credentials.reap_interval_seconds = 0,
+            "reap_interval_seconds",
         );
         refused(&|c| c.server.max_request_bytes = 10, "max_request_bytes");
         for origin in ["*", "console.example.com", "https://console.example.com/"] {

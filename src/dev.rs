@@ -84,6 +84,7 @@ pub async fn start(
         },
         aws: Default::default(),
         deletion: Default::default(),
+        credentials: Default::default(),
         auth: Default::default(),
         tls: None,
         server: Default::default(),

@@ -23,6 +23,15 @@ pub enum Error {
         operation: Option<Uuid>,
     },
 
+    /// The caller may not act on this resource (e.g. a token limited to other tenants).
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// A concurrent change got in the way (the tenant moved while a credential was issued):
+    /// retrying the call succeeds.
+    #[error("{0}")]
+    Aborted(String),
+
     #[error("unavailable: {0}")]
     Unavailable(String),
 
@@ -116,6 +125,22 @@ impl From<crate::keys::KeyError> for Error {
                 }
             }
             KeyError::Config(_) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Data-plane statements made for a call (not a workflow step): transient failures are
+/// UNAVAILABLE, a data plane not in a state to proceed is FAILED_PRECONDITION.
+impl From<crate::dataplane::DataPlaneError> for Error {
+    fn from(e: crate::dataplane::DataPlaneError) -> Self {
+        use crate::dataplane::DataPlaneError;
+        match e {
+            e if e.is_transient() => Error::Unavailable(e.to_string()),
+            DataPlaneError::Precondition(reason) => Error::FailedPrecondition {
+                reason,
+                operation: None,
+            },
+            e => Error::Internal(e.to_string()),
         }
     }
 }

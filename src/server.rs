@@ -285,6 +285,11 @@ pub async fn run(
     if let Err(e) = crate::workflows::key_backfill::enqueue_backfill(&deps).await {
         tracing::warn!(error = %e, "key backfill not enqueued; will retry at next start");
     }
+    // Expired and revoked logins go, on every replica (they share the work).
+    tokio::spawn(crate::credentials::reap(
+        deps.clone(),
+        shutdown.child_token(),
+    ));
     let control = Control::new(deps, events);
 
     let (health, health_service) = tonic_health::server::health_reporter();

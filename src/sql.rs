@@ -113,6 +113,11 @@ impl Statement {
         self.0.push_str(&literal(value)?);
         Ok(self)
     }
+    /// An integer where the grammar wants a number, not a string (`CONNECTION LIMIT 20`).
+    pub fn integer(mut self, value: i64) -> Self {
+        self.0.push_str(&value.to_string());
+        self
+    }
     /// A definition PostgreSQL printed (`pg_get_indexdef`, `pg_get_constraintdef`) for an
     /// object tenantd's own migrations created in a container tenantd controls, to build the
     /// same object again (a restore's staging tables). Never text from a request or an archive.

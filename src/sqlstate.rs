@@ -32,6 +32,9 @@ pub enum Class {
     /// The object a statement named no longer exists: database (3D000), schema (3F000) or
     /// table (42P01), e.g. dropped by another tenant's operation while a scan ran.
     Gone,
+    /// 2BP01: a role or object still owns or holds something (DROP ROLE of a role that owns
+    /// objects in some database).
+    StillReferenced,
     /// Anything else (including errors that are not from the server).
     Other,
 }
@@ -70,6 +73,7 @@ pub fn classify(e: &sqlx::Error) -> Class {
         "42710" | "42P04" | "42P06" | "42P07" => Class::DuplicateObject,
         FENCED => Class::Fenced,
         "3D000" | "3F000" | "42P01" => Class::Gone,
+        "2BP01" => Class::StillReferenced,
         "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" => Class::Transient,
         c if c.starts_with("08") || c.starts_with("53") => Class::Transient,
         // Two sessions changing one catalog row at once (e.g. concurrent GRANTs on the shared

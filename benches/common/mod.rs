@@ -27,6 +27,10 @@ use tenantd::dev::DevStack;
 pub struct Running {
     pub stack: DevStack,
     pub clients: Clients,
+    /// tenantd's gRPC address (`http://…`), for benches that open connections of their own.
+    #[allow(dead_code)] // each bench uses its own subset
+    pub addr: String,
+    token: String,
     state_dir: PathBuf,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), tenantd::server::ServerError>>,
@@ -42,6 +46,7 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
         name: "bench".into(),
         role: tenantd::auth::Role::Admin,
         sha256: tenantd::auth::token_hash(&token),
+        tenants: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
@@ -58,6 +63,8 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
         }
     };
     Ok(Running {
+        addr,
+        token,
         stack,
         clients: Clients {
             tenants: TenantServiceClient::new(channel.clone()),
@@ -71,6 +78,14 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
         shutdown,
         server,
     })
+}
+
+impl Running {
+    /// `channel` calling as the bench's admin.
+    #[allow(dead_code)] // each bench uses its own subset
+    pub fn with_token(&self, channel: Channel) -> anyhow::Result<AuthChannel> {
+        Ok(with_token(channel, Bearer::new(Some(&self.token))?))
+    }
 }
 
 /// The `p` quantile (0–1) of sorted durations.

@@ -45,11 +45,7 @@ where
     F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<R, Status>>,
 {
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("call reached a handler without admission"))?;
+    let caller = caller(&request)?;
     let body = request.into_inner();
     let subject = body.subject();
     let request_id = crate::audit::printable(body.request_id(), 128);
@@ -69,6 +65,15 @@ where
     };
     control.record_audit(event, &subject).await?;
     result.map(Response::new)
+}
+
+/// Who made the call, as admission recorded it.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("call reached a handler without admission"))
 }
 
 /// The canonical gRPC name of a status code.
@@ -104,6 +109,22 @@ impl Outcome for pb::Operation {
     }
 }
 
+/// Who got which login until when; never the password.
+impl Outcome for pb::Credentials {
+    fn detail(&self) -> String {
+        format!("login {} until {}", self.username, self.expire_time)
+    }
+    fn tenant_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.route.as_ref()?.tenant_id).ok()
+    }
+}
+
+impl Outcome for pb::RevokeCredentialsResponse {
+    fn detail(&self) -> String {
+        format!("{} login(s) revoked", self.revoked)
+    }
+}
+
 impl Outcome for pb::Tenant {
     fn detail(&self) -> String {
         format!("tenants/{}", self.id)
@@ -130,6 +151,8 @@ audited_by! {
     pb::CreateTenantRequest => Tenant(slug), request_id;
     pb::UpdateTenantRequest => Tenant(tenant);
     pb::ChangeTierRequest => Tenant(tenant), request_id;
+    pb::IssueCredentialsRequest => Tenant(tenant);
+    pb::RevokeCredentialsRequest => Tenant(tenant);
     pb::CancelOperationRequest => Operation(name);
     pb::ExportTenantRequest => Tenant(tenant), request_id;
     pb::ReadExportRequest => Export(name);

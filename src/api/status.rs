@@ -49,6 +49,8 @@ impl From<Error> for Status {
                     ErrorDetails::with_precondition_failure_violation(kind, subject, reason),
                 )
             }
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "request failed: unavailable");
                 Status::unavailable("service temporarily unavailable; retry")

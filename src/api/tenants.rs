@@ -2,14 +2,14 @@
 
 use tonic::{Request, Response, Status};
 
-use super::audit::audited;
+use super::audit::{audited, caller};
 use super::convert;
 use super::convert::{tier_from, tier_to, time};
 use super::pb;
 use crate::error::Error;
 use crate::registry::tenants::TenantChanges;
-use crate::service::Route;
 use crate::service::{Control, RequestId};
+use crate::service::{Route, connection_uri};
 use crate::tenant::{self, Slug, Tenant, TenantState, Tier};
 use crate::tenant::{NewTenant, TenantRef};
 use std::collections::BTreeMap;
@@ -98,8 +98,57 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::ResolveTenantRequest>,
     ) -> Result<Response<pb::TenantRoute>, Status> {
+        let caller = caller(&request)?;
         let r = TenantRef::parse("tenant", &request.into_inner().tenant)?;
-        Ok(Response::new(self.control.resolve_tenant(&r).await?.into()))
+        let route = self.control.resolve_tenant(&caller.principal, &r).await?;
+        Ok(Response::new(route.into()))
+    }
+
+    async fn issue_credentials(
+        &self,
+        request: Request<pb::IssueCredentialsRequest>,
+    ) -> Result<Response<pb::Credentials>, Status> {
+        let caller = caller(&request)?;
+        audited(&self.control, request, |r| async move {
+            let tenant = TenantRef::parse("tenant", &r.tenant)?;
+            let ttl = match r.ttl_seconds {
+                0 => None,
+                s => Some(u64::try_from(s).map_err(|_| {
+                    Error::invalid("ttl_seconds", format!("must not be negative, got {s}"))
+                })?),
+            };
+            let ttl = crate::credentials::ttl(ttl)?;
+            let (issued, route) = self
+                .control
+                .issue_credentials(&caller.principal, &tenant, ttl)
+                .await?;
+            Ok(pb::Credentials {
+                connection_uri: connection_uri(&issued.username, &issued.password, &route),
+                expire_time: time(issued.expires_at),
+                username: issued.username,
+                password: issued.password,
+                route: Some(route.into()),
+            })
+        })
+        .await
+    }
+
+    async fn revoke_credentials(
+        &self,
+        request: Request<pb::RevokeCredentialsRequest>,
+    ) -> Result<Response<pb::RevokeCredentialsResponse>, Status> {
+        let caller = caller(&request)?;
+        audited(&self.control, request, |r| async move {
+            let tenant = TenantRef::parse("tenant", &r.tenant)?;
+            let revoked = self
+                .control
+                .revoke_credentials(&caller.principal, &tenant)
+                .await?;
+            Ok(pb::RevokeCredentialsResponse {
+                revoked: i32::try_from(revoked).unwrap_or(i32::MAX),
+            })
+        })
+        .await
     }
 }
 
@@ -235,7 +284,7 @@ impl From<Route> for pb::TenantRoute {
             role: r.tenant.placement.role.unwrap_or_default(),
             session_settings: r.session_settings.into_iter().collect(),
             routing_epoch: r.tenant.routing_epoch,
-            credential_ref: r.credential_ref.unwrap_or_default(),
+            credential_ref: String::new(),
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct TokenConfig {
     pub role: Role,
     /// Hex SHA-256 of the token. The token itself is never in the configuration.
     pub sha256: String,
+    /// Only for role `application`: the tenants it may reach, by label (`region=eu`,
+    /// comma-separated pairs that must all match). Unset: every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,6 +49,9 @@ pub struct CertificateConfig {
     pub subject: String,
     pub name: String,
     pub role: Role,
+    /// As for a token: only for role `application`, the tenants it may reach by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<String>,
 }
 
 impl AuthConfig {

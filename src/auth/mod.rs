@@ -38,13 +38,22 @@ pub enum Role {
     Compliance,
     /// Read-only consoles and dashboards.
     Viewer,
+    /// The SaaS application itself: where a tenant lives and a login to it, nothing else.
+    /// A token may be limited to the tenants whose labels match a selector.
+    Application,
 }
 
 /// One kind of thing a call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
-    /// Registry reads: tenants, routes, operations, export metadata, the signing key.
+    /// Registry reads: tenants, operations, export metadata, the signing key.
     Read,
+    /// Where a tenant lives (ResolveTenant).
+    Resolve,
+    /// A short-lived login to a tenant's data (IssueCredentials).
+    IssueCredentials,
+    /// Ending a tenant's issued logins now (RevokeCredentials).
+    RevokeCredentials,
     /// Waiting on and streaming an operation.
     Watch,
     Create,
@@ -67,10 +76,15 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Billing => matches!(p, Read | Watch | Create | ChangeTier),
-            // Watch too: compliance starts exports and deletions and must see them finish.
-            Role::Compliance => matches!(p, Read | Watch | Export | Delete | Certificates | Audit),
-            Role::Viewer => p == Read,
+            Role::Billing => matches!(p, Read | Resolve | Watch | Create | ChangeTier),
+            // Watch too: compliance starts exports and deletions and must see them finish;
+            // and it can end a tenant's logins in an incident, never obtain one.
+            Role::Compliance => matches!(
+                p,
+                Read | Resolve | Watch | Export | Delete | Certificates | Audit | RevokeCredentials
+            ),
+            Role::Viewer => matches!(p, Read | Resolve),
+            Role::Application => matches!(p, Resolve | IssueCredentials),
         }
     }
 
@@ -80,6 +94,7 @@ impl Role {
             Role::Billing => "billing",
             Role::Compliance => "compliance",
             Role::Viewer => "viewer",
+            Role::Application => "application",
         }
     }
 }
@@ -117,7 +132,10 @@ pub fn access(path: &str) -> Option<Access> {
             return Some(Access::Authenticated);
         }
         (TENANTS, "CreateTenant") => Create,
-        (TENANTS, "GetTenant" | "ListTenants" | "ResolveTenant") => Read,
+        (TENANTS, "GetTenant" | "ListTenants") => Read,
+        (TENANTS, "ResolveTenant") => Resolve,
+        (TENANTS, "IssueCredentials") => IssueCredentials,
+        (TENANTS, "RevokeCredentials") => RevokeCredentials,
         (TENANTS, "UpdateTenant") => Update,
         (TENANTS, "ChangeTier") => ChangeTier,
         (OPERATIONS, "GetOperation" | "ListOperations") => Read,
@@ -151,6 +169,84 @@ pub struct Principal {
     pub name: String,
     pub role: Role,
     pub via: Via,
+    /// The tenants it may reach, when its token or certificate is limited to some.
+    pub tenants: Option<LabelSelector>,
+}
+
+impl Principal {
+    /// Refuses (PERMISSION_DENIED) a tenant outside the principal's selector.
+    pub fn may_reach(&self, tenant: &crate::tenant::Tenant) -> Result<(), crate::error::Error> {
+        match &self.tenants {
+            Some(selector) if !selector.matches(&tenant.labels) => {
+                Err(crate::error::Error::PermissionDenied(format!(
+                    "{} may reach only tenants labelled {selector}; tenant {} is not",
+                    self.name, tenant.slug
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Tenants by label: `key=value` pairs, comma-separated, all of which must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector(Vec<(String, String)>);
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut pairs = Vec::new();
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let (k, v) = (k.trim(), v.trim());
+            let ok = |t: &str| {
+                !t.is_empty()
+                    && t.len() <= 63
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+            };
+            if !ok(k) || !ok(v) {
+                return Err(format!(
+                    "{part:?}: keys and values are 1 to 63 of [A-Za-z0-9._/-]"
+                ));
+            }
+            pairs.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(LabelSelector(pairs))
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// The selector an `[auth]` entry names, checked: only application principals can be
+/// limited (the other roles' calls are not scoped to one tenant each).
+fn selector(
+    what: &str,
+    name: &str,
+    role: Role,
+    tenants: &Option<String>,
+) -> Result<Option<LabelSelector>, InvalidAuthConfig> {
+    let Some(s) = tenants else {
+        return Ok(None);
+    };
+    if role != Role::Application {
+        return Err(InvalidAuthConfig(format!(
+            "{what} {name:?}: only role \"application\" can be limited to tenants"
+        )));
+    }
+    LabelSelector::parse(s)
+        .map(Some)
+        .map_err(|m| InvalidAuthConfig(format!("{what} {name:?}: tenants: {m}")))
 }
 
 /// Who called which method: put in every request's extensions by the [`layer`], read by the
@@ -215,6 +311,7 @@ impl Authenticator {
                 name: t.name.clone(),
                 role: t.role,
                 via: Via::Token,
+                tenants: selector("auth.tokens", &t.name, t.role, &t.tenants)?,
             };
             if auth.tokens.insert(hash, principal).is_some() {
                 return Err(invalid(format!(
@@ -235,6 +332,7 @@ impl Authenticator {
                 name: c.name.clone(),
                 role: c.role,
                 via: Via::Certificate,
+                tenants: selector("auth.certificates", &c.name, c.role, &c.tenants)?,
             };
             if auth.subjects.insert(c.subject.clone(), principal).is_some() {
                 return Err(invalid(format!(
@@ -248,6 +346,7 @@ impl Authenticator {
                 name: "anonymous".into(),
                 role: Role::Admin,
                 via: Via::Nobody,
+                tenants: None,
             });
         }
         Ok(auth)
@@ -372,6 +471,7 @@ mod tests {
                     name: (*name).into(),
                     role: *role,
                     sha256: token_hash(token),
+                    tenants: None,
                 })
                 .collect(),
             ..Default::default()
@@ -438,6 +538,7 @@ mod tests {
                 name: "console".into(),
                 role: Role::Viewer,
                 via: Via::Certificate,
+                tenants: None,
             },
         );
         let get = "/tenantd.v1.TenantService/GetTenant";

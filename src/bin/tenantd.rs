@@ -79,6 +79,10 @@ enum TokenCommand {
         name: String,
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Only with --role application: the tenants it may reach, by label
+        /// (`region=eu`; comma-separated pairs that must all match).
+        #[arg(long)]
+        tenants: Option<String>,
     },
 }
 
@@ -88,7 +92,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
         "billing" => Ok(Role::Billing),
         "compliance" => Ok(Role::Compliance),
         "viewer" => Ok(Role::Viewer),
-        _ => Err("one of admin, billing, compliance, viewer".into()),
+        "application" => Ok(Role::Application),
+        _ => Err("one of admin, billing, compliance, viewer, application".into()),
     }
 }
 
@@ -135,12 +140,17 @@ async fn main() -> anyhow::Result<()> {
             };
             dev(state_dir, listen, pg_port, options, shutdown).await?
         }
-        Command::Token(TokenCommand::New { name, role }) => {
+        Command::Token(TokenCommand::New {
+            name,
+            role,
+            tenants,
+        }) => {
             let token = tenantd::auth::new_token();
             let entry = TokenConfig {
                 name,
                 role,
                 sha256: tenantd::auth::token_hash(&token),
+                tenants,
             };
             tenantd::auth::Authenticator::new(&AuthConfig {
                 tokens: vec![entry.clone()],
@@ -149,8 +159,15 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("token (shown once; give it to the caller, keep it out of logs):");
             println!("{token}");
             eprintln!(
-                "\nadd to the configuration:\n\n[[auth.tokens]]\nname = {:?}\nrole = \"{}\"\nsha256 = \"{}\"",
-                entry.name, entry.role, entry.sha256
+                "\nadd to the configuration:\n\n[[auth.tokens]]\nname = {:?}\nrole = \"{}\"\nsha256 = \"{}\"{}",
+                entry.name,
+                entry.role,
+                entry.sha256,
+                entry
+                    .tenants
+                    .as_ref()
+                    .map(|t| format!("\ntenants = {t:?}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -190,6 +207,7 @@ async fn dev(
             name: "dev-admin".into(),
             role: Role::Admin,
             sha256: tenantd::auth::token_hash(&token),
+            tenants: None,
         });
         format!(
             "admin token {token}\n(kept in {}; tenantctl reads it from there)",

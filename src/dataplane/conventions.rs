@@ -11,7 +11,8 @@
 //!   foreign key includes it: no key spans tenants, and the pool's shared tables stay one
 //!   index range per tenant;
 //! - a version does not turn row-level security off on a table tenantd secured (DISABLE or
-//!   NO FORCE), does not write its own `tenant_isolation` policy differently from tenantd's,
+//!   NO FORCE), does not write its own `tenant_isolation` policy differently from tenantd's
+//!   (its current form or the earlier one, which tenantd then replaces),
 //!   and adds no other permissive policy (one would widen what a tenant sees). RLS, the
 //!   policy and the write fence are tenantd's to add ([`super::isolation`]), after each version
 //!   here as in every real container, so a schema needs none of it;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
 
-use super::isolation::POLICY_USING;
+use super::isolation::{Canonical, POLICY_USING};
 use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 use crate::tenant_schema::{Migration, TenantSchema};
@@ -88,7 +89,7 @@ async fn try_once(
             .await
             .map_err(err)?;
     }
-    let canonical = canonical_policy(cluster, &mut tx).await?;
+    let canonical = super::isolation::canonical(cluster).await?;
     let before = outside(cluster, &mut tx, &scratch).await?;
     for m in schema.migrations() {
         let refuse = |reason: String| ConventionError::Refused {
@@ -111,7 +112,7 @@ async fn try_once(
             return Err(refuse(reason));
         }
         if let Some(reason) =
-            tables_break_rules(cluster, &mut tx, &scratch, &canonical, &secured).await?
+            tables_break_rules(cluster, &mut tx, &scratch, canonical, &secured).await?
         {
             return Err(refuse(reason));
         }
@@ -122,35 +123,6 @@ async fn try_once(
     // Dropping the transaction rolls back the scratch schema and everything in it.
     drop(tx);
     Ok(())
-}
-
-/// The deparsed USING and WITH CHECK of tenantd's policy, as this server prints them.
-async fn canonical_policy(
-    cluster: &Cluster,
-    conn: &mut PgConnection,
-) -> Result<(String, String), DataPlaneError> {
-    let err = |e| cluster.err(e);
-    let probe = format!(
-        "CREATE TABLE tenantd_policy_probe (tenant_id uuid NOT NULL);
-         CREATE POLICY tenant_isolation ON tenantd_policy_probe FOR ALL
-             USING ({POLICY_USING}) WITH CHECK ({POLICY_USING});"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(probe))
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
-    let canonical: (String, String) = sqlx::query_as(
-        "SELECT pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-         FROM pg_policy p WHERE p.polrelid = 'tenantd_policy_probe'::regclass",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(err)?;
-    sqlx::raw_sql("DROP TABLE tenantd_policy_probe")
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
-    Ok(canonical)
 }
 
 /// Every object outside `scratch` that no extension owns (and every role, event trigger and
@@ -256,7 +228,7 @@ async fn tables_break_rules(
     cluster: &Cluster,
     conn: &mut PgConnection,
     scratch: &Ident,
-    (using, check): &(String, String),
+    canonical: &Canonical,
     secured: &[sqlx::postgres::types::Oid],
 ) -> Result<Option<String>, DataPlaneError> {
     let err = |e| cluster.err(e);
@@ -301,8 +273,12 @@ async fn tables_break_rules(
              FROM t JOIN pg_policy p ON p.polrelid = t.oid
              WHERE p.polname = 'tenant_isolation'
                AND NOT (p.polpermissive AND p.polcmd = '*'
-                        AND pg_get_expr(p.polqual, p.polrelid) IS NOT DISTINCT FROM $3
-                        AND pg_get_expr(p.polwithcheck, p.polrelid) IS NOT DISTINCT FROM $4)
+                        AND ((pg_get_expr(p.polqual, p.polrelid) IS NOT DISTINCT FROM $3
+                              AND pg_get_expr(p.polwithcheck, p.polrelid) IS NOT DISTINCT FROM $4)
+                             -- The earlier form (the example's version 1): ensure replaces it.
+                             OR (pg_get_expr(p.polqual, p.polrelid) IS NOT DISTINCT FROM $9
+                                 AND pg_get_expr(p.polwithcheck, p.polrelid)
+                                     IS NOT DISTINCT FROM $10)))
          UNION ALL
          SELECT 7, format('policy %s on table %s is permissive: it widens what a tenant sees \
                         (make it AS RESTRICTIVE)', p.polname, t.name)
@@ -331,12 +307,14 @@ async fn tables_break_rules(
     )
     .bind(scratch.as_str())
     .bind(super::tables::NOT_TENANT_DATA)
-    .bind(using)
-    .bind(check)
+    .bind(&canonical.using)
+    .bind(&canonical.check)
     .bind(POLICY_USING)
     .bind(super::fence::FUNCTION)
     .bind(super::isolation::FENCE_BODY)
     .bind(secured)
+    .bind(&canonical.previous_using)
+    .bind(&canonical.previous_check)
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;

@@ -428,8 +428,8 @@ pub async fn own_schemas(
     Ok(out)
 }
 
-/// Looks for the tenant's own schemas in every tenant-data database, and for its database and
-/// role, on `cluster`.
+/// Looks for the tenant's own schemas in every tenant-data database, and for its database,
+/// role and issued logins, on `cluster`.
 pub async fn catalog_checks(
     cluster: &Cluster,
     tenant_id: Uuid,
@@ -476,6 +476,21 @@ pub async fn catalog_checks(
             .await?;
         }
     }
+    // The logins issued to it ([`super::logins`]), by their names' prefix.
+    let prefix = format!("{}{}_", super::logins::PREFIX, tenant_id.simple());
+    let query = "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)";
+    let (found,): (i64,) = sqlx::query_as(query)
+        .bind(&prefix)
+        .fetch_one(&mut *admin)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    out.push(CatalogCheck {
+        cluster: cluster.name.clone(),
+        database: admin_db,
+        query: query.to_owned(),
+        bound: vec![prefix],
+        found: found as u64,
+    });
     Ok(out)
 }
 

@@ -57,6 +57,8 @@ pub struct Kind {
     pub table: &'static str,
     pub function: &'static str,
     pub trigger: &'static str,
+    /// The trigger function's body, as tenantd writes it (for this kind's table).
+    pub body: &'static str,
 }
 
 /// tenantd's own fence, which it adds to a container that has none.
@@ -64,14 +66,17 @@ pub const OWN: Kind = Kind {
     table: "tenantd_write_fences",
     function: "tenantd_write_fence",
     trigger: "tenantd_write_fence",
+    body: super::isolation::fence_body!("tenantd_write_fences"),
 };
 
 /// The example schema's fence (its version 2), from before tenantd added its own: a container
-/// that has it keeps using it, and tenantd adds its trigger to tables that lack it.
+/// that has it keeps using its table, and tenantd keeps its function as tenantd writes it and
+/// adds its trigger to tables that lack it.
 pub const LEGACY: Kind = Kind {
     table: "tenant_write_fences",
     function: "tenant_write_fence",
     trigger: "tenant_write_fence",
+    body: super::isolation::fence_body!("tenant_write_fences"),
 };
 
 /// tenantd's fence table.
@@ -164,10 +169,7 @@ async fn tables_on(
     .fetch_all(conn)
     .await
     .map_err(|e| cluster.err(e))?;
-    names
-        .into_iter()
-        .map(|(n,)| Ident::new(n).map_err(DataPlaneError::from))
-        .collect()
+    super::idents(names)
 }
 
 /// Why `c`'s writes cannot be fenced, if they cannot: there is no fence table, or a tenant

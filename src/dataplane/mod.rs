@@ -17,6 +17,7 @@ pub mod erasure;
 pub mod fence;
 pub mod isolation;
 pub mod load;
+pub mod logins;
 pub mod pool;
 pub mod roles;
 pub mod schema;
@@ -77,6 +78,14 @@ pub(crate) fn converged(created: Result<(), DataPlaneError>) -> Result<(), DataP
     }
 }
 
+/// Names read from a catalog, as validated identifiers.
+pub(crate) fn idents(names: Vec<(String,)>) -> Result<Vec<Ident>, DataPlaneError> {
+    names
+        .into_iter()
+        .map(|(n,)| Ident::new(n).map_err(DataPlaneError::from))
+        .collect()
+}
+
 /// The object a statement named no longer exists (database, schema or table), e.g. dropped
 /// by another tenant's operation while a scan ran.
 pub fn is_gone(e: &sqlx::Error) -> bool {
@@ -94,6 +103,8 @@ pub struct Cluster {
     base: PgConnectOptions,
     admin: PgPool,
     databases: Mutex<HashMap<String, PgPool>>,
+    /// How this server prints tenantd's policies ([`isolation::canonical`]).
+    canonical_policy: tokio::sync::OnceCell<isolation::Canonical>,
 }
 
 impl Cluster {
@@ -126,6 +137,7 @@ impl Cluster {
             base,
             admin,
             databases: Mutex::new(HashMap::new()),
+            canonical_policy: tokio::sync::OnceCell::new(),
         })
     }
 

@@ -12,7 +12,7 @@ use super::{Cluster, DataPlaneError};
 use crate::sql::{Ident, Statement};
 
 /// Attributes every application role has: it can never own, bypass RLS or escalate.
-const SAFE_ATTRIBUTES: &str =
+pub(super) const SAFE_ATTRIBUTES: &str =
     " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
 
 /// Creates `role` if missing and (re)sets its attributes and password. A shared NOLOGIN role

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod events;
 pub mod exports;
 pub mod leases;
+pub mod logins;
 pub mod operations;
 pub mod rollouts;
 pub mod tenant_schema;

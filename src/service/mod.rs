@@ -3,6 +3,7 @@
 //! in workflows.
 
 mod audit;
+mod credentials;
 mod deletions;
 mod enqueue;
 mod exports;
@@ -12,6 +13,7 @@ mod rollouts;
 mod tenants;
 
 pub use audit::AuditReport;
+pub use credentials::connection_uri;
 pub use deletions::{CertificateRef, DeletionRequest};
 pub use enqueue::{RequestId, request_hash};
 pub use exports::{ExportRead, ExportView};

@@ -3,6 +3,7 @@
 
 use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
 use super::{Control, OperationView};
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::paging;
 use crate::registry::tenants::{TenantChanges, TenantFilter};
@@ -16,7 +17,6 @@ pub struct Route {
     pub host: String,
     pub port: u16,
     pub session_settings: Vec<(String, String)>,
-    pub credential_ref: Option<String>,
 }
 
 impl Control {
@@ -128,28 +128,26 @@ impl Control {
         self.registry().update_tenant(tenant.id, &changes).await
     }
 
-    pub async fn resolve_tenant(&self, r: &TenantRef) -> Result<Route> {
+    /// Where `principal` (allowed to reach the tenant) connects to it.
+    pub async fn resolve_tenant(&self, principal: &Principal, r: &TenantRef) -> Result<Route> {
         let tenant = self.registry().get_tenant(r).await?;
+        principal.may_reach(&tenant)?;
         tenant.ensure_active()?;
-        let cluster = self
-            .deps
-            .dataplane
-            .cluster(&tenant.placement.cluster)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.route(tenant)
+    }
+
+    /// The route to an active tenant.
+    pub(super) fn route(&self, tenant: Tenant) -> Result<Route> {
+        let cluster = self.deps.dataplane.cluster(&tenant.placement.cluster)?;
         let mut session_settings = vec![("app.tenant_id".to_owned(), tenant.id.to_string())];
         if let Some(schema) = &tenant.placement.schema {
             session_settings.push(("search_path".to_owned(), schema.clone()));
         }
-        let credential_ref = match (tenant.tier, &tenant.placement.role) {
-            (Tier::Pool, _) | (_, None) => None,
-            (_, Some(role)) => Some(format!("tenantd:credentials/{}/{role}", tenant.id)),
-        };
         Ok(Route {
             host: cluster.public_host.clone(),
             port: cluster.public_port,
             tenant,
             session_settings,
-            credential_ref,
         })
     }
 }

@@ -9,7 +9,7 @@
 //!   and the source cluster's admin role can see the transactions the fence must wait for.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
-//!   role. A tenant that already has its own login role keeps its password.
+//!   role (a tenant's own role on the target cluster, as a group role that never logs in).
 //! - `fence` fences the tenant's writes in the source and waits out the transactions that
 //!   began before the fence ([`crate::dataplane::fence`]). From here reads go on, writes get
 //!   SQLSTATE TF001.
@@ -19,8 +19,10 @@
 //!   This is the point of no return (`ROLL_FORWARD_FROM`): later steps are retried until they
 //!   succeed, and cancellation is no longer honoured.
 //! - `unfence` lifts the fence on the target: the write pause ends.
-//! - `cleanup` removes the source (pool: batched deletes; schema, database: drop). The source
-//!   stays fenced until it is gone, so a client on a stale route cannot write there. Then a
+//! - `cleanup` ends the logins issued for the source (before the switch's routing epoch;
+//!   `crate::credentials`), then removes the source (pool: batched deletes; schema, database:
+//!   drop). The source stays fenced until it is gone, so a client on a stale route cannot
+//!   write there. Then a
 //!   schema or database target behind the fleet's tenant-schema version (a rollout started
 //!   during the move) is migrated to it (docs/rollouts.md).
 //!
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::credentials;
+use crate::credentials::{self, Revoke};
 use crate::dataplane::copy::{self, TableDigest};
 use crate::dataplane::{
     Cluster, Container, DataPlaneError, backend, catalog, erasure, fence, tables,
@@ -207,6 +209,11 @@ impl Workflow for ChangeTier {
             }
             Step::Cleanup => {
                 let e = both_ends(state)?;
+                // Logins issued for the source stop before it goes: they never write where
+                // the tenant no longer lives (the source is fenced until then).
+                let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
+                credentials::revoke(deps, tenant_id, Revoke::IssuedBefore(tenant.routing_epoch))
+                    .await?;
                 backend(e.src.tier)
                     .destroy(e.src_cluster, &e.src, e.shared_role)
                     .await?;

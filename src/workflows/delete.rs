@@ -12,7 +12,8 @@
 //! - `delete_data` deletes the tenant's rows wherever the scan finds them outside its own
 //!   containers (the pool, or a leftover anywhere), in batches, children first; then drops its
 //!   own containers on every cluster (schema, database with sessions forced off, restore
-//!   leftovers) and its role, and its sealed credentials in the registry.
+//!   leftovers) and its role, and its sealed credentials in the registry. Before any of it, the
+//!   logins issued to it on every cluster are dropped and their sessions ended.
 //! - `delete_objects` aborts incomplete uploads and deletes every object under
 //!   `tenants/<tenant>/`.
 //! - `delete_key` schedules the deletion of the tenant key (window: request or
@@ -41,6 +42,7 @@ use crate::certificate::{
     ObjectEvidence, RequestFacts, TenantFacts, Verification,
 };
 use crate::context::Context;
+use crate::credentials::{self, Revoke};
 use crate::dataplane::erasure::{self, CatalogCheck, TableCount};
 use crate::dataplane::{Cluster, Container, backend, fence, roles};
 use crate::error::Error;
@@ -276,6 +278,11 @@ async fn delete_data(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
     let own = erasure::own_names(cx.tenant_id()?);
     let is_own = |name: &str| own.iter().any(|n| n.as_str() == name);
     let mut dropped = Vec::new();
+    // Its logins first: no session of the tenant outlives its data.
+    let logins = credentials::revoke(deps, cx.tenant_id()?, Revoke::All).await?;
+    if logins > 0 {
+        dropped.push(format!("{logins} issued login(s)"));
+    }
     for cluster in deps.dataplane.clusters() {
         // Rows outside the tenant's own containers: the pool, or a leftover anywhere. Scanned
         // again rather than taken from the inventory: a retried step must see what is left.

@@ -84,7 +84,7 @@ async fn crash_at_every_boundary(slug: &str, tier: pb::Tier, cluster: &str) {
         expected,
         "exactly one container, no leftovers"
     );
-    // One tenant, one operation, one credential at most in the registry.
+    // One tenant, one operation, and no password in the registry (tenant roles never log in).
     let (tenants_n, ops_n, creds_n): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM tenants), (SELECT count(*) FROM operations),
                 (SELECT count(*) FROM tenant_credentials)",
@@ -93,7 +93,7 @@ async fn crash_at_every_boundary(slug: &str, tier: pb::Tier, cluster: &str) {
     .await
     .unwrap();
     assert_eq!((tenants_n, ops_n), (1, 1));
-    assert_eq!(creds_n, if tier == pb::Tier::Pool { 0 } else { 1 });
+    assert_eq!(creds_n, 0);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod change_tier;
 mod conventions;
 mod copy;
 mod crash;
+mod credentials;
 mod delete;
 mod deploy;
 mod engine;

@@ -1,9 +1,8 @@
 //! Provisioning in every tier, end to end, checked in the data plane.
 
 use tenantd::api::pb;
-use tenantd::keys::local::LocalKeys;
 
-use crate::harness::{TestEnv, admin, footprint};
+use crate::harness::{AppConnector, TestEnv, admin, footprint, login};
 
 async fn rls_flags(cluster: &str, db: &str, schema: &str) -> Vec<(String, bool, bool, i64)> {
     let pool = admin(cluster, db).await;
@@ -75,7 +74,7 @@ async fn pool_tier_shares_tables_under_forced_rls() {
     );
     assert!(!owns_any_table("main", "tenants", "tenantd_pool_app").await);
 
-    // The policy uses the InitPlan form.
+    // The policy binds a login to its tenant, in the InitPlan form.
     let pool = admin("main", "tenants").await;
     let (qual,): (String,) = sqlx::query_as(
         "SELECT qual FROM pg_policies WHERE schemaname = 'pool' AND tablename = 'patients'",
@@ -83,10 +82,7 @@ async fn pool_tier_shares_tables_under_forced_rls() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(
-        qual.contains("SELECT (current_setting('app.tenant_id'::text, true))::uuid"),
-        "{qual}"
-    );
+    assert_eq!(qual, crate::harness::POLICY_DEPARSED);
 
     // Reference data was seeded for this tenant only.
     let (n,): (i64,) =
@@ -129,7 +125,8 @@ async fn schema_tier_gets_its_own_schema_and_role() {
     );
 
     assert_all_tables_forced_rls(&rls_flags("main", "tenants", &own).await);
-    assert_eq!(role_attributes("main", &own).await, (false, false, true));
+    // A group role: applications log in with issued logins that are its members.
+    assert_eq!(role_attributes("main", &own).await, (false, false, false));
     assert!(!owns_any_table("main", "tenants", &own).await);
     assert_eq!(footprint(&t.id, "main").await.schemas, 1);
 
@@ -148,7 +145,7 @@ async fn schema_tier_gets_its_own_schema_and_role() {
 }
 
 #[tokio::test]
-async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
+async fn database_tier_on_another_cluster_is_reached_with_an_issued_login() {
     let mut env = TestEnv::start().await;
     let t = env
         .provision("db-clinic", pb::Tier::Database, "second")
@@ -168,31 +165,15 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
         (0, 0, 0)
     );
     assert_all_tables_forced_rls(&rls_flags("second", &own, "app").await);
-    assert_eq!(role_attributes("second", &own).await, (false, false, true));
-
-    // The registry holds the password only sealed; opened with the tenant's context it logs in.
-    let (key_id, sealed): (String, Vec<u8>) =
-        sqlx::query_as("SELECT key_id, sealed FROM tenant_credentials WHERE tenant_id = $1::uuid")
+    // The tenant's role never logs in, and no password of it is kept anywhere.
+    assert_eq!(role_attributes("second", &own).await, (false, false, false));
+    let (sealed,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tenant_credentials WHERE tenant_id = $1::uuid")
             .bind(&t.id)
             .fetch_one(&env.registry)
             .await
             .unwrap();
-    let keys = LocalKeys::open_or_create(&env.master_key()).unwrap();
-    let password = keys
-        .open(
-            &tenantd::keys::Sealed {
-                key_id,
-                ciphertext: sealed.clone(),
-            },
-            &tenantd::credentials::credential_context(t.id.parse().unwrap(), &own),
-        )
-        .unwrap();
-    let password = String::from_utf8(password).unwrap();
-    assert!(
-        !sealed
-            .windows(password.len())
-            .any(|w| w == password.as_bytes())
-    );
+    assert_eq!(sealed, 0);
 
     let route = env
         .tenants
@@ -203,21 +184,20 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
         .unwrap()
         .into_inner();
     assert_eq!(route.database, own);
-    assert!(route.credential_ref.contains(&t.id));
-    let url = format!(
-        "postgres://{}:{password}@{}:{}/{}",
-        route.role, route.host, route.port, route.database
-    );
-    let app = sqlx::PgPool::connect(&url)
+    assert!(route.credential_ref.is_empty());
+    let c = AppConnector::new(&env)
+        .credentials(t.id.parse().unwrap(), 0)
         .await
-        .expect("tenant role logs in");
-    // search_path and app.tenant_id are preset for the role: seeded rows are visible.
+        .unwrap();
+    assert_eq!(c.route.as_ref().unwrap().cluster, "second");
+    let mut app = login(&c).await.expect("the issued login logs in");
+    // search_path and app.tenant_id are the login's defaults: seeded rows are visible.
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM appointment_types")
-        .fetch_one(&app)
+        .fetch_one(&mut app)
         .await
         .unwrap();
     assert_eq!(n, 4);
-    // The shared tenants database on that cluster refuses the role.
+    // The shared tenants database on that cluster refuses the login.
     let shared = admin("second", "postgres").await;
     sqlx::query("CREATE DATABASE tenants")
         .execute(&shared)
@@ -227,10 +207,7 @@ async fn database_tier_on_another_cluster_logs_in_with_the_sealed_credential() {
         .execute(&shared)
         .await
         .unwrap();
-    let other = format!(
-        "postgres://{}:{password}@{}:{}/tenants",
-        route.role, route.host, route.port
-    );
+    let other = c.connection_uri.replace(&format!("/{own}"), "/tenants");
     assert!(sqlx::PgPool::connect(&other).await.is_err());
 }
 

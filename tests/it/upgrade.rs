@@ -2,7 +2,7 @@
 //! data plane made by release 694e55c (the tenant schema compiled in, no recorded versions),
 //! restored from `tests/fixtures/upgrade` (made by its `make.sh`). This build migrates the
 //! registry, adopts the example's versions 1–4 as the registry's (byte for byte the files
-//! the old build compiled in), serves the old tenants with their sealed credentials, and
+//! the old build compiled in), serves the old tenants to applications through issued logins, and
 //! runs every workflow on them.
 
 use std::path::{Path, PathBuf};
@@ -67,8 +67,8 @@ async fn a_registry_and_tenants_the_previous_release_made_keep_working() {
         .collect();
     assert_eq!(recorded, example);
 
-    // The old tenants answer, and their applications connect with the credentials the old
-    // build sealed and read their rows.
+    // The old tenants answer, and their applications connect with logins issued now (the old
+    // containers' policies are brought to the bound form first) and read their rows.
     let mut tenants = Vec::new();
     for slug in ["upgrade-pool", "upgrade-schema", "upgrade-database"] {
         let t = env.tenant(slug).await;

@@ -3,6 +3,7 @@
 mod audit;
 mod certificate;
 mod connect;
+mod credentials;
 mod exports;
 mod fleet;
 mod operations;
@@ -74,6 +75,8 @@ enum Command {
     #[command(subcommand)]
     Operation(OperationCommand),
     #[command(flatten)]
+    Credentials(credentials::Command),
+    #[command(flatten)]
     Exports(exports::Command),
     /// Deletion certificates: get, list, and verify offline.
     #[command(subcommand)]
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tenants(cmd) => tenants::run(channel, cmd).await?,
         Command::Operation(cmd) => operations::run(channel, cmd).await?,
+        Command::Credentials(cmd) => credentials::run(channel, cmd).await?,
         Command::Exports(cmd) => exports::run(channel, cmd).await?,
         Command::Certificate(cmd) => {
             certificate::run(&mut DeletionServiceClient::new(channel), cmd).await?

@@ -189,9 +189,8 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
                 println!("set:         {k} = {v}");
             }
             println!("epoch:       {}", r.routing_epoch);
-            if !r.credential_ref.is_empty() {
-                println!("credential:  {}", r.credential_ref);
-            }
+            // Tenant roles never log in: an application asks for a short-lived login.
+            println!("login:       tenantctl credentials {}", r.tenant_id);
         }
         Command::Delete {
             tenant,

@@ -250,6 +250,11 @@ impl TestEnv {
             },
             aws: Default::default(),
             deletion: Default::default(),
+            // Expired logins go within seconds, so tests see the reaper work.
+            credentials: tenantd::config::CredentialsConfig {
+                reap_interval_seconds: 2,
+                ..Default::default()
+            },
             auth: AuthConfig {
                 tokens: ROLES
                     .iter()
@@ -257,7 +262,14 @@ impl TestEnv {
                         name: format!("it-{role}"),
                         role,
                         sha256: tenantd::auth::token_hash(&token(role)),
+                        tenants: None,
                     })
+                    .chain([TokenConfig {
+                        name: EU_APPLICATION.into(),
+                        role: Role::Application,
+                        sha256: tenantd::auth::token_hash(&eu_application_token()),
+                        tenants: Some(EU_SELECTOR.into()),
+                    }])
                     .collect(),
                 ..Default::default()
             },
@@ -442,13 +454,6 @@ impl TestEnv {
         }
     }
 
-    pub fn master_key(&self) -> PathBuf {
-        match &self.config.keys {
-            KeysConfig::Local { master_key_file } => master_key_file.clone(),
-            KeysConfig::AwsKms { .. } => panic!("this environment uses AWS KMS"),
-        }
-    }
-
     /// The key service and object store this environment's tenantd uses.
     pub async fn keys(&self) -> std::sync::Arc<dyn tenantd::keys::KeyService> {
         // The in-process server may still be migrating the registry.
@@ -509,7 +514,26 @@ where
 }
 
 /// Every role, for tests that call as each.
-pub const ROLES: [Role; 4] = [Role::Admin, Role::Billing, Role::Compliance, Role::Viewer];
+pub const ROLES: [Role; 5] = [
+    Role::Admin,
+    Role::Billing,
+    Role::Compliance,
+    Role::Viewer,
+    Role::Application,
+];
+
+/// tenantd's `tenant_isolation` policy as PostgreSQL 15 prints it: the tenant in the login's
+/// name, else in `app.tenant_id`, each an InitPlan.
+pub const POLICY_DEPARSED: &str = r#"(tenant_id = COALESCE((( SELECT "substring"((SESSION_USER)::text, '^tl?_([0-9a-f]{32})(_[0-9a-z]+)?$'::text) AS "substring"))::uuid, (( SELECT current_setting('app.tenant_id'::text, true) AS current_setting))::uuid))"#;
+
+/// The principal of the application token limited to tenants labelled [`EU_SELECTOR`].
+pub const EU_APPLICATION: &str = "it-application-eu";
+pub const EU_SELECTOR: &str = "region=eu";
+
+/// The bearer token of [`EU_APPLICATION`].
+pub fn eu_application_token() -> String {
+    format!("tdt_{EU_APPLICATION}-token")
+}
 
 /// The test environment's bearer token for `role` (its hash is in every test configuration).
 pub fn token(role: Role) -> String {

@@ -1,9 +1,7 @@
 //! What the tests look at in the data plane: a tenant's footprint, its rows, and connecting
 //! to it the way an application does.
 
-use std::path::PathBuf;
-
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use tenantd::api::pb;
@@ -173,96 +171,56 @@ pub async fn snapshot(place: &Place, tenant: Uuid) -> Vec<(String, Vec<String>)>
     out
 }
 
-/// Connects to a tenant the way an application does: ResolveTenant, then the route's host,
-/// port, database and role, then the route's session settings. Schema and database tenants
-/// log in with their own role's password (unsealed from the registry as an application's
-/// secret store would hand it out); pool tenants with a login role that is a member of the
-/// pool role, as an application's own role would be.
+/// Connects to a tenant the way an application does: IssueCredentials, then a plain
+/// connection with the login, host, port and database it returned. No session setting is
+/// made: the login's own defaults put the session in the tenant. Nothing here reads the
+/// registry or holds a key.
 #[derive(Clone)]
 pub struct AppConnector {
     pub tenants: TenantServiceClient<AuthChannel>,
-    pub registry: PgPool,
-    pub master_key: PathBuf,
 }
-
-pub const POOL_LOGIN: &str = "it_pool_app_login";
 
 impl AppConnector {
     pub fn new(env: &TestEnv) -> Self {
         AppConnector {
             tenants: env.tenants.clone(),
-            registry: env.registry.clone(),
-            master_key: env.master_key(),
         }
     }
 
-    /// A session for `tenant` and the routing epoch it was resolved at.
-    pub async fn connect(&mut self, tenant: Uuid) -> Result<(PgConnection, i64), String> {
-        use sqlx::ConnectOptions;
-        let route = self
+    /// Issues a login to `tenant` valid for `ttl_seconds` (0: the default).
+    pub async fn credentials(
+        &mut self,
+        tenant: Uuid,
+        ttl_seconds: i64,
+    ) -> Result<pb::Credentials, tonic::Status> {
+        Ok(self
             .tenants
-            .resolve_tenant(pb::ResolveTenantRequest {
+            .issue_credentials(pb::IssueCredentialsRequest {
                 tenant: tenant.to_string(),
+                ttl_seconds,
             })
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        let (user, password) = if route.tier == pb::Tier::Pool as i32 {
-            ensure_pool_login(&route.cluster).await;
-            (POOL_LOGIN.to_owned(), POOL_LOGIN.to_owned())
-        } else {
-            let (key_id, ciphertext): (String, Vec<u8>) = sqlx::query_as(
-                "SELECT key_id, sealed FROM tenant_credentials WHERE tenant_id = $1 AND role_name = $2",
-            )
-            .bind(tenant)
-            .bind(&route.role)
-            .fetch_one(&self.registry)
+            .await?
+            .into_inner())
+    }
+
+    /// A session for `tenant` and the routing epoch it was issued at.
+    pub async fn connect(&mut self, tenant: Uuid) -> Result<(PgConnection, i64), String> {
+        let c = self
+            .credentials(tenant, 0)
             .await
             .map_err(|e| e.to_string())?;
-            let keys = tenantd::keys::local::LocalKeys::open_or_create(&self.master_key).unwrap();
-            let password = keys
-                .open(
-                    &tenantd::keys::Sealed { key_id, ciphertext },
-                    &tenantd::credentials::credential_context(tenant, &route.role),
-                )
-                .map_err(|e| e.to_string())?;
-            (route.role.clone(), String::from_utf8(password).unwrap())
-        };
-        let mut conn = sqlx::postgres::PgConnectOptions::new()
-            .host(&route.host)
-            .port(route.port as u16)
-            .database(&route.database)
-            .username(&user)
-            .password(&password)
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        for (name, value) in &route.session_settings {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(name)
-                .bind(value)
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok((conn, route.routing_epoch))
+        let epoch = c.route.as_ref().map_or(0, |r| r.routing_epoch);
+        Ok((login(&c).await.map_err(|e| e.to_string())?, epoch))
     }
 }
 
-/// The test's pool login role on `cluster` (created once; concurrent tests race safely).
-async fn ensure_pool_login(cluster: &str) {
-    let pool = admin(cluster, "postgres").await;
-    let sql = format!(
-        "DO $$ BEGIN
-           CREATE ROLE {POOL_LOGIN} LOGIN PASSWORD '{POOL_LOGIN}' IN ROLE tenantd_pool_app;
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-         END $$"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&pool)
+/// A connection with issued credentials, through the URI they came with.
+pub async fn login(c: &pb::Credentials) -> Result<PgConnection, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    c.connection_uri
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .connect()
         .await
-        .unwrap();
-    // The shared database is closed to PUBLIC; the pool role's CONNECT covers its members.
 }
 
 pub fn sqlstate(e: &sqlx::Error) -> String {
