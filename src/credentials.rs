@@ -57,7 +57,7 @@ pub async fn grant_staged(
     live_schema: &Ident,
 ) -> Result<(), StepError> {
     Ok(backend(staged.tier)
-        .grant(cluster, staged, live_schema, None)
+        .grant(cluster, staged, live_schema)
         .await?)
 }
 

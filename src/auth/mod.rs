@@ -570,6 +570,54 @@ mod tests {
     }
 
     #[test]
+    fn applications_resolve_and_log_in_and_selectors_limit_them_by_label() {
+        use Permission::*;
+        // Only its two calls: nothing that reads the registry or changes anything.
+        assert!(Role::Application.allows(Resolve) && Role::Application.allows(IssueCredentials));
+        for p in [
+            Read,
+            RevokeCredentials,
+            Watch,
+            Create,
+            Update,
+            Export,
+            Delete,
+            Audit,
+        ] {
+            assert!(!Role::Application.allows(p), "{p:?}");
+        }
+        assert!(Role::Viewer.allows(Resolve) && !Role::Viewer.allows(IssueCredentials));
+
+        let s = LabelSelector::parse("region=eu, tier=gold").unwrap();
+        assert_eq!(s.to_string(), "region=eu,tier=gold");
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert!(s.matches(&labels(&[("region", "eu"), ("tier", "gold"), ("x", "y")])));
+        assert!(!s.matches(&labels(&[("region", "eu")])));
+        assert!(!s.matches(&labels(&[("region", "us"), ("tier", "gold")])));
+        for bad in ["", "region", "=eu", "region=", "a=b,,c=d", "k=v w"] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad:?}");
+        }
+        let limited = |role| {
+            Authenticator::new(&AuthConfig {
+                tokens: vec![TokenConfig {
+                    name: "app".into(),
+                    role,
+                    sha256: token_hash("tdt_x"),
+                    tenants: Some("region=eu".into()),
+                }],
+                ..Default::default()
+            })
+        };
+        assert!(limited(Role::Application).is_ok());
+        assert!(limited(Role::Admin).is_err());
+    }
+
+    #[test]
     fn new_tokens_are_distinct_and_hash_to_hex() {
         let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);

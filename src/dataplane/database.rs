@@ -1,6 +1,6 @@
 //! Database tier: the tenant gets its own database `t_<id>` (on any configured cluster), with
-//! its tables in schema `app`, and its own login role, the only non-superuser allowed to
-//! connect. Row-level security stays on as defence in depth.
+//! its tables in schema `app`, and its own role (issued logins are its members), the only
+//! non-superuser allowed to connect. Row-level security stays on as defence in depth.
 
 use async_trait::async_trait;
 

@@ -510,12 +510,12 @@ impl Container {
     }
 }
 
-/// What differs between isolation tiers: whether the tenant has its own login role, and how
+/// What differs between isolation tiers: whether the tenant has its own role, and how
 /// its container is dropped. Creating, migrating, granting and seeding are the same shape in
 /// every tier once the [`Container`] says where things go.
 #[async_trait]
 pub trait TierBackend: Send + Sync {
-    /// Whether the tier gives the tenant its own login role (and so a credential).
+    /// Whether the tier gives the tenant its own role (the pool's is shared).
     fn own_login_role(&self) -> bool;
 
     /// Removes the tenant's rows and container in this tier, and its fence there; not its
@@ -548,8 +548,8 @@ pub trait TierBackend: Send + Sync {
         cluster.ensure_schema(&c.database, &c.schema).await
     }
 
-    /// Creates the application role if needed and grants it exactly what it needs in `c`.
-    /// `password_verifier` is set when [`Self::own_login_role`] is true; such a role also gets
+    /// Creates the application role if needed (a group role: it never logs in) and grants it
+    /// exactly what it needs in `c`. A tenant's own role ([`Self::own_login_role`]) also gets
     /// its search_path (`search_path`: `c`'s schema, or the name a staged copy will take) and
     /// tenant id preset in the container's database.
     async fn grant(
@@ -557,9 +557,8 @@ pub trait TierBackend: Send + Sync {
         cluster: &Cluster,
         c: &Container,
         search_path: &Ident,
-        password_verifier: Option<&str>,
     ) -> Result<(), DataPlaneError> {
-        roles::grant_access(cluster, c, password_verifier).await?;
+        roles::grant_access(cluster, c).await?;
         if self.own_login_role() {
             roles::set_role_defaults(cluster, &c.role, &c.database, search_path, c.tenant_id)
                 .await?;

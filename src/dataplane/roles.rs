@@ -1,6 +1,7 @@
 //! Data-plane roles. Roles are cluster-wide, so creation tolerates a concurrent creator.
-//! Login passwords are sent only as SCRAM-SHA-256 verifiers computed here, so the cleartext
-//! never reaches the server (nor its statement log).
+//! Tenant roles are group roles that never log in; the passwords of issued logins
+//! ([`super::logins`]) are sent only as SCRAM-SHA-256 verifiers computed here, so the
+//! cleartext never reaches the server (nor its statement log).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,13 +16,11 @@ use crate::sql::{Ident, Statement};
 pub(super) const SAFE_ATTRIBUTES: &str =
     " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
 
-/// Creates `role` if missing and (re)sets its attributes and password. A shared NOLOGIN role
-/// that already has safe attributes is left untouched, so repeating this writes nothing.
-pub async fn ensure_role(
-    cluster: &Cluster,
-    role: &Ident,
-    password_verifier: Option<&str>,
-) -> Result<(), DataPlaneError> {
+/// Creates `role` if missing, as a group role with safe attributes (NOLOGIN: applications log
+/// in with issued logins that are its members, [`super::logins`]); an existing one that logs
+/// in or has unsafe attributes (made by an older build) is set back to that. A role already
+/// so is left untouched, so repeating this writes nothing.
+pub async fn ensure_role(cluster: &Cluster, role: &Ident) -> Result<(), DataPlaneError> {
     // Some(true): exists with safe NOLOGIN attributes; Some(false): exists otherwise.
     let safe: Option<bool> = sqlx::query_scalar(
         "SELECT NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls
@@ -32,30 +31,32 @@ pub async fn ensure_role(
     .fetch_optional(cluster.admin())
     .await
     .map_err(|e| cluster.err(e))?;
-    if safe.is_none() {
-        let created = cluster
-            .exec(
-                cluster.admin(),
-                Statement::new("CREATE ROLE ")
-                    .ident(role)
-                    .push(" NOLOGIN")
-                    .push(SAFE_ATTRIBUTES),
-            )
-            .await;
-        super::converged(created)?;
+    match safe {
+        Some(true) => Ok(()),
+        Some(false) => {
+            cluster
+                .exec(
+                    cluster.admin(),
+                    Statement::new("ALTER ROLE ")
+                        .ident(role)
+                        .push(SAFE_ATTRIBUTES)
+                        .push(" NOLOGIN PASSWORD NULL"),
+                )
+                .await
+        }
+        None => {
+            let created = cluster
+                .exec(
+                    cluster.admin(),
+                    Statement::new("CREATE ROLE ")
+                        .ident(role)
+                        .push(" NOLOGIN")
+                        .push(SAFE_ATTRIBUTES),
+                )
+                .await;
+            super::converged(created)
+        }
     }
-    // A role just created is NOLOGIN with safe attributes, like one found that way.
-    if password_verifier.is_none() && safe.unwrap_or(true) {
-        return Ok(());
-    }
-    let alter = Statement::new("ALTER ROLE ")
-        .ident(role)
-        .push(SAFE_ATTRIBUTES);
-    let alter = match password_verifier {
-        Some(v) => alter.push(" LOGIN PASSWORD ").literal(v)?,
-        None => alter.push(" NOLOGIN"),
-    };
-    cluster.exec(cluster.admin(), alter).await
 }
 
 pub async fn role_exists(cluster: &Cluster, role: &Ident) -> Result<bool, DataPlaneError> {
@@ -195,12 +196,8 @@ pub fn scram_verifier(password: &str) -> String {
 
 /// The application role's whole access to a container: the role itself, CONNECT on the
 /// database, USAGE on the schema and DML on the tenant tables. Idempotent.
-pub async fn grant_access(
-    cluster: &Cluster,
-    c: &super::Container,
-    password_verifier: Option<&str>,
-) -> Result<(), DataPlaneError> {
-    ensure_role(cluster, &c.role, password_verifier).await?;
+pub async fn grant_access(cluster: &Cluster, c: &super::Container) -> Result<(), DataPlaneError> {
+    ensure_role(cluster, &c.role).await?;
     let (can_connect,): (bool,) =
         sqlx::query_as("SELECT has_database_privilege($1, $2, 'CONNECT')")
             .bind(c.role.as_str())

@@ -1,6 +1,7 @@
 //! Schema tier: the tenant's tables live in its own schema `t_<id>` in the cluster's shared
-//! database, reached by its own login role that has USAGE on that schema only. Row-level
-//! security stays on as defence in depth; the role's `app.tenant_id` is preset.
+//! database, reached through its own role (issued logins are its members), which has USAGE on
+//! that schema only. Row-level security stays on as defence in depth; the role's
+//! `app.tenant_id` is preset.
 
 use async_trait::async_trait;
 
