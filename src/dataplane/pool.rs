@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use super::{Cluster, Container, DataPlaneError, TierBackend, erasure, fence, tables};
+use super::{Cluster, Container, DataPlaneError, TierBackend, erasure, tables};
 use crate::sql::Ident;
 
 pub fn schema() -> Ident {
@@ -25,8 +25,11 @@ impl TierBackend for PoolTier {
     }
 
     /// Deletes the tenant's rows, children first, in short batches so that the other tenants
-    /// sharing these tables are never blocked for long, then lifts its fence. The fence stays
-    /// until the last row is gone: a stale route must not write rows nobody will copy.
+    /// sharing these tables are never blocked for long. Its fence row stays, as a tombstone:
+    /// a session still on the old route (a backend that sets `app.tenant_id` for many
+    /// tenants) gets TF001 on every write here, forever, instead of leaving a row the tenant
+    /// no longer sees. A later move back into this pool fences it again and lifts the fence
+    /// when routing points here.
     async fn drop_container(&self, cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
         // None when the pool schema does not exist yet (provisioning failed that early).
         let pool = cluster.database(&c.database);
@@ -45,6 +48,6 @@ impl TierBackend for PoolTier {
             )
             .await?;
         }
-        fence::unfence(cluster, c).await
+        Ok(())
     }
 }

@@ -89,7 +89,10 @@ async fn assert_gone(from: &pb::Tenant, to: &pb::Tenant) {
     if from.tier == pb::Tier::Pool as i32 {
         assert_eq!(f.pool_rows, 0, "pool rows removed");
         let fenced = fences(&src, id).await;
-        assert_eq!(fenced, 0, "pool fence removed");
+        assert_eq!(
+            fenced, 1,
+            "the pool fence stays, a tombstone for stale routes"
+        );
     }
     if from.tier == pb::Tier::Schema as i32 {
         assert_eq!(f.schemas, 0, "schema dropped");
@@ -586,4 +589,79 @@ async fn the_fence_stops_only_the_fenced_tenants_writes_and_waits_out_older_ones
         .execute(&mut conn)
         .await
         .expect("unfenced");
+}
+
+/// A session of a backend that serves many pool tenants (a role the operator grants the pool
+/// role, setting `app.tenant_id` itself), for `tenant` on `cluster`.
+async fn backend_session(cluster: &str, tenant: Uuid) -> PgConnection {
+    let admin_pool = admin(cluster, "postgres").await;
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           CREATE ROLE it_pool_backend LOGIN PASSWORD 'it_pool_backend' IN ROLE tenantd_pool_app;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$",
+    )
+    .execute(&admin_pool)
+    .await
+    .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = crate::harness::cluster_url(cluster, "tenants")
+        .parse()
+        .unwrap();
+    let mut conn = PgConnection::connect_with(
+        &options
+            .username("it_pool_backend")
+            .password("it_pool_backend"),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT set_config('app.tenant_id', $1, false), set_config('search_path', 'pool', false)",
+    )
+    .bind(tenant.to_string())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn a_stale_route_in_the_pool_cannot_write_after_the_tenant_left() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("stale-route", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let mut stale = backend_session("main", id).await;
+    let write = async |conn: &mut PgConnection| {
+        sqlx::query(
+            "INSERT INTO audit_events (tenant_id, id, actor, action, entity) \
+             VALUES ($1, $2, 'stale', 'write', 'test')",
+        )
+        .bind(id)
+        .bind(Uuid::new_v4())
+        .execute(conn)
+        .await
+    };
+    write(&mut stale).await.unwrap();
+    let moved = move_to(&mut env, &t, pb::Tier::Schema, "main").await;
+    // Every write on the old route fails as fenced, also long after the move: nothing is left
+    // behind that the tenant would not see or that would block its way back.
+    for _ in 0..3 {
+        let e = write(&mut stale).await.unwrap_err();
+        assert_eq!(sqlstate(&e), fence::SQLSTATE, "{e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(footprint(&t.id, "main").await.pool_rows, 0);
+    // Back in the pool, the same route writes again, where the tenant sees it.
+    let back = move_to(&mut env, &moved, pb::Tier::Pool, "main").await;
+    write(&mut stale).await.unwrap();
+    let rows = column_at::<String>(
+        &Place::of(&back),
+        "SELECT actor FROM S.audit_events WHERE tenant_id = $1 AND actor = 'stale'",
+        id,
+    )
+    .await;
+    assert_eq!(
+        rows.len(),
+        2,
+        "the first write moved with the tenant, the last one landed"
+    );
 }
