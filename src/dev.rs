@@ -103,26 +103,20 @@ pub async fn start(
 /// so that tenantctl finds it and it survives restarts. Returns the file and the token.
 pub fn admin_token(state_dir: &Path) -> Result<(PathBuf, String), DevError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join(ADMIN_TOKEN_FILE);
     let io = |source| DevError::StateDir {
         path: path.clone(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok((path, t.trim().to_owned())),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
+    // A token group or others may read is refused (secret_file), not used.
+    if let Some(t) = crate::secret_file::read(&path).map_err(io)? {
+        let t = String::from_utf8_lossy(&t).trim().to_owned();
+        if !t.is_empty() {
+            return Ok((path, t));
+        }
     }
     let token = crate::auth::new_token();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
+    let mut f = crate::secret_file::open_new(&path).map_err(io)?;
     f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
     Ok((path, token))
 }

@@ -307,21 +307,17 @@ fn chown(path: &Path, user: Option<&ServerUser>) -> Result<(), EmbeddedError> {
 
 fn superuser_password(state_dir: &Path) -> Result<String, EmbeddedError> {
     let path = state_dir.join("superuser.password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
-        return Ok(p.trim().to_owned());
+    if let Some(p) =
+        crate::secret_file::read(&path).map_err(|e| failed("read superuser.password", e))?
+    {
+        return Ok(String::from_utf8_lossy(&p).trim().to_owned());
     }
     let password: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(32)
         .map(char::from)
         .collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| failed("write superuser.password", e))?;
-    f.write_all(password.as_bytes())
+    crate::secret_file::create(&path, password.as_bytes())
         .map_err(|e| failed("write superuser.password", e))?;
     Ok(password)
 }

@@ -24,6 +24,7 @@ pub mod operation;
 pub mod paging;
 pub mod registry;
 pub mod rollout;
+pub mod secret_file;
 pub mod server;
 pub mod service;
 pub mod sql;

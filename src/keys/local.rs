@@ -10,8 +10,6 @@
 //! Sealed layout (master key and tenant keys alike): version byte (1), 12-byte random nonce,
 //! AES-256-GCM ciphertext with the 16-byte tag; the encryption context is the AAD.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -41,9 +39,12 @@ pub struct LocalKeys {
 impl LocalKeys {
     /// Opens the master key file, creating it with a fresh random key (mode 0600) if absent.
     pub fn open_or_create(path: &Path) -> Result<Self, KeyError> {
-        let key = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        // A key group or others may read is refused, not used.
+        let existing = crate::secret_file::read(path)
+            .map_err(|e| KeyError::Config(format!("master key: {e}")))?;
+        let key = match existing {
+            Some(bytes) => bytes,
+            None => {
                 let mut key = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut key);
                 if let Some(dir) = path.parent() {
@@ -51,24 +52,10 @@ impl LocalKeys {
                         KeyError::Config(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| {
-                        KeyError::Config(format!("cannot create {}: {e}", path.display()))
-                    })?;
-                f.write_all(&key).and_then(|_| f.sync_all()).map_err(|e| {
-                    KeyError::Config(format!("cannot write {}: {e}", path.display()))
+                crate::secret_file::create(path, &key).map_err(|e| {
+                    KeyError::Config(format!("cannot create {}: {e}", path.display()))
                 })?;
                 key
-            }
-            Err(e) => {
-                return Err(KeyError::Config(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
             }
         };
         Self::from_key(&key)

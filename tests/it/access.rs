@@ -641,3 +641,40 @@ async fn browsers_call_over_grpc_web_from_allowed_origins_only() {
         "UNAUTHENTICATED: {answer}"
     );
 }
+
+#[tokio::test]
+async fn secrets_in_files_that_others_may_read_stop_the_service() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = TestEnv::start().await;
+    // Once it answers, it has made its master key.
+    env.tenants
+        .list_tenants(pb::ListTenantsRequest::default())
+        .await
+        .unwrap();
+    let key = match &env.config.keys {
+        tenantd::config::KeysConfig::Local { master_key_file } => master_key_file.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mode = |m| std::fs::Permissions::from_mode(m);
+    std::fs::set_permissions(&key, mode(0o644)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tenantd::server::run(env.config.clone(), listener, Default::default())
+        .await
+        .expect_err("refused")
+        .to_string();
+    std::fs::set_permissions(&key, mode(0o600)).unwrap();
+    assert!(refused.contains("mode is 644"), "{refused}");
+
+    // The dev stack's admin token likewise.
+    let dir = env.dir.join("dev-state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, token) = tenantd::dev::admin_token(&dir).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(tenantd::dev::admin_token(&dir).unwrap().1, token);
+    std::fs::set_permissions(&path, mode(0o604)).unwrap();
+    let e = tenantd::dev::admin_token(&dir).unwrap_err().to_string();
+    assert!(e.contains("mode is 604"), "{e}");
+}

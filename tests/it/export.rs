@@ -67,7 +67,13 @@ pub async fn download(env: &mut TestEnv, name: &str) -> Result<PathBuf, String> 
         .await
         .unwrap();
     if run.status.success() {
-        assert!(out.exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "decrypted tenant data is its owner's only"
+        );
         Ok(out)
     } else {
         assert!(!out.exists(), "a failed download must write nothing");

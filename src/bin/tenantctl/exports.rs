@@ -233,7 +233,8 @@ async fn download(
     let partial = std::path::PathBuf::from(partial);
     let result = async {
         let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&partial)
+            // Decrypted tenant data: readable by its owner only.
+            tenantd::secret_file::open_new(&partial)
                 .with_context(|| format!("cannot create {}", partial.display()))?,
         );
         while let Some(msg) = stream.message().await.map_err(status)? {
