@@ -120,6 +120,11 @@ impl Cluster {
                 )
             })?
             .application_name("tenantd")
+            // Fail closed: tenantd reads and deletes a tenant's rows as the admin, who must
+            // bypass row-level security. Were it an admin without BYPASSRLS, RLS would filter
+            // silently: a copy that verifies empty, a scan that certifies a deletion of nothing.
+            // With row_security off, such a statement is an error instead.
+            .options([("row_security", "off")])
             .log_statements(tracing::log::LevelFilter::Trace);
         let admin = PgPoolOptions::new()
             .max_connections(4)

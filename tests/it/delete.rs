@@ -558,3 +558,60 @@ async fn invalid_deletion_requests_name_the_field_and_change_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }
+
+/// An admin role without BYPASSRLS (a misconfiguration) gets an error from the deletion scan
+/// and from the copy's digest, never a count of 0 that would certify a deletion of nothing or
+/// verify an empty copy.
+#[tokio::test]
+async fn an_admin_that_does_not_bypass_rls_fails_closed() {
+    let mut env = TestEnv::start().await;
+    let t = env.provision("fail-closed", pb::Tier::Pool, "").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 5).await;
+    let admin_pool = admin("main", "tenants").await;
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           CREATE ROLE it_no_bypass LOGIN PASSWORD 'it_no_bypass' NOBYPASSRLS;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$;
+         GRANT CONNECT ON DATABASE tenants TO it_no_bypass;
+         GRANT USAGE ON SCHEMA pool TO it_no_bypass;
+         GRANT SELECT ON ALL TABLES IN SCHEMA pool TO it_no_bypass;",
+    )
+    .execute(&admin_pool)
+    .await
+    .unwrap();
+    let url: sqlx::postgres::PgConnectOptions = crate::harness::cluster_url("main", "tenants")
+        .parse()
+        .unwrap();
+    let url = format!(
+        "postgres://it_no_bypass:it_no_bypass@{}:{}/tenants",
+        url.get_host(),
+        url.get_port()
+    );
+    let plane = tenantd::dataplane::DataPlane::new(
+        &[tenantd::config::ClusterConfig {
+            name: "main".into(),
+            admin_url: url,
+            public_host: None,
+            public_port: None,
+            shared_database: "tenants".into(),
+        }],
+        std::sync::Arc::new(tenantd::tenant_schema::TenantSchema::example()),
+    )
+    .unwrap();
+    let cluster = plane.cluster("main").unwrap();
+    let e = tenantd::dataplane::erasure::scan(cluster, id)
+        .await
+        .expect_err("the scan must not count 0 behind RLS");
+    assert!(e.to_string().contains("row-level security"), "{e}");
+    let (_, c) = plane.plan(id, tenantd::tenant::Tier::Pool, "main").unwrap();
+    let e = tenantd::dataplane::copy::digest(
+        cluster,
+        &c,
+        &tenantd::sql::Ident::from_static("patients"),
+    )
+    .await
+    .expect_err("the digest must not verify an empty copy");
+    assert!(e.to_string().contains("row-level security"), "{e}");
+}
