@@ -136,6 +136,51 @@ pub struct CredentialsConfig {
     /// The most sessions one issued login may hold at once.
     #[serde(default = "default_login_connection_limit")]
     pub connection_limit: u32,
+    /// How long a statement of an issued login may run (0: no limit).
+    #[serde(default = "default_statement_timeout_seconds")]
+    pub statement_timeout_seconds: u64,
+    /// How long an issued login's transaction may sit idle before the server ends the
+    /// session (0: no limit). Bounds how long it can hold locks or a move's fence wait-out.
+    #[serde(default = "default_idle_in_transaction_seconds")]
+    pub idle_in_transaction_timeout_seconds: u64,
+    /// Per plan (the tenant's `plan`), other values for any of the three limits above.
+    #[serde(default)]
+    pub plans: std::collections::BTreeMap<String, LoginLimits>,
+}
+
+/// A plan's own limits for its tenants' logins; what is unset is `[credentials]`'s.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginLimits {
+    pub connection_limit: Option<u32>,
+    pub statement_timeout_seconds: Option<u64>,
+    pub idle_in_transaction_timeout_seconds: Option<u64>,
+}
+
+impl CredentialsConfig {
+    /// The limits of logins issued to a tenant of `plan`.
+    pub fn limits(&self, plan: &str) -> crate::dataplane::logins::Limits {
+        let p = self.plans.get(plan).cloned().unwrap_or_default();
+        crate::dataplane::logins::Limits {
+            connections: p.connection_limit.unwrap_or(self.connection_limit),
+            statement: Duration::from_secs(
+                p.statement_timeout_seconds
+                    .unwrap_or(self.statement_timeout_seconds),
+            ),
+            idle_in_transaction: Duration::from_secs(
+                p.idle_in_transaction_timeout_seconds
+                    .unwrap_or(self.idle_in_transaction_timeout_seconds),
+            ),
+        }
+    }
+}
+
+fn default_statement_timeout_seconds() -> u64 {
+    300
+}
+
+fn default_idle_in_transaction_seconds() -> u64 {
+    60
 }
 
 fn default_reap_interval_seconds() -> u64 {
@@ -151,6 +196,9 @@ impl Default for CredentialsConfig {
         CredentialsConfig {
             reap_interval_seconds: default_reap_interval_seconds(),
             connection_limit: default_login_connection_limit(),
+            statement_timeout_seconds: default_statement_timeout_seconds(),
+            idle_in_transaction_timeout_seconds: default_idle_in_transaction_seconds(),
+            plans: Default::default(),
         }
     }
 }
@@ -427,11 +475,20 @@ impl Config {
                 self.credentials.reap_interval_seconds
             )));
         }
-        if !(1..=10_000).contains(&self.credentials.connection_limit) {
-            return Err(ConfigError::Invalid(format!(
-                "credentials.connection_limit must be 1 to 10000, got {}",
-                self.credentials.connection_limit
-            )));
+        let plans = self.credentials.plans.iter();
+        for (at, limit) in
+            std::iter::once(("credentials".to_owned(), self.credentials.connection_limit)).chain(
+                plans.filter_map(|(name, p)| {
+                    p.connection_limit
+                        .map(|l| (format!("credentials.plans.{name}"), l))
+                }),
+            )
+        {
+            if !(1..=10_000).contains(&limit) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.connection_limit must be 1 to 10000, got {limit}"
+                )));
+            }
         }
         if !KEY_PENDING_DAYS.contains(&self.deletion.key_pending_days) {
             return Err(ConfigError::Invalid(format!(

@@ -145,8 +145,8 @@ pub async fn issue(
             .await
             .map_err(|e| Error::Internal(format!("verifier: {e}")))?
     };
-    let limit = deps.config.credentials.connection_limit;
-    if let Err(e) = logins::create(cluster, &c, &username, &verifier, expires_at, limit).await {
+    let limits = deps.config.credentials.limits(&tenant.plan);
+    if let Err(e) = logins::create(cluster, &c, &username, &verifier, expires_at, &limits).await {
         // The reaper drops whatever of it a lost reply left behind.
         deps.registry.revoke_login(username.as_str()).await?;
         return Err(e.into());

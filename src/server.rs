@@ -118,6 +118,21 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     })
 }
 
+async fn close_maintenance_databases(deps: Context) {
+    let registry_at: Option<sqlx::postgres::PgConnectOptions> =
+        deps.config.registry_url.parse().ok();
+    for c in deps.dataplane.clusters() {
+        let registry_db = registry_at
+            .as_ref()
+            .filter(|r| c.serves(r))
+            .and_then(|r| r.get_database());
+        if let Err(e) = c.close_maintenance_databases(registry_db).await {
+            tracing::warn!(cluster = %c.name, error = %e,
+                "maintenance databases not closed to PUBLIC yet; will try at next start");
+        }
+    }
+}
+
 /// The key service the configuration names. The local one keeps its keys in the registry.
 pub async fn key_service(
     config: &Config,
@@ -285,6 +300,10 @@ pub async fn run(
     if let Err(e) = crate::workflows::key_backfill::enqueue_backfill(&deps).await {
         tracing::warn!(error = %e, "key backfill not enqueued; will retry at next start");
     }
+    // Tenant logins reach only tenant databases: the maintenance databases (and the
+    // registry's, if it lives on a data-plane cluster) are closed to PUBLIC. In the
+    // background: a cluster that is down must not hold up start-up.
+    tokio::spawn(close_maintenance_databases(deps.clone()));
     // Expired and revoked logins go, on every replica (they share the work).
     tokio::spawn(crate::credentials::reap(
         deps.clone(),

@@ -288,11 +288,14 @@ pub async fn is_fenced(cluster: &Cluster, c: &Container) -> Result<bool, DataPla
 /// Application transactions in `database` that began before `before` and have written or hold
 /// a snapshot. Sessions whose login role is a member of ours (maintenance) are not fenced and
 /// so not waited for; neither is a READ COMMITTED transaction idle between statements, whose
-/// next statement will see the fence.
+/// next statement will see the fence; nor a session of a login issued to another tenant,
+/// which the policy keeps from writing this tenant's rows (so one tenant's long transaction
+/// never holds up another's move). `$3`: the name prefix of this tenant's issued logins.
 const IN_FLIGHT: &str = "SELECT pid FROM pg_stat_activity
      WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
        AND xact_start < $2
        AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+       AND NOT (usename ~ '^tl_[0-9a-f]{32}_' AND NOT starts_with(usename, $3))
        AND NOT pg_has_role(usesysid, current_user, 'MEMBER')
      ORDER BY pid";
 
@@ -332,6 +335,7 @@ pub async fn wait_for_writers(
         let pids: Vec<(i32,)> = sqlx::query_as(IN_FLIGHT)
             .bind(c.database.as_str())
             .bind(now)
+            .bind(super::logins::prefix_of(c.tenant_id))
             .fetch_all(admin)
             .await
             .map_err(|e| cluster.err(e))?;

@@ -18,6 +18,11 @@ use crate::sql::{Ident, Statement};
 /// The prefix of every issued login's name.
 pub const PREFIX: &str = "tl_";
 
+/// The start of every login name issued to `tenant_id`.
+pub fn prefix_of(tenant_id: Uuid) -> String {
+    format!("{PREFIX}{}_", tenant_id.simple())
+}
+
 /// A new login name for `tenant_id`: the tenant's id and 12 random characters of [0-9a-z].
 pub fn new_name(tenant_id: Uuid) -> Ident {
     use rand::Rng;
@@ -26,7 +31,7 @@ pub fn new_name(tenant_id: Uuid) -> Ident {
     let suffix: String = (0..12)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    Ident::new(format!("{PREFIX}{}_{suffix}", tenant_id.simple())).expect("a valid role name")
+    Ident::new(format!("{}{suffix}", prefix_of(tenant_id))).expect("a valid role name")
 }
 
 /// The tenant an issued login's name belongs to, if it is one.
@@ -44,17 +49,26 @@ pub fn tenant_of(login: &str) -> Option<Uuid> {
     Uuid::try_parse(hex).ok()
 }
 
+/// What one login may hold: sessions at once, and how long a statement may run and a
+/// transaction may sit idle (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub connections: u32,
+    pub statement: std::time::Duration,
+    pub idle_in_transaction: std::time::Duration,
+}
+
 /// Creates `login` for the tenant of `c`: a member of `c`'s role, valid until `valid_until`,
-/// with `password_verifier`, and the container's search path and tenant id as its defaults
-/// in the container's database. One transaction: the login exists with all of it or not at
-/// all.
+/// with `password_verifier` and `limits`, and the container's search path and tenant id as
+/// its defaults in the container's database. One transaction: the login exists with all of
+/// it or not at all.
 pub async fn create(
     cluster: &Cluster,
     c: &Container,
     login: &Ident,
     password_verifier: &str,
     valid_until: DateTime<Utc>,
-    connection_limit: u32,
+    limits: &Limits,
 ) -> Result<(), DataPlaneError> {
     let until = valid_until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let in_db = || {
@@ -63,6 +77,7 @@ pub async fn create(
             .push(" IN DATABASE ")
             .ident(&c.database)
     };
+    let role = || Statement::new("ALTER ROLE ").ident(login);
     let statements = vec![
         Statement::new("CREATE ROLE ")
             .ident(login)
@@ -73,9 +88,17 @@ pub async fn create(
             .push(" VALID UNTIL ")
             .literal(&until)?
             .push(" CONNECTION LIMIT ")
-            .integer(connection_limit.into())
+            .integer(limits.connections.into())
             .push(" IN ROLE ")
             .ident(&c.role),
+        // Everywhere: one session cannot hold a transaction (and the locks and the fence
+        // wait-out it implies) open for long.
+        role()
+            .push(" SET idle_in_transaction_session_timeout TO ")
+            .literal(&format!("{}ms", limits.idle_in_transaction.as_millis()))?,
+        role()
+            .push(" SET statement_timeout TO ")
+            .literal(&format!("{}ms", limits.statement.as_millis()))?,
         in_db().push(" SET search_path TO ").ident(&c.schema),
         in_db()
             .push(" SET app.tenant_id TO ")
@@ -113,53 +136,13 @@ pub async fn remove(cluster: &Cluster, login: &Ident) -> Result<(), DataPlaneErr
     .execute(cluster.admin())
     .await
     .map_err(|e| cluster.err(e))?;
-    let dropped = cluster
-        .exec(
-            cluster.admin(),
-            Statement::new("DROP ROLE IF EXISTS ").ident(login),
-        )
-        .await;
-    match dropped {
-        Err(DataPlaneError::Sql { source, .. })
-            if crate::sqlstate::classify(&source) == crate::sqlstate::Class::StillReferenced =>
-        {
-            // It owns something somewhere (a large object, say): gone with it, in every
-            // database that takes connections.
-            drop_owned_everywhere(cluster, login).await?;
-            cluster
-                .exec(
-                    cluster.admin(),
-                    Statement::new("DROP ROLE IF EXISTS ").ident(login),
-                )
-                .await
-        }
-        other => other,
-    }
-}
-
-async fn drop_owned_everywhere(cluster: &Cluster, login: &Ident) -> Result<(), DataPlaneError> {
-    let databases: Vec<(String,)> =
-        sqlx::query_as("SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY 1")
-            .fetch_all(cluster.admin())
-            .await
-            .map_err(|e| cluster.err(e))?;
-    for (name,) in databases {
-        let db = Ident::new(name)?;
-        let Some(mut conn) = cluster.connect_once(&db).await? else {
-            continue;
-        };
-        sqlx::query(Statement::new("DROP OWNED BY ").ident(login).into_sql())
-            .execute(&mut conn)
-            .await
-            .map_err(|e| cluster.err(e))?;
-    }
-    Ok(())
+    roles::drop_role_anywhere(cluster, login).await
 }
 
 /// Every issued login of `tenant_id` on `cluster`, found by name (also one the registry lost
 /// track of).
 pub async fn of_tenant(cluster: &Cluster, tenant_id: Uuid) -> Result<Vec<Ident>, DataPlaneError> {
-    named(cluster, &format!("{PREFIX}{}_", tenant_id.simple()), None).await
+    named(cluster, &prefix_of(tenant_id), None).await
 }
 
 /// Issued logins on `cluster` whose validity ended before `before`, found by name and

@@ -256,26 +256,7 @@ impl Cluster {
                 .await;
             converged(created)?;
         }
-        // Revoke only what PUBLIC still holds, so that a repeated call writes nothing (the
-        // shared database is "ensured" by every provisioning).
-        let (public_db,): (bool,) = sqlx::query_as(
-            "SELECT has_database_privilege('public', $1, 'CONNECT')
-                 OR has_database_privilege('public', $1, 'TEMPORARY')",
-        )
-        .bind(database.as_str())
-        .fetch_one(&self.admin)
-        .await
-        .map_err(|e| self.err(e))?;
-        if public_db {
-            self.exec_serialised(
-                &self.admin,
-                &Self::database_acl_lock(database),
-                Statement::new("REVOKE CONNECT, TEMPORARY ON DATABASE ")
-                    .ident(database)
-                    .push(" FROM PUBLIC"),
-            )
-            .await?;
-        }
+        self.close_to_public(database).await?;
         // PostgreSQL 15 no longer lets PUBLIC create in `public`; older servers did.
         let db = self.database(database);
         let (public_schema,): (bool,) = sqlx::query_as(
@@ -294,6 +275,65 @@ impl Cluster {
             .await?;
         }
         Ok(())
+    }
+
+    /// Takes CONNECT and TEMPORARY on `database` away from PUBLIC, keeping them for our own
+    /// admin role (which may have had them only through PUBLIC). Only what PUBLIC still holds
+    /// is revoked, so a repeated call writes nothing (the shared database is "ensured" by every
+    /// provisioning).
+    pub async fn close_to_public(&self, database: &Ident) -> Result<(), DataPlaneError> {
+        let (public_db,): (bool,) = sqlx::query_as(
+            "SELECT has_database_privilege('public', $1, 'CONNECT')
+                 OR has_database_privilege('public', $1, 'TEMPORARY')",
+        )
+        .bind(database.as_str())
+        .fetch_one(&self.admin)
+        .await
+        .map_err(|e| self.err(e))?;
+        if public_db {
+            let on = || Statement::new(" ON DATABASE ").ident(database);
+            self.exec_all_serialised(
+                &self.admin,
+                &Self::database_acl_lock(database),
+                vec![
+                    Statement::new("GRANT CONNECT, TEMPORARY")
+                        .append(on())
+                        .push(" TO CURRENT_USER"),
+                    Statement::new("REVOKE CONNECT, TEMPORARY")
+                        .append(on())
+                        .push(" FROM PUBLIC"),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the databases that hold no tenant data to PUBLIC — `postgres`, `template1`, the
+    /// admin URL's and `also` (the registry's, when it lives on this cluster) — so that a
+    /// tenant's login can neither connect to them nor create anything there (a large object
+    /// it would own, blocking its deletion). Run at start-up; idempotent.
+    pub async fn close_maintenance_databases(
+        &self,
+        also: Option<&str>,
+    ) -> Result<(), DataPlaneError> {
+        let mut names = vec!["postgres".to_owned(), "template1".to_owned()];
+        names.push(self.base.get_database().unwrap_or("postgres").to_owned());
+        names.extend(also.map(str::to_owned));
+        names.sort();
+        names.dedup();
+        for name in names {
+            let db = Ident::new(name)?;
+            if self.database_exists(&db).await? {
+                self.close_to_public(&db).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a PostgreSQL URL names this cluster's server (same host and port).
+    pub fn serves(&self, url: &PgConnectOptions) -> bool {
+        url.get_host() == self.base.get_host() && url.get_port() == self.base.get_port()
     }
 
     /// Creates `schema` in `database` if missing. Serialised by an advisory lock, because two

@@ -90,12 +90,41 @@ pub async fn drop_role(
             )
             .await?;
     }
-    cluster
-        .exec(
-            cluster.admin(),
-            Statement::new("DROP ROLE IF EXISTS ").ident(role),
-        )
-        .await
+    drop_role_anywhere(cluster, role).await
+}
+
+/// `DROP ROLE`, and if the role still owns something somewhere (a large object or a table in
+/// a database the caller did not know of), `DROP OWNED` in every database that takes
+/// connections, then `DROP ROLE` again: an object planted outside its container never leaves a
+/// role undroppable or a deletion stuck. Idempotent.
+pub(super) async fn drop_role_anywhere(
+    cluster: &Cluster,
+    role: &Ident,
+) -> Result<(), DataPlaneError> {
+    let drop = || Statement::new("DROP ROLE IF EXISTS ").ident(role);
+    match cluster.exec(cluster.admin(), drop()).await {
+        Err(DataPlaneError::Sql { source, .. })
+            if crate::sqlstate::classify(&source) == crate::sqlstate::Class::StillReferenced =>
+        {
+            let databases: Vec<(String,)> = sqlx::query_as(
+                "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY 1",
+            )
+            .fetch_all(cluster.admin())
+            .await
+            .map_err(|e| cluster.err(e))?;
+            for db in super::idents(databases)? {
+                let Some(mut conn) = cluster.connect_once(&db).await? else {
+                    continue;
+                };
+                sqlx::query(Statement::new("DROP OWNED BY ").ident(role).into_sql())
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| cluster.err(e))?;
+            }
+            cluster.exec(cluster.admin(), drop()).await
+        }
+        other => other,
+    }
 }
 
 /// Takes `database` away from a role that lives on: CONNECT and its per-database settings.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -541,4 +541,134 @@ async fn tenantctl_prints_credentials_in_every_format_and_connects_psql() {
         .await
         .unwrap_err();
     assert!(e.contains("ttl_seconds"), "{e}");
+}
+
+/// The URI of `c` for another database on the same server.
+fn uri_for(c: &pb::Credentials, database: &str) -> String {
+    let route = c.route.as_ref().unwrap();
+    c.connection_uri
+        .replace(&format!("/{}", route.database), &format!("/{database}"))
+}
+
+#[tokio::test]
+async fn a_login_stays_in_its_container_with_bounded_sessions() {
+    let (mut config, dir) = TestEnv::config().await;
+    config.credentials.plans.insert(
+        "strict".into(),
+        tenantd::config::LoginLimits {
+            idle_in_transaction_timeout_seconds: Some(2),
+            ..Default::default()
+        },
+    );
+    let registry_db = config
+        .registry_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .get_database()
+        .unwrap()
+        .to_owned();
+    let mut env = TestEnv::start_with(config, dir).await;
+    let mut apps = AppConnector::new(&env);
+    let t = id(&env.provision("contained", pb::Tier::Schema, "").await);
+    let c = apps.credentials(t, 0).await.unwrap();
+
+    // No session in the maintenance databases or the registry's (closed to PUBLIC at start).
+    for db in ["postgres", "template1", registry_db.as_str()] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match PgConnection::connect(&uri_for(&c, db)).await {
+                Err(e) => {
+                    assert_eq!(sqlstate(&e), "42501", "{db}: {e}");
+                    break;
+                }
+                Ok(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{db} still open to a tenant login"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    // Defaults bound what a session may hold; a plan may tighten them.
+    let mut conn = login(&c).await.unwrap();
+    let (idle, statement): (String, String) = sqlx::query_as(
+        "SELECT current_setting('idle_in_transaction_session_timeout'),
+                current_setting('statement_timeout')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((idle.as_str(), statement.as_str()), ("1min", "5min"));
+    let mut strict = env.tenants.clone();
+    strict
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: t.to_string(),
+            plan: "strict".into(),
+            update_mask: vec!["plan".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut idle = login(&apps.credentials(t, 0).await.unwrap()).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1")
+        .execute(&mut idle)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut idle).await.is_err(),
+        "an idle transaction past the plan's limit is ended"
+    );
+
+    // Large objects it creates in its container's database, as itself or as the tenant's
+    // role, go with the tenant: the deletion is not stuck on them.
+    let own = format!("t_{}", t.simple());
+    sqlx::query("SELECT lo_create(0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {own}; SELECT lo_create(0); RESET ROLE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let op = crate::delete::delete(&mut env, crate::delete::request(&t.to_string())).await;
+    crate::delete::certified(&mut env, &op).await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_largeobject_metadata m
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = m.lomowner)",
+    )
+    .fetch_one(&admin("main", "tenants").await)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "no large object is left without its owner");
+}
+
+#[tokio::test]
+async fn one_tenants_open_transaction_does_not_hold_up_anothers_move() {
+    let mut env = TestEnv::start().await;
+    let mut apps = AppConnector::new(&env);
+    let moving = env.provision("moves-freely", pb::Tier::Schema, "").await;
+    let busy = id(&env
+        .provision("holds-a-transaction", pb::Tier::Schema, "")
+        .await);
+    // The neighbour writes and keeps its transaction open, in the same database.
+    let mut open = login(&apps.credentials(busy, 0).await.unwrap())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut open).await.unwrap();
+    insert_patient(&mut open, busy, "mrn-open").await.unwrap();
+    let started = Instant::now();
+    crate::change_tier::move_to(&mut env, &moving, pb::Tier::Database, "main").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the move did not wait for the neighbour"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut open).await.unwrap();
+    assert_eq!(patients(&mut open).await.len(), 1);
 }
