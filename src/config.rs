@@ -107,6 +107,12 @@ pub struct ServerConfig {
     /// (a shorter `grpc-timeout` wins). For streams, the time to the first response.
     #[serde(default = "default_max_call_seconds")]
     pub max_call_seconds: u64,
+    /// Serve plaintext gRPC on a non-loopback address (no `[tls]`): only behind something that
+    /// terminates TLS for tenantd (a service mesh, a proxy on the same host). Without it such a
+    /// listener is refused: bearer tokens and issued passwords would cross the network in
+    /// clear.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 fn default_max_request_bytes() -> usize {
@@ -122,6 +128,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_request_bytes: default_max_request_bytes(),
             max_call_seconds: default_max_call_seconds(),
+            insecure_plaintext: false,
         }
     }
 }
@@ -520,6 +527,15 @@ impl Config {
                  it is for one developer's machine",
             );
         }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.server.insecure_plaintext
+        {
+            return Err(ConfigError::Invalid(format!(
+                "listen {} is not a loopback address and [tls] is not set: tokens and issued \
+                 passwords would cross the network in clear. Set [tls], or [server] \
+                 insecure_plaintext = true if something in front terminates TLS for tenantd",
+                self.listen
+            )));
+        }
         let client_ca = self.tls.as_ref().and_then(|t| t.client_ca_file.as_ref());
         if !a.certificates.is_empty() && client_ca.is_none() {
             return invalid("auth.certificates needs tls.client_ca_file to verify them");
@@ -751,6 +767,14 @@ mod tests {
             &|c| c.credentials.reap_interval_seconds = 0,
             "reap_interval_seconds",
         );
+        refused(
+            &|c| c.listen = "0.0.0.0:50051".parse().unwrap(),
+            "[tls] is not set",
+        );
+        let mut behind_a_proxy = c.clone();
+        behind_a_proxy.listen = "0.0.0.0:50051".parse().unwrap();
+        behind_a_proxy.server.insecure_plaintext = true;
+        behind_a_proxy.validate().unwrap();
         refused(&|c| c.server.max_request_bytes = 10, "max_request_bytes");
         for origin in ["*", "console.example.com", "https://console.example.com/"] {
             refused(
