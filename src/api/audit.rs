@@ -34,37 +34,46 @@ pub trait Outcome {
 /// Runs `handle` and records its outcome. If the entry cannot be written the call fails
 /// (UNAVAILABLE): no unaudited change is reported as done. A retry with the same
 /// `request_id` gets the same operation and writes the entry.
+///
+/// Both run in a task of their own: a caller whose deadline passes or who goes away drops
+/// this future, not the task, so a change that committed still gets its entry.
 pub async fn audited<T, R, F, Fut>(
     control: &Control,
     request: Request<T>,
     handle: F,
 ) -> Result<Response<R>, Status>
 where
-    T: Audited,
-    R: Outcome,
-    F: FnOnce(T) -> Fut,
-    Fut: Future<Output = Result<R, Status>>,
+    T: Audited + Send + 'static,
+    R: Outcome + Send + 'static,
+    F: FnOnce(Control, T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {
     let caller = caller(&request)?;
     let body = request.into_inner();
-    let subject = body.subject();
-    let request_id = crate::audit::printable(body.request_id(), 128);
-    let result = handle(body).await;
-    let (code, detail, tenant_id) = match &result {
-        Ok(answer) => (Code::Ok, answer.detail(), answer.tenant_id()),
-        Err(status) => (status.code(), status.message().to_owned(), None),
-    };
-    let event = NewAuditEvent {
-        tenant_id,
-        principal: caller.principal.name,
-        role: caller.principal.role.as_str().into(),
-        method: caller.method,
-        request_id,
-        code: code_name(code).into(),
-        detail,
-    };
-    control.record_audit(event, &subject).await?;
-    result.map(Response::new)
+    let control = control.clone();
+    let task = tokio::spawn(async move {
+        let subject = body.subject();
+        let request_id = crate::audit::printable(body.request_id(), 128);
+        let result = handle(control.clone(), body).await;
+        let (code, detail, tenant_id) = match &result {
+            Ok(answer) => (Code::Ok, answer.detail(), answer.tenant_id()),
+            Err(status) => (status.code(), status.message().to_owned(), None),
+        };
+        let event = NewAuditEvent {
+            tenant_id,
+            principal: caller.principal.name,
+            role: caller.principal.role.as_str().into(),
+            method: caller.method,
+            request_id,
+            code: code_name(code).into(),
+            detail,
+        };
+        control.record_audit(event, &subject).await?;
+        result
+    });
+    task.await
+        .map_err(|e| Status::internal(format!("call failed: {e}")))?
+        .map(Response::new)
 }
 
 /// Who made the call, as admission recorded it.

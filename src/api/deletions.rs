@@ -29,14 +29,11 @@ impl pb::deletion_service_server::DeletionService for DeletionApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let tenant = TenantRef::parse("tenant", &r.tenant)?;
             let deletion = DeletionRequest::try_from(&r)?;
             let request_id = RequestId::parse(&r.request_id)?;
-            let op = self
-                .control
-                .delete_tenant(&tenant, deletion, request_id)
-                .await?;
+            let op = control.delete_tenant(&tenant, deletion, request_id).await?;
             Ok(op.into())
         })
         .await

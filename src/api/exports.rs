@@ -40,14 +40,10 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::ExportTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let tenant = TenantRef::parse("tenant", &r.tenant)?;
             let request_id = RequestId::parse(&r.request_id)?;
-            Ok(self
-                .control
-                .export_tenant(&tenant, request_id)
-                .await?
-                .into())
+            Ok(control.export_tenant(&tenant, request_id).await?.into())
         })
         .await
     }
@@ -80,11 +76,10 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::RestoreTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let restore = RestoreRequest::try_from(&r)?;
             let request_id = RequestId::parse(&r.request_id)?;
-            let op = self
-                .control
+            let op = control
                 .restore_tenant(restore.export_id, restore.target, request_id)
                 .await?;
             Ok(op.into())
@@ -98,7 +93,10 @@ impl pb::export_service_server::ExportService for ExportApi {
         &self,
         request: Request<pb::ReadExportRequest>,
     ) -> Result<Response<ReadStream>, Status> {
-        audited(&self.control, request, |r| self.read_export_stream(r)).await
+        audited(&self.control, request, |control, r| {
+            ExportApi::read_export_stream(control, r)
+        })
+        .await
     }
 
     async fn get_signing_key(
@@ -122,9 +120,12 @@ impl Outcome for ReadStream {
 
 impl ExportApi {
     /// The export's header (manifest, signature, data key), then its archive in chunks.
-    async fn read_export_stream(&self, r: pb::ReadExportRequest) -> Result<ReadStream, Status> {
+    async fn read_export_stream(
+        control: Control,
+        r: pb::ReadExportRequest,
+    ) -> Result<ReadStream, Status> {
         let id = convert::resource_id("name", &r.name, "exports")?;
-        let mut read = self.control.read_export(id).await?;
+        let mut read = control.read_export(id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let header = pb::ReadExportResponse {
             part: Some(pb::read_export_response::Part::Header(pb::ExportHeader {

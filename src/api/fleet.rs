@@ -185,10 +185,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::MigrateFleetRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let (plan, canaries) = plan_from(&r)?;
             let rid = RequestId::parse(&r.request_id)?;
-            let view = self.control.migrate_fleet(plan, canaries, rid).await?;
+            let view = control.migrate_fleet(plan, canaries, rid).await?;
             Ok(view.into())
         })
         .await
@@ -203,9 +203,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             .get::<Caller>()
             .map(|c| c.principal.name.clone())
             .unwrap_or_default();
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let id = convert::resource_id("name", &r.name, "operations")?;
-            Ok(self.control.resume_rollout(id, &principal).await?.into())
+            Ok(control.resume_rollout(id, &principal).await?.into())
         })
         .await
     }
@@ -237,11 +237,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::RetryRolloutTargetRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let id = convert::resource_id("name", &r.name, "operations")?;
             let rid = RequestId::parse(&r.request_id)?;
-            Ok(self
-                .control
+            Ok(control
                 .retry_rollout_target(id, &r.target, rid)
                 .await?
                 .into())

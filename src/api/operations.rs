@@ -66,9 +66,9 @@ impl pb::operation_service_server::OperationService for OperationApi {
         &self,
         request: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let id = convert::resource_id("name", &r.name, "operations")?;
-            Ok(self.control.cancel_operation(id).await?.into())
+            Ok(control.cancel_operation(id).await?.into())
         })
         .await
     }

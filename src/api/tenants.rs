@@ -30,10 +30,10 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let request_id = RequestId::parse(&r.request_id)?;
             let new = NewTenant::try_from(r)?;
-            Ok(self.control.create_tenant(new, request_id).await?.into())
+            Ok(control.create_tenant(new, request_id).await?.into())
         })
         .await
     }
@@ -67,13 +67,9 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let u = TenantUpdate::try_from(r)?;
-            Ok(self
-                .control
-                .update_tenant(&u.tenant, u.changes)
-                .await?
-                .into())
+            Ok(control.update_tenant(&u.tenant, u.changes).await?.into())
         })
         .await
     }
@@ -82,11 +78,10 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         request: Request<pb::ChangeTierRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let request_id = RequestId::parse(&r.request_id)?;
             let c = TierChangeRequest::try_from(&r)?;
-            let op = self
-                .control
+            let op = control
                 .change_tier(&c.tenant, c.tier, c.cluster, request_id)
                 .await?;
             Ok(op.into())
@@ -109,7 +104,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         request: Request<pb::IssueCredentialsRequest>,
     ) -> Result<Response<pb::Credentials>, Status> {
         let caller = caller(&request)?;
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let tenant = TenantRef::parse("tenant", &r.tenant)?;
             let ttl = match r.ttl_seconds {
                 0 => None,
@@ -118,8 +113,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
                 })?),
             };
             let ttl = crate::credentials::ttl(ttl)?;
-            let (issued, route) = self
-                .control
+            let (issued, route) = control
                 .issue_credentials(&caller.principal, &tenant, ttl)
                 .await?;
             Ok(pb::Credentials {
@@ -138,10 +132,9 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         request: Request<pb::RevokeCredentialsRequest>,
     ) -> Result<Response<pb::RevokeCredentialsResponse>, Status> {
         let caller = caller(&request)?;
-        audited(&self.control, request, |r| async move {
+        audited(&self.control, request, move |control, r| async move {
             let tenant = TenantRef::parse("tenant", &r.tenant)?;
-            let revoked = self
-                .control
+            let revoked = control
                 .revoke_credentials(&caller.principal, &tenant)
                 .await?;
             Ok(pb::RevokeCredentialsResponse {

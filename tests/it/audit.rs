@@ -233,3 +233,53 @@ async fn changes_are_audited_per_tenant_and_tampering_is_named() {
     let err = tenantctl_verify(&env).await.unwrap_err();
     assert!(err.contains("the last ones, were removed"), "{err}");
 }
+
+/// A caller that gives up (its deadline passes) after the change committed still leaves the
+/// change's audit entry: every operation the loop started has one.
+#[tokio::test]
+async fn a_change_whose_caller_gave_up_still_has_its_entry() {
+    let env = TestEnv::start().await;
+    let (mut ok, mut gave_up) = (0, 0);
+    for ms in 1..=50u64 {
+        let mut request = tonic::Request::new(pb::CreateTenantRequest {
+            slug: format!("impatient-{ms}"),
+            tier: pb::Tier::Pool as i32,
+            ..Default::default()
+        });
+        request.set_timeout(std::time::Duration::from_millis(ms));
+        // A connection per call, as impatient clients would: many resets on one connection
+        // would have the server close it (HTTP/2 rapid-reset protection).
+        let mut tenants = TenantServiceClient::new(as_role(connect(&env.addr).await, Role::Admin));
+        match tenants.create_tenant(request).await {
+            Ok(_) => ok += 1,
+            Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => gave_up += 1,
+            Err(s) => panic!("{ms} ms: {s:?}"),
+        }
+    }
+    assert!(gave_up > 0, "no call gave up ({ok} answered)");
+    let unaudited = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM operations o WHERE NOT EXISTS
+                 (SELECT 1 FROM audit_events a WHERE a.detail = 'operations/' || o.id)",
+        )
+        .fetch_one(&env.registry)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while unaudited().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an operation has no audit entry"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM operations")
+        .fetch_one(&env.registry)
+        .await
+        .unwrap();
+    assert!(
+        ops >= ok,
+        "{ops} operations, {ok} answered, {gave_up} gave up"
+    );
+}
