@@ -304,6 +304,11 @@ pub async fn run(
     // registry's, if it lives on a data-plane cluster) are closed to PUBLIC. In the
     // background: a cluster that is down must not hold up start-up.
     tokio::spawn(close_maintenance_databases(deps.clone()));
+    // Keys whose deletion is due are destroyed on their date, read or not.
+    tokio::spawn(crate::keys::sweep(
+        deps.keys.clone(),
+        shutdown.child_token(),
+    ));
     // Expired and revoked logins go, on every replica (they share the work).
     tokio::spawn(crate::credentials::reap(
         deps.clone(),

@@ -188,7 +188,8 @@ impl LocalKms {
         format!("{}{tenant_id}", self.alias_prefix)
     }
 
-    /// Loads a key by id or alias, first erasing its material if its deletion is due.
+    /// Loads a key by id or alias, first erasing its material if its deletion is due (the
+    /// sweep does it for every key; this covers a read between two sweeps).
     async fn load(&self, id_or_alias: &str) -> Result<Option<KeyRow>, KeyError> {
         sqlx::query(
             "UPDATE local_keys SET state = 'destroyed', material = NULL \
@@ -412,6 +413,17 @@ impl KeyService for LocalKms {
             key_id,
             der: sig.to_der().as_bytes().to_vec(),
         })
+    }
+
+    async fn destroy_due_keys(&self) -> Result<u64, KeyError> {
+        let done = sqlx::query(
+            "UPDATE local_keys SET state = 'destroyed', material = NULL \
+             WHERE state = 'pending_deletion' AND deletion_after <= now()",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
     }
 
     async fn public_key(&self) -> Result<PublicKey, KeyError> {

@@ -182,6 +182,35 @@ pub trait KeyService: Send + Sync + 'static {
     /// Signs `message` with the service signing key (ECDSA P-256, SHA-256).
     async fn sign(&self, message: &[u8]) -> Result<Signature, KeyError>;
     async fn public_key(&self) -> Result<PublicKey, KeyError>;
+
+    /// Destroys every key whose deletion is due; returns how many. A provider that destroys
+    /// keys itself on their date (AWS KMS) has nothing to do.
+    async fn destroy_due_keys(&self) -> Result<u64, KeyError> {
+        Ok(0)
+    }
+}
+
+/// How often [`sweep`] destroys keys whose deletion is due.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Destroys due keys at start and then every [`SWEEP_INTERVAL`] until `shutdown`, so a deleted
+/// tenant's key is gone on the date its deletion certificate states, whether or not anything
+/// reads it again.
+pub async fn sweep(
+    keys: std::sync::Arc<dyn KeyService>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match keys.destroy_due_keys().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "keys whose deletion was due destroyed"),
+            Err(e) => tracing::warn!(error = %e, "due keys not destroyed yet; will try again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Largest message [`KeyService::sign`] takes (the AWS KMS limit for raw messages).

@@ -32,13 +32,7 @@ async fn local_keys_are_stored_sealed_and_erased_when_due() {
     assert_eq!(material.unwrap().len(), 1 + 12 + 32 + 16);
     k.schedule_key_deletion(&key.key_id, 7).await.unwrap();
     // Once the waiting period is over the material is erased, not just flagged.
-    sqlx::query(
-        "UPDATE local_keys SET deletion_after = now() - interval '1 second' WHERE key_id = $1",
-    )
-    .bind(&key.key_id)
-    .execute(&env.registry)
-    .await
-    .unwrap();
+    make_due(&env, &key.key_id).await;
     let info = k.describe_key(&key.key_id).await.unwrap();
     assert_eq!(info.state, tenantd::keys::KeyState::Destroyed);
     let (material,): (Option<Vec<u8>>,) =
@@ -67,4 +61,43 @@ async fn s3_passes_the_object_store_suite() {
     let o = env.objects().await;
     blobs::behaves_like_an_object_store(o.as_ref()).await;
     blobs::streams_uploads(o.as_ref()).await;
+}
+
+/// A key whose deletion is due is destroyed by the service on its own (at start, then every
+/// sweep), not only when something reads it again: the date a deletion certificate states is
+/// the date the material is gone.
+#[tokio::test]
+async fn the_service_destroys_local_keys_on_their_due_date_unread() {
+    let mut env = TestEnv::spawn("").await;
+    let k = env.keys().await;
+    let key = k.create_tenant_key(uuid::Uuid::new_v4()).await.unwrap();
+    k.schedule_key_deletion(&key.key_id, 7).await.unwrap();
+    make_due(&env, &key.key_id).await;
+    env.restart("").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (state, material): (String, Option<Vec<u8>>) =
+            sqlx::query_as("SELECT state, material FROM local_keys WHERE key_id = $1")
+                .bind(&key.key_id)
+                .fetch_one(&env.registry)
+                .await
+                .unwrap();
+        if state == "destroyed" {
+            assert_eq!(material, None);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Moves a key pending deletion past its waiting period.
+async fn make_due(env: &TestEnv, key_id: &str) {
+    sqlx::query(
+        "UPDATE local_keys SET deletion_after = now() - interval '1 second' WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .execute(&env.registry)
+    .await
+    .unwrap();
 }
