@@ -66,6 +66,49 @@ impl VerifiedExport {
         })
     }
 
+    /// Reads the whole archive back and checks it as a restore would before using it: every
+    /// chunk authenticated, the stream complete, and both digests equal to the manifest's.
+    /// Returns the plaintext bytes it decoded. A damaged archive is FAILED_PRECONDITION
+    /// naming what is wrong.
+    pub async fn read_back(&self, deps: &Context) -> Result<u64, Error> {
+        use tokio::io::AsyncReadExt;
+        const CHUNK: usize = 1 << 20;
+        let key = self.data_key(deps).await?;
+        let mut archive = super::ArchiveReader::for_manifest(&self.manifest, &key)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut object = deps.objects.read(&self.keys.archive).await?;
+        let damaged = |e: super::ArchiveError| Error::FailedPrecondition {
+            reason: format!(
+                "export exports/{} does not read back: {e}",
+                self.manifest.export_id
+            ),
+            operation: None,
+        };
+        let mut plain = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(CHUNK);
+            let n = (&mut object)
+                .take(CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| Error::Unavailable(format!("reading the archive: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            // Decrypting and decompressing a chunk is CPU work: off the async threads.
+            let (back, out) = tokio::task::spawn_blocking(move || {
+                let out = archive.write(&buf);
+                (archive, out)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("archive reader: {e}")))?;
+            archive = back;
+            plain += out.map_err(damaged)?.len() as u64;
+        }
+        let tail = archive.finish_checked(&self.manifest).map_err(damaged)?;
+        Ok(plain + tail.len() as u64)
+    }
+
     /// The export's data key, unwrapped by the tenant key under the export's context. A tenant
     /// key pending deletion or destroyed refuses: FAILED_PRECONDITION.
     pub async fn data_key(&self, deps: &Context) -> Result<Zeroizing<[u8; 32]>, Error> {

@@ -150,7 +150,8 @@ pub async fn record(
 
 /// A deleted tenant's final export, for handing over (one step of the deletion, idempotent
 /// like the export's own steps): dumped under [`ExportKeys::handover`] with its data key
-/// sealed by the service key, signed and recorded as a complete export.
+/// sealed by the service key, signed and recorded as a complete export, then read back from
+/// the store and checked whole (chunks, digests) before the deletion may go on.
 pub async fn handover(
     cx: &StepContext<'_>,
     export_id: Uuid,
@@ -181,8 +182,23 @@ pub async fn handover(
     };
     write_manifest(deps, &keys, &signed, &dumped).await?;
     record(deps, export_id, &dumped, &dumped.key_id).await?;
+    if crate::workflow::failpoint::armed("delete.damage_final_export") {
+        // Test hook: the stored archive is damaged between its upload and the read-back.
+        let mut bytes = deps.objects.get(&keys.archive).await?;
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 1;
+        }
+        deps.objects.put(&keys.archive, &bytes).await?;
+    }
+    // The tenant's data is about to go for good: the handover copy must read back whole,
+    // from the store, under its signed manifest, before the deletion goes on.
+    let plain = crate::archive::verified::VerifiedExport::open(deps, export_id)
+        .await?
+        .read_back(deps)
+        .await?;
     tracing::info!(tenant_id = %tenant_id, export_id = %export_id,
-        bytes = dumped.ciphertext.bytes, "final export for handover complete");
+        bytes = dumped.ciphertext.bytes, plain_bytes = plain,
+        "final export for handover complete and read back");
     Ok(crate::certificate::FinalExportFacts {
         export: format!("exports/{export_id}"),
         object_uri: deps.objects.uri(&keys.archive),

@@ -615,3 +615,32 @@ async fn an_admin_that_does_not_bypass_rls_fails_closed() {
     .expect_err("the digest must not verify an empty copy");
     assert!(e.to_string().contains("row-level security"), "{e}");
 }
+
+/// A final export that does not read back whole stops the deletion before any data goes:
+/// the tenant keeps its rows and is active again.
+#[tokio::test]
+async fn a_final_export_that_does_not_read_back_stops_the_deletion() {
+    let mut env = TestEnv::spawn("delete.damage_final_export=on").await;
+    let t = env.provision("del-damaged", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 5).await;
+    let before = snapshot(&place, id).await;
+    let op = delete(
+        &mut env,
+        pb::DeleteTenantRequest {
+            final_export: true,
+            ..request("del-damaged")
+        },
+    )
+    .await;
+    let Some(pb::operation::Result::Error(e)) = op.result else {
+        panic!("the deletion went on: {op:?}");
+    };
+    assert!(e.message.contains("does not read back"), "{e:?}");
+    assert_eq!(snapshot(&place, id).await, before, "nothing was deleted");
+    assert_eq!(
+        env.tenant(&t.id).await.state,
+        pb::TenantState::Active as i32
+    );
+}
