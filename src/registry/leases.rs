@@ -26,6 +26,9 @@ pub struct Claimed {
     pub failures: i32,
     pub error: Option<OperationError>,
     pub lease: Lease,
+    /// This process's own clock reading from before the claim was sent: the lease cannot
+    /// have been granted for longer than its duration from then.
+    pub claimed_at: std::time::Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,7 @@ impl Registry {
         lease: Duration,
     ) -> Result<Option<Claimed>, Error> {
         let token = Uuid::new_v4();
+        let claimed_at = std::time::Instant::now();
         let row: Option<ClaimedRow> = sqlx::query_as(
             "UPDATE operations o
              SET lease_token = $1, lease_owner = $2,
@@ -110,6 +114,7 @@ impl Registry {
                 message: r.error_message.unwrap_or_default(),
                 step: r.error_step,
             }),
+            claimed_at,
             lease: Lease {
                 operation_id: r.id,
                 token,

@@ -2,7 +2,11 @@
 //! in order, and record every transition through the lease-guarded registry writes.
 //!
 //! A worker that loses its lease (a long pause, a partition) stops at once: the heartbeat
-//! cancels the running step, and every later write would be refused anyway.
+//! cancels the running step, and every later write would be refused anyway. A worker that
+//! cannot reach the registry does not wait to hear that: it fences itself on its own clock,
+//! stopping the step a margin before the lease it last renewed could expire (measured from
+//! before each renewal was sent), so it never runs a step while another worker that took
+//! the lease over does.
 
 use std::time::Duration;
 
@@ -98,7 +102,12 @@ pub async fn drive<W: Workflow>(
         kind = W::KIND);
     async {
         let lost = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(deps.clone(), claimed.lease, lost.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            deps.clone(),
+            claimed.lease,
+            claimed.claimed_at,
+            lost.clone(),
+        ));
         let outcome = Run {
             workflow,
             deps,
@@ -120,19 +129,42 @@ pub async fn drive<W: Workflow>(
     .await
 }
 
-async fn heartbeat(deps: Context, lease: Lease, lost: CancellationToken) {
+/// How much earlier than its lease could expire a worker cut off from the registry stops:
+/// room for clock drift between this process and the registry, and for a step to wind down.
+fn self_fence_margin(lease: Duration) -> Duration {
+    (lease / 5).max(Duration::from_millis(200))
+}
+
+async fn heartbeat(
+    deps: Context,
+    lease: Lease,
+    claimed_at: std::time::Instant,
+    lost: CancellationToken,
+) {
     let duration = deps.config.workflow.lease();
     let every = duration / 3;
+    let margin = self_fence_margin(duration);
+    // The lease cannot outlast `duration` from before the request that granted it was sent.
+    let mut valid_until = claimed_at + duration.saturating_sub(margin);
     loop {
-        tokio::time::sleep(every).await;
-        match deps.registry.heartbeat(&lease, duration).await {
-            Ok(()) => {}
-            Err(LeaseError::Lost) => {
+        let wake = (tokio::time::Instant::now() + every).min(valid_until.into());
+        tokio::time::sleep_until(wake).await;
+        let sent = std::time::Instant::now();
+        if sent >= valid_until {
+            tracing::warn!("registry unreachable: stopping the step before the lease can expire");
+            lost.cancel();
+            return;
+        }
+        let renewal = deps.registry.heartbeat(&lease, duration);
+        match tokio::time::timeout(valid_until - sent, renewal).await {
+            Ok(Ok(())) => valid_until = sent + duration.saturating_sub(margin),
+            Ok(Err(LeaseError::Lost)) => {
                 lost.cancel();
                 return;
             }
-            // A registry hiccup: keep trying until the lease would have expired.
-            Err(LeaseError::Registry(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+            // A registry hiccup: keep trying until the lease could expire.
+            Ok(Err(LeaseError::Registry(e))) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::warn!("heartbeat unanswered"),
         }
     }
 }

@@ -443,3 +443,95 @@ async fn traces_reach_an_otlp_collector_and_continue_the_callers_trace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A TCP proxy that can be cut like a network partition: after [`Partition::cut`], bytes stop
+/// flowing both ways on every connection through it (they stay open and hang), and new
+/// connections are accepted and never answered.
+struct Partition {
+    port: u16,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Partition {
+    async fn to(target_port: u16) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let c = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let c = c.clone();
+                tokio::spawn(async move {
+                    // Once cut, both ends stay open and silent.
+                    let mut outbound = None;
+                    if !c.is_cancelled() {
+                        let mut out = tokio::net::TcpStream::connect(("127.0.0.1", target_port))
+                            .await
+                            .unwrap();
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => return,
+                            _ = c.cancelled() => {}
+                        }
+                        outbound = Some(out);
+                    }
+                    let _held = (inbound, outbound);
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        Partition { port, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_registry_stops_before_another_takes_over() {
+    // Replica A reaches the registry through a proxy, and its step waits at the copy.
+    let (config, dir) = TestEnv::config().await;
+    let direct = config.registry_url.clone();
+    let main_port: u16 = direct
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .get_port();
+    let partition = Partition::to(main_port).await;
+    let mut through = config.clone();
+    through.registry_url =
+        direct.replace(&format!(":{main_port}/"), &format!(":{}/", partition.port));
+    let mut env = TestEnv::spawn_with(through, dir, "change_tier.before_copy=sleep(6000)").await;
+    env.config = config;
+    env.registry = sqlx::PgPool::connect(&direct).await.unwrap();
+    let t = env.provision("cut-off", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 40).await;
+    let before = snapshot(&Place::of(&t), id).await;
+    let op = to_schema(&mut env, &t).await;
+    env.until_step_done(&op.name, "fence").await;
+
+    // A loses the registry mid-step (it can still reach the data plane); B joins.
+    partition.cut();
+    let a = env.process.take().unwrap();
+    let b = Process::spawn(&env.config, &env.dir, "");
+    env.switch_to(b).await;
+    let (_, moved) = env.wait_tenant(&op.name).await;
+    assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
+
+    // By the time A's step would have gone on, it had stopped itself: it copied nothing
+    // while B held the operation.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        log.contains("registry unreachable: stopping the step before the lease can expire"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("table copied"),
+        "A copied after it was cut off:\n{log}"
+    );
+    drop(a);
+}
