@@ -258,14 +258,77 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    /// Deletes the object and, in a bucket with versioning, every version of it and every
+    /// delete marker: a deletion certificate that says the object is gone must not leave an
+    /// older version readable. A bucket whose versions tenantd may not delete is refused,
+    /// naming the bucket and the permission.
     async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError> {
+        let full = self.full(key);
         self.client
             .delete_object()
             .bucket(&self.bucket)
-            .key(self.full(key))
+            .key(&full)
             .send()
             .await
             .map_err(error)?;
+        let mut versions = Vec::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(error)?;
+            let ids = page
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                );
+            for (k, id) in ids {
+                // The prefix also lists longer keys; and "null" is an unversioned object's.
+                if k == Some(full.as_str())
+                    && let Some(id) = id.filter(|id| *id != "null")
+                {
+                    versions.push(id.to_owned());
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
+        }
+        for id in versions {
+            let deleted = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .version_id(&id)
+                .send()
+                .await;
+            match deleted {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("AccessDenied") => {
+                    return Err(BlobError::Io(format!(
+                        "s3: bucket {} keeps versions of {full} and tenantd may not delete \
+                         them (s3:DeleteObjectVersion): a deletion would leave the tenant's \
+                         data readable",
+                        self.bucket
+                    )));
+                }
+                Err(e) => return Err(error(e)),
+            }
+        }
         Ok(())
     }
 

@@ -101,3 +101,63 @@ async fn make_due(env: &TestEnv, key_id: &str) {
     .await
     .unwrap();
 }
+
+/// In a bucket with versioning, deleting an object removes every version and delete marker
+/// of it: nothing older stays readable behind the deletion.
+#[tokio::test]
+async fn s3_deletion_removes_every_version_in_a_versioned_bucket() {
+    use tenantd::blobs::ObjectKey;
+    let env = TestEnv::start_aws().await;
+    let tenantd::config::ObjectsConfig::S3 { bucket, .. } = &env.config.objects else {
+        panic!("an S3 environment");
+    };
+    let sdk = tenantd::aws::sdk_config(&env.config.aws).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let o = env.objects().await;
+    let key = ObjectKey::new("tenants/x/exports/y/dump").unwrap();
+    let neighbour = ObjectKey::new("tenants/x/exports/y/dump.manifest").unwrap();
+    for body in [&b"first"[..], b"second"] {
+        o.put(&key, body).await.unwrap();
+    }
+    o.put(&neighbour, b"kept").await.unwrap();
+    let versions = || async {
+        let page = s3
+            .list_object_versions()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        page.versions()
+            .iter()
+            .filter_map(|v| v.key().map(str::to_owned))
+            .chain(
+                page.delete_markers()
+                    .iter()
+                    .filter_map(|m| m.key().map(str::to_owned)),
+            )
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(versions().await.len(), 3);
+    o.delete(&key).await.unwrap();
+    let left = versions().await;
+    assert!(
+        left.iter().all(|k| k.ends_with("dump.manifest")),
+        "versions of the deleted object remain: {left:?}"
+    );
+    assert_eq!(left.len(), 1, "the neighbour is untouched");
+    assert_eq!(o.get(&neighbour).await.unwrap(), b"kept");
+}
