@@ -44,6 +44,13 @@ async fn a_registry_and_tenants_the_previous_release_made_keep_working() {
         panic!("local keys")
     };
     std::fs::copy(fixture("master.key"), master_key_file).unwrap();
+    // As the old build left it (a checkout gives the fixture 0644; tenantd refuses a key
+    // others may read).
+    std::fs::set_permissions(
+        master_key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut env = TestEnv::start_with(config, dir).await;
 
     // The registry was migrated and holds the example's versions, which the old build had
