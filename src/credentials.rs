@@ -43,15 +43,14 @@ const SECURE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Grants the container's application role its access (a tenant's own role gets its search
 /// path and tenant id in the container's database; it never logs in itself).
-pub async fn grant(deps: &Context, cluster: &Cluster, c: &Container) -> Result<(), StepError> {
-    grant_staged(deps, cluster, c, &c.schema).await
+pub async fn grant(cluster: &Cluster, c: &Container) -> Result<(), StepError> {
+    grant_staged(cluster, c, &c.schema).await
 }
 
 /// Like [`grant`] for a copy of a container staged under another schema name that will be
 /// renamed to `live_schema` (a restore): the access goes to the staged copy, the role's
 /// search_path names `live_schema`.
 pub async fn grant_staged(
-    _deps: &Context,
     cluster: &Cluster,
     staged: &Container,
     live_schema: &Ident,

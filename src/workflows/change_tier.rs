@@ -174,7 +174,7 @@ impl Workflow for ChangeTier {
                 catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
                 // Fenced before the role can reach it: nothing writes the target early.
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
-                credentials::grant(deps, e.dst_cluster, &e.dst).await?;
+                credentials::grant(e.dst_cluster, &e.dst).await?;
             }
             Step::Fence => {
                 let e = both_ends(state)?;

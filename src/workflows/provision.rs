@@ -79,7 +79,7 @@ impl Workflow for Provision {
             Step::Migrate => {
                 state.schema_version = Some(migrate_to_fleet(deps, cluster, &c).await?);
             }
-            Step::Grant => credentials::grant(deps, cluster, &c).await?,
+            Step::Grant => credentials::grant(cluster, &c).await?,
             Step::Seed => {
                 let db = cluster.database(&c.database);
                 state.seeded_rows = Some(catalog::seed(cluster, &db, &c.schema, tenant_id).await?);

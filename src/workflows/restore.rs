@@ -214,9 +214,9 @@ impl Workflow for Restore {
             Step::Grant => {
                 fence::fence(cluster, &staged, cx.operation_id).await?;
                 if live.tier == Tier::Pool {
-                    credentials::grant(deps, cluster, &live).await?;
+                    credentials::grant(cluster, &live).await?;
                 } else {
-                    credentials::grant_staged(deps, cluster, &staged, &live.schema).await?;
+                    credentials::grant_staged(cluster, &staged, &live.schema).await?;
                 }
             }
             Step::Fence => {
