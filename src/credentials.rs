@@ -28,7 +28,7 @@ use crate::context::Context;
 use crate::dataplane::{Cluster, Container, backend, isolation, logins, roles};
 use crate::error::Error;
 use crate::registry::Registry;
-use crate::registry::logins::NewLogin;
+use crate::registry::logins::{LoginRow, NewLogin};
 use crate::sql::Ident;
 use crate::tenant::{Tenant, TenantState};
 use crate::workflow::StepError;
@@ -199,12 +199,7 @@ pub async fn revoke(deps: &Context, tenant_id: Uuid, which: Revoke) -> Result<us
     };
     let mut dropped = 0;
     for row in deps.registry.revoke_logins(tenant_id, before).await? {
-        let login =
-            Ident::new(row.username.clone()).map_err(crate::dataplane::DataPlaneError::from)?;
-        // A cluster no longer configured has no role left to drop.
-        if let Ok(cluster) = deps.dataplane.cluster(&row.cluster) {
-            logins::remove(cluster, &login).await?;
-        }
+        remove_recorded(deps, &row).await?;
         Registry::forget_login(deps.registry.pool(), &row.username).await?;
         dropped += 1;
     }
@@ -220,6 +215,16 @@ pub async fn revoke(deps: &Context, tenant_id: Uuid, which: Revoke) -> Result<us
         tracing::info!(%tenant_id, logins = dropped, "logins revoked");
     }
     Ok(dropped)
+}
+
+/// Drops the role of a login the registry records (its sessions ended). A cluster no longer
+/// configured has no role left to drop.
+async fn remove_recorded(deps: &Context, row: &LoginRow) -> Result<(), Error> {
+    let login = Ident::new(row.username.clone()).map_err(crate::dataplane::DataPlaneError::from)?;
+    if let Ok(cluster) = deps.dataplane.cluster(&row.cluster) {
+        logins::remove(cluster, &login).await?;
+    }
+    Ok(())
 }
 
 /// Drops expired and revoked logins every `credentials.reap_interval_seconds` until
@@ -246,11 +251,7 @@ pub async fn reap_once(deps: &Context) -> Result<usize, Error> {
         let Some(row) = Registry::claim_due_login(&mut tx, &failed).await? else {
             break;
         };
-        let login =
-            Ident::new(row.username.clone()).map_err(crate::dataplane::DataPlaneError::from)?;
-        if let Ok(cluster) = deps.dataplane.cluster(&row.cluster)
-            && let Err(e) = logins::remove(cluster, &login).await
-        {
+        if let Err(e) = remove_recorded(deps, &row).await {
             tracing::warn!(error = %e, login = %row.username, "login not dropped yet");
             failed.push(row.username);
             continue;
