@@ -121,12 +121,16 @@ pub async fn remove(cluster: &Cluster, login: &Ident) -> Result<(), DataPlaneErr
     if !roles::role_exists(cluster, login).await? {
         return Ok(());
     }
-    cluster
+    match cluster
         .exec(
             cluster.admin(),
             Statement::new("ALTER ROLE ").ident(login).push(" NOLOGIN"),
         )
-        .await?;
+        .await
+    {
+        Err(e) if roles::dropped_meanwhile(&e) => return Ok(()),
+        other => other?,
+    }
     // Waits up to a second for each session to go.
     sqlx::query(
         "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity

@@ -101,6 +101,13 @@ pub(super) async fn drop_role_anywhere(
     cluster: &Cluster,
     role: &Ident,
 ) -> Result<(), DataPlaneError> {
+    match drop_role_and_what_it_owns(cluster, role).await {
+        Err(e) if dropped_meanwhile(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn drop_role_and_what_it_owns(cluster: &Cluster, role: &Ident) -> Result<(), DataPlaneError> {
     let drop = || Statement::new("DROP ROLE IF EXISTS ").ident(role);
     match cluster.exec(cluster.admin(), drop()).await {
         Err(DataPlaneError::Sql { source, .. })
@@ -125,6 +132,13 @@ pub(super) async fn drop_role_anywhere(
         }
         other => other,
     }
+}
+
+/// 42704 naming the role: another session (a deletion, another replica's reaper) dropped it
+/// between our check and our statement. Dropping is what we wanted: done.
+pub(super) fn dropped_meanwhile(e: &DataPlaneError) -> bool {
+    matches!(e, DataPlaneError::Sql { source, .. }
+        if crate::sqlstate::code(source).as_deref() == Some("42704"))
 }
 
 /// Takes `database` away from a role that lives on: CONNECT and its per-database settings.
