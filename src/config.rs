@@ -42,6 +42,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub server: ServerConfig,
+    /// Connection pools and per-caller limits (docs/security.md, "Exhaustion").
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -129,6 +132,64 @@ impl Default for ServerConfig {
             max_request_bytes: default_max_request_bytes(),
             max_call_seconds: default_max_call_seconds(),
             insecure_plaintext: false,
+        }
+    }
+}
+
+/// How many connections tenantd opens, and how much one caller may ask of a replica at once.
+/// Every figure is per replica.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Registry connections for gRPC calls.
+    #[serde(default = "default_registry_api_connections")]
+    pub registry_api_connections: u32,
+    /// Registry connections for workflow steps and background tasks.
+    #[serde(default = "default_registry_workflow_connections")]
+    pub registry_workflow_connections: u32,
+    /// Registry connections for claims, heartbeats and step transitions only. Unset: twice
+    /// `[workflow] workers`, plus one.
+    #[serde(default)]
+    pub registry_lease_connections: Option<u32>,
+    /// Connections to each data-plane database.
+    #[serde(default = "default_cluster_connections")]
+    pub cluster_connections: u32,
+    /// Calls one principal may have in progress at once, open streams included; past it,
+    /// RESOURCE_EXHAUSTED. 0: no limit.
+    #[serde(default = "default_calls_per_principal")]
+    pub calls_per_principal: u32,
+    /// Operation-starting calls (create, change tier, export, restore, delete, fleet
+    /// migrations) one principal may make per minute, in bursts of up to as many; past it,
+    /// RESOURCE_EXHAUSTED. 0: no limit.
+    #[serde(default = "default_operation_starts_per_minute")]
+    pub operation_starts_per_minute: u32,
+}
+
+fn default_registry_api_connections() -> u32 {
+    16
+}
+fn default_registry_workflow_connections() -> u32 {
+    8
+}
+fn default_cluster_connections() -> u32 {
+    4
+}
+fn default_calls_per_principal() -> u32 {
+    64
+}
+fn default_operation_starts_per_minute() -> u32 {
+    120
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            registry_api_connections: default_registry_api_connections(),
+            registry_workflow_connections: default_registry_workflow_connections(),
+            registry_lease_connections: None,
+            cluster_connections: default_cluster_connections(),
+            calls_per_principal: default_calls_per_principal(),
+            operation_starts_per_minute: default_operation_starts_per_minute(),
         }
     }
 }
@@ -426,6 +487,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The registry pool sizes `[limits]` and `[workflow]` imply.
+    pub fn registry_pools(&self) -> crate::registry::PoolSizes {
+        let l = &self.limits;
+        crate::registry::PoolSizes {
+            api: l.registry_api_connections,
+            workflow: l.registry_workflow_connections,
+            leases: l
+                .registry_lease_connections
+                .unwrap_or(2 * self.workflow.workers as u32 + 1),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

@@ -88,6 +88,7 @@ pub async fn start(
         auth: Default::default(),
         tls: None,
         server: Default::default(),
+        limits: Default::default(),
         metrics: Default::default(),
         grpc_web: Default::default(),
         tenant_schema: Default::default(),

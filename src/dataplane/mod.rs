@@ -103,12 +103,19 @@ pub struct Cluster {
     base: PgConnectOptions,
     admin: PgPool,
     databases: Mutex<HashMap<String, PgPool>>,
+    /// Connections each pool here may open (`[limits] cluster_connections`).
+    connections: u32,
     /// How this server prints tenantd's policies ([`isolation::canonical`]).
     canonical_policy: tokio::sync::OnceCell<isolation::Canonical>,
 }
 
 impl Cluster {
-    fn new(c: &ClusterConfig, tenant_schema: SchemaHandle) -> Result<Self, String> {
+    fn new(
+        c: &ClusterConfig,
+        tenant_schema: SchemaHandle,
+        connections: u32,
+    ) -> Result<Self, String> {
+        let connections = connections.max(1);
         let base: PgConnectOptions = c
             .admin_url
             .parse::<PgConnectOptions>()
@@ -127,7 +134,7 @@ impl Cluster {
             .options([("row_security", "off")])
             .log_statements(tracing::log::LevelFilter::Trace);
         let admin = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(base.clone());
         Ok(Cluster {
@@ -142,6 +149,7 @@ impl Cluster {
             base,
             admin,
             databases: Mutex::new(HashMap::new()),
+            connections,
             canonical_policy: tokio::sync::OnceCell::new(),
         })
     }
@@ -162,7 +170,7 @@ impl Cluster {
         dbs.entry(database.as_str().to_owned())
             .or_insert_with(|| {
                 PgPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(self.connections)
                     .min_connections(0)
                     .idle_timeout(Duration::from_secs(60))
                     .acquire_timeout(Duration::from_secs(10))
@@ -439,15 +447,29 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// The clusters of `configs`, whose containers are migrated with `tenant_schema`.
+    /// The clusters of `configs`, whose containers are migrated with `tenant_schema`, with
+    /// the default pool size.
     pub fn new(
         configs: &[ClusterConfig],
         tenant_schema: Arc<TenantSchema>,
     ) -> Result<Self, String> {
+        let default = crate::config::LimitsConfig::default().cluster_connections;
+        Self::with_connections(configs, tenant_schema, default)
+    }
+
+    /// As [`DataPlane::new`], each pool opening up to `connections`.
+    pub fn with_connections(
+        configs: &[ClusterConfig],
+        tenant_schema: Arc<TenantSchema>,
+        connections: u32,
+    ) -> Result<Self, String> {
         let tenant_schema = SchemaHandle::new((*tenant_schema).clone());
         let clusters = configs
             .iter()
-            .map(|c| Ok((c.name.clone(), Cluster::new(c, tenant_schema.clone())?)))
+            .map(|c| {
+                let cluster = Cluster::new(c, tenant_schema.clone(), connections)?;
+                Ok((c.name.clone(), cluster))
+            })
             .collect::<Result<_, String>>()?;
         Ok(DataPlane {
             clusters,

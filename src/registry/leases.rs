@@ -96,7 +96,7 @@ impl Registry {
         .bind(token)
         .bind(owner)
         .bind(lease.as_millis() as f64)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.leases())
         .await?;
         let Some(r) = row else {
             return Ok(None);
@@ -131,7 +131,7 @@ impl Registry {
         .bind(lease.operation_id)
         .bind(lease.token)
         .bind(duration.as_millis() as f64)
-        .execute(self.pool())
+        .execute(self.leases())
         .await?;
         if r.rows_affected() == 1 {
             Ok(())
@@ -145,7 +145,7 @@ impl Registry {
         &self,
         lease: &Lease,
     ) -> Result<Transaction<'static, Postgres>, LeaseError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.leases().begin().await?;
         let held: Option<(bool,)> = sqlx::query_as(
             "SELECT cancel_requested FROM operations WHERE id = $1 AND lease_token = $2 FOR UPDATE",
         )
@@ -163,7 +163,7 @@ impl Registry {
         let (flag,): (bool,) =
             sqlx::query_as("SELECT cancel_requested FROM operations WHERE id = $1")
                 .bind(id)
-                .fetch_one(self.pool())
+                .fetch_one(self.leases())
                 .await?;
         Ok(flag)
     }

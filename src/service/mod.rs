@@ -34,7 +34,9 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(deps: Context, events: OperationEvents) -> Self {
+    /// Calls reach the registry through its API pool, apart from the workers'.
+    pub fn new(mut deps: Context, events: OperationEvents) -> Self {
+        deps.registry = deps.registry.for_api();
         Control { deps, events }
     }
 

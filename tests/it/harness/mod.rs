@@ -275,6 +275,7 @@ impl TestEnv {
             },
             tls: None,
             server: Default::default(),
+            limits: Default::default(),
             metrics: Default::default(),
             grpc_web: Default::default(),
             // The example schema, read from its directory as a user's would be.
