@@ -80,6 +80,8 @@ struct All {
     step_seconds: Histograms<Step>,
     rows: Family<Kind, Counter>,
     rollout_targets: Family<KindState, Counter>,
+    streams: Family<Method_, Gauge>,
+    refusals_unrecorded: Counter,
     bytes: Family<Kind, Counter>,
     cloud_seconds: Histograms<Cloud>,
     cloud_errors: Family<Cloud, Counter>,
@@ -95,6 +97,8 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         step_seconds: Family::new_with_constructor(step_time),
         rows: Family::default(),
         rollout_targets: Family::default(),
+        streams: Family::default(),
+        refusals_unrecorded: Counter::default(),
         bytes: Family::default(),
         cloud_seconds: Family::new_with_constructor(latency),
         cloud_errors: Family::default(),
@@ -136,6 +140,16 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         all.rollout_targets.clone(),
     );
     r.register(
+        "open_streams",
+        "Server streams this replica is sending, by method",
+        all.streams.clone(),
+    );
+    r.register(
+        "audit_refusals_unitemised",
+        "Refused calls recorded only in a count, not one entry each (the audit queue was full)",
+        all.refusals_unrecorded.clone(),
+    );
+    r.register(
         "bytes_moved",
         "Archive bytes written by exports, by workflow kind",
         all.bytes.clone(),
@@ -166,6 +180,28 @@ pub fn grpc_call(method: &str, code: &str, took: Duration) {
             method: method.to_owned(),
         })
         .observe(took.as_secs_f64());
+}
+
+/// An open server stream of `method`, counted until the guard is dropped.
+pub fn stream_opened(method: &'static str) -> StreamGuard {
+    let labels = Method_ {
+        method: method.to_owned(),
+    };
+    ALL.streams.get_or_create(&labels).inc();
+    StreamGuard(labels)
+}
+
+pub struct StreamGuard(Method_);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        ALL.streams.get_or_create(&self.0).dec();
+    }
+}
+
+/// `n` refused calls that the audit log records as one count.
+pub fn refusals_unitemised(n: u64) {
+    ALL.refusals_unrecorded.inc_by(n);
 }
 
 /// One run of a step: `outcome` is `done`, `retry`, `waiting` or `failed`.
@@ -228,11 +264,38 @@ pub fn cloud_call(service: &str, call: &str, took: Duration, failed: bool) {
     }
 }
 
-/// The metrics in the Prometheus text format, with the operations gauge read from `registry`
-/// now (left at its last value if the registry does not answer).
+/// How fresh the operations gauge is: scrapes within this time of the last registry read
+/// are answered from it.
+const OPERATIONS_FRESH: Duration = Duration::from_secs(1);
+
+/// When the operations gauge was last read; locked only by the scrape refreshing it.
+static OPERATIONS_READ: LazyLock<tokio::sync::Mutex<Option<std::time::Instant>>> =
+    LazyLock::new(|| tokio::sync::Mutex::new(None));
+
+/// The metrics in the Prometheus text format, with the operations gauge as the registry
+/// last told it.
 pub async fn render(registry: &Registry) -> String {
-    match registry.active_operation_counts().await {
-        Ok(counts) => {
+    refresh_operations(registry).await;
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &ALL.registry)
+        .expect("writing to a String");
+    out
+}
+
+/// Reads the operations gauge from the registry, unless it is fresh or another scrape is
+/// reading it: however many scrapes arrive, at most one holds a registry connection, at
+/// most once per [`OPERATIONS_FRESH`]. A registry that does not answer leaves the last
+/// value.
+async fn refresh_operations(registry: &Registry) {
+    let Ok(mut read) = OPERATIONS_READ.try_lock() else {
+        return;
+    };
+    if read.is_some_and(|at| at.elapsed() < OPERATIONS_FRESH) {
+        return;
+    }
+    let counts = tokio::time::timeout(Duration::from_secs(5), registry.active_operation_counts());
+    match counts.await {
+        Ok(Ok(counts)) => {
             ALL.operations.clear();
             for (kind, state, n) in counts {
                 ALL.operations
@@ -240,12 +303,10 @@ pub async fn render(registry: &Registry) -> String {
                     .set(n);
             }
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: operation counts unavailable"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: operation counts unavailable"),
+        Err(_) => tracing::warn!("metrics: operation counts took too long"),
     }
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &ALL.registry)
-        .expect("writing to a String");
-    out
+    *read = Some(std::time::Instant::now());
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.

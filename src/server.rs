@@ -56,7 +56,7 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     config
         .validate()
         .map_err(|e| ServerError::Config(e.to_string()))?;
-    let registry = Registry::connect(&config.registry_url).await?;
+    let registry = Registry::connect_with(&config.registry_url, config.registry_pools()).await?;
     registry.migrate().await?;
     let files = match &config.tenant_schema.dir {
         Some(dir) => TenantSchema::from_dir(dir).map_err(|e| ServerError::Config(e.to_string()))?,
@@ -67,8 +67,12 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
             TenantSchema::example()
         }
     };
-    let dataplane =
-        DataPlane::new(&config.clusters, Arc::new(files.clone())).map_err(ServerError::Config)?;
+    let dataplane = DataPlane::with_connections(
+        &config.clusters,
+        Arc::new(files.clone()),
+        config.limits.cluster_connections,
+    )
+    .map_err(ServerError::Config)?;
     // Versions the registry does not hold yet are tried in a throwaway container first: one
     // that breaks a convention never reaches a tenant, nor the registry.
     if files.latest() > registry.latest_tenant_schema_version().await? {
@@ -197,15 +201,29 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keeps gRPC health true to what tenantd can do: SERVING while the registry answers,
 /// NOT_SERVING while it does not (every RPC needs it), and NOT_SERVING from the moment
 /// shutdown begins, so that load balancers stop sending calls while running ones finish.
+/// The check has a connection of its own: a flood of calls filling the pools must not
+/// make a healthy replica look dead, and health watchers never touch the registry.
 async fn report_health(health: HealthReporter, registry: Registry, shutdown: CancellationToken) {
     let mut last = Some(ServingStatus::Serving);
+    let mut conn: Option<sqlx::PgConnection> = None;
     loop {
         let status = if shutdown.is_cancelled() {
             ServingStatus::NotServing
         } else {
-            let ping = sqlx::query("SELECT 1").execute(registry.pool());
-            match tokio::time::timeout(HEALTH_TIMEOUT, ping).await {
-                Ok(Ok(_)) => ServingStatus::Serving,
+            let ping = async {
+                if conn.is_none() {
+                    conn = Some(registry.dedicated_connection().await?);
+                }
+                let c = conn.as_mut().expect("connected above");
+                sqlx::query("SELECT 1").execute(c).await?;
+                Ok::<_, crate::error::Error>(())
+            };
+            let answer = tokio::time::timeout(HEALTH_TIMEOUT, ping).await;
+            if !matches!(answer, Ok(Ok(()))) {
+                conn = None;
+            }
+            match answer {
+                Ok(Ok(())) => ServingStatus::Serving,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "registry unreachable: reporting NOT_SERVING");
                     ServingStatus::NotServing
@@ -339,7 +357,8 @@ pub async fn run(
 
     let admission = AdmissionLayer::new(
         Authenticator::new(&config.auth).map_err(|e| ServerError::Config(e.to_string()))?,
-        registry.clone(),
+        crate::auth::refusals::Refusals::start(registry.for_api()),
+        crate::auth::limits::Limits::new(&config.limits),
         Duration::from_secs(config.server.max_call_seconds),
     );
     let max = config.server.max_request_bytes;

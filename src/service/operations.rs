@@ -133,37 +133,46 @@ impl Control {
         }
     }
 
-    /// Streams the operation each time it changes; the stream ends after the final state.
+    /// Streams the operation each time it changes; the stream ends after the final state,
+    /// and as soon as its receiver is dropped (the client went away): a watcher that left
+    /// costs nothing from that moment.
     pub async fn watch_operation(&self, id: Uuid) -> Result<mpsc::Receiver<Result<OperationView>>> {
         let first = self.get_operation(id).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut events = this.events.subscribe();
-            let mut last = first.operation.updated_at;
-            let mut done = first.operation.done();
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            while !done {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                wait_for_change(&mut events, id, deadline).await;
-                match this.get_operation(id).await {
-                    Ok(view) => {
-                        if view.operation.updated_at == last {
-                            continue;
+            let _open = crate::metrics::stream_opened("WatchOperation");
+            let watch = async {
+                let mut events = this.events.subscribe();
+                let mut last = first.operation.updated_at;
+                let mut done = first.operation.done();
+                if tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
+                while !done {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                    wait_for_change(&mut events, id, deadline).await;
+                    match this.get_operation(id).await {
+                        Ok(view) => {
+                            if view.operation.updated_at == last {
+                                continue;
+                            }
+                            last = view.operation.updated_at;
+                            done = view.operation.done();
+                            if tx.send(Ok(view)).await.is_err() {
+                                return;
+                            }
                         }
-                        last = view.operation.updated_at;
-                        done = view.operation.done();
-                        if tx.send(Ok(view)).await.is_err() {
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
                             return;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
                 }
+            };
+            tokio::select! {
+                _ = watch => {}
+                _ = tx.closed() => {}
             }
         });
         Ok(rx)
