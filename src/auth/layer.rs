@@ -16,22 +16,30 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::Instrument as _;
 
+use super::limits::{Limits, Permit};
+use super::refusals::Refusals;
 use super::{Authenticator, Caller, Denied};
-use crate::audit::{NewAuditEvent, Subject};
-use crate::registry::Registry;
+use crate::audit::NewAuditEvent;
 
 #[derive(Clone)]
 pub struct AdmissionLayer {
     auth: Arc<Authenticator>,
-    audit: Registry,
+    refusals: Refusals,
+    limits: Arc<Limits>,
     max_call: Duration,
 }
 
 impl AdmissionLayer {
-    pub fn new(auth: Authenticator, audit: Registry, max_call: Duration) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        refusals: Refusals,
+        limits: Arc<Limits>,
+        max_call: Duration,
+    ) -> Self {
         AdmissionLayer {
             auth: Arc::new(auth),
-            audit,
+            refusals,
+            limits,
             max_call,
         }
     }
@@ -99,6 +107,27 @@ where
             Ok(principal) => {
                 let deadline = deadline(request.headers())
                     .map_or(self.layer.max_call, |d| d.min(self.layer.max_call));
+                let permit = match &principal {
+                    Some(p) => match self
+                        .layer
+                        .limits
+                        .admit(&p.name, super::starts_operation(&path))
+                    {
+                        Ok(permit) => Some(permit),
+                        Err(exhausted) => {
+                            tracing::debug!(principal = %p.name, method = %path, "call refused: {exhausted}");
+                            let answer =
+                                Status::resource_exhausted(exhausted.to_string()).into_http();
+                            crate::metrics::grpc_call(
+                                &method,
+                                code_of(answer.headers()),
+                                started.elapsed(),
+                            );
+                            return Box::pin(async move { Ok(answer) });
+                        }
+                    },
+                    None => None,
+                };
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(Caller {
                         principal,
@@ -112,7 +141,9 @@ where
                     async move {
                         let answer = match tokio::time::timeout(deadline, inner.call(request)).await
                         {
-                            Ok(answer) => answer.map(size_limit_is_resource_exhausted),
+                            Ok(answer) => answer
+                                .map(size_limit_is_resource_exhausted)
+                                .map(|a| hold_until_sent(a, permit)),
                             Err(_) => {
                                 Ok(Status::deadline_exceeded("deadline exceeded").into_http())
                             }
@@ -128,19 +159,35 @@ where
                 )
             }
             Err(denied) => {
-                let audit = self.layer.audit.clone();
+                let refusals = self.layer.refusals.clone();
+                // A refusal is a call too: past the principal's limit it is still refused,
+                // but only counted in the audit log, not itemised.
+                let permit = match &denied {
+                    Denied::Forbidden { principal, .. } => {
+                        Some(self.layer.limits.admit(&principal.name, false))
+                    }
+                    Denied::Unauthenticated(_) => None,
+                };
                 Box::pin(
                     async move {
+                    // A flood of refusals must not become a flood of log lines.
+                    let log = refusals.log_line();
                     match &denied {
                         Denied::Forbidden { principal, method } => {
-                            tracing::warn!(principal = %principal.name, role = %principal.role, method, "call refused: permission denied");
-                            let event = NewAuditEvent::refused(principal, method);
-                            if let Err(e) = audit.append_audit(event, &Subject::None).await {
-                                tracing::error!(error = %e, "refused call not recorded in the audit log");
+                            if let Some(more) = log {
+                                tracing::warn!(principal = %principal.name, role = %principal.role, method, refused_since_last_line = more, "call refused: permission denied");
+                            }
+                            match permit {
+                                Some(Ok(_held)) => {
+                                    refusals.record(NewAuditEvent::refused(principal, method)).await
+                                }
+                                _ => refusals.count_unitemised(),
                             }
                         }
                         Denied::Unauthenticated(why) => {
-                            tracing::info!(method = %path, reason = why, "call refused: unauthenticated");
+                            if let Some(more) = log {
+                                tracing::info!(method = %path, reason = why, refused_since_last_line = more, "call refused: unauthenticated");
+                            }
                         }
                     }
                     let answer = Status::from(denied).into_http();
@@ -156,6 +203,24 @@ where
             }
         }
     }
+}
+
+/// Keeps the call's place (its [`Permit`]) until its answer is sent to the end: for a
+/// stream, until the stream ends or the client goes away.
+fn hold_until_sent(
+    answer: http::Response<tonic::body::Body>,
+    permit: Option<Permit>,
+) -> http::Response<tonic::body::Body> {
+    let Some(permit) = permit else {
+        return answer;
+    };
+    answer.map(|body| {
+        use http_body_util::BodyExt as _;
+        tonic::body::Body::new(body.map_frame(move |frame| {
+            let _held = &permit;
+            frame
+        }))
+    })
 }
 
 /// The status code name of an answer: from its headers when the call ended there (errors,

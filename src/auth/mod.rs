@@ -14,6 +14,8 @@
 pub mod client;
 pub mod config;
 pub mod layer;
+pub mod limits;
+pub mod refusals;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -152,6 +154,24 @@ pub fn access(path: &str) -> Option<Access> {
         _ => return None,
     };
     Some(Access::Requires(permission))
+}
+
+/// Whether a call of `path` starts an operation (and counts against
+/// `[limits] operation_starts_per_minute`).
+pub fn starts_operation(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    matches!(
+        (service, method),
+        ("tenantd.v1.TenantService", "CreateTenant" | "ChangeTier")
+            | ("tenantd.v1.ExportService", "ExportTenant" | "RestoreTenant")
+            | ("tenantd.v1.DeletionService", "DeleteTenant")
+            | (
+                "tenantd.v1.FleetService",
+                "MigrateFleet" | "ResumeRollout" | "RetryRolloutTarget"
+            )
+    )
 }
 
 /// How a principal proved who it is.

@@ -65,6 +65,20 @@ impl Registry {
             Some(id) => id,
             None => self.audit_chain_of(subject).await?,
         };
+        let mut appended = self
+            .append_to_chain(tenant_id, vec![event], subject)
+            .await?;
+        Ok(appended.pop().expect("one event appended"))
+    }
+
+    /// Appends `events`, in order, to one chain in one transaction: the head is locked once
+    /// for all of them (how refused calls are recorded in bulk, [`crate::auth::refusals`]).
+    pub async fn append_to_chain(
+        &self,
+        tenant_id: Uuid,
+        events: Vec<NewAuditEvent>,
+        subject: &Subject,
+    ) -> Result<Vec<AuditEvent>, Error> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO audit_chains (tenant_id, seq, head) VALUES ($1, 0, $2)
@@ -74,53 +88,60 @@ impl Registry {
         .bind(&GENESIS[..])
         .execute(&mut *tx)
         .await?;
-        let (seq, prev_hash): (i64, Vec<u8>) =
+        let (mut seq, mut prev_hash): (i64, Vec<u8>) =
             sqlx::query_as("SELECT seq, head FROM audit_chains WHERE tenant_id = $1 FOR UPDATE")
                 .bind(tenant_id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut e = AuditEvent {
-            tenant_id,
-            seq: seq + 1,
-            at: crate::audit::now(),
-            principal: event.principal,
-            role: event.role,
-            method: event.method,
-            target: subject.target(),
-            request_id: event.request_id,
-            code: event.code,
-            detail: crate::audit::printable(&event.detail, 1000),
-            prev_hash,
-            hash: Vec::new(),
-        };
-        e.hash = e.compute_hash().to_vec();
-        sqlx::query(
-            "INSERT INTO audit_events (tenant_id, seq, at, principal, role, method, target,
-                 request_id, code, detail, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(e.tenant_id)
-        .bind(e.seq)
-        .bind(e.at)
-        .bind(&e.principal)
-        .bind(&e.role)
-        .bind(&e.method)
-        .bind(&e.target)
-        .bind(&e.request_id)
-        .bind(&e.code)
-        .bind(&e.detail)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE audit_chains SET seq = $2, head = $3 WHERE tenant_id = $1")
-            .bind(tenant_id)
+        let mut appended = Vec::with_capacity(events.len());
+        for event in events {
+            seq += 1;
+            let mut e = AuditEvent {
+                tenant_id,
+                seq,
+                at: crate::audit::now(),
+                principal: event.principal,
+                role: event.role,
+                method: event.method,
+                target: subject.target(),
+                request_id: event.request_id,
+                code: event.code,
+                detail: crate::audit::printable(&event.detail, 1000),
+                prev_hash,
+                hash: Vec::new(),
+            };
+            e.hash = e.compute_hash().to_vec();
+            sqlx::query(
+                "INSERT INTO audit_events (tenant_id, seq, at, principal, role, method, target,
+                     request_id, code, detail, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(e.tenant_id)
             .bind(e.seq)
+            .bind(e.at)
+            .bind(&e.principal)
+            .bind(&e.role)
+            .bind(&e.method)
+            .bind(&e.target)
+            .bind(&e.request_id)
+            .bind(&e.code)
+            .bind(&e.detail)
+            .bind(&e.prev_hash)
             .bind(&e.hash)
             .execute(&mut *tx)
             .await?;
+            // The head advances one entry at a time (migration 0005 refuses a jump).
+            sqlx::query("UPDATE audit_chains SET seq = $2, head = $3 WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .bind(e.seq)
+                .bind(&e.hash)
+                .execute(&mut *tx)
+                .await?;
+            prev_hash = e.hash.clone();
+            appended.push(e);
+        }
         tx.commit().await?;
-        Ok(e)
+        Ok(appended)
     }
 
     /// The chain a call's subject belongs to: the tenant it names, or the tenant of the
