@@ -35,6 +35,10 @@ pub trait Dispatch: Send + Sync + 'static {
 
 /// Starts `config.workflow.workers` workers. The returned handle completes once every worker
 /// has stopped after `shutdown` (each finishes or releases the operation it holds).
+///
+/// Workers run on a runtime of their own (two `tenantd-worker` threads), not on the one that
+/// serves calls: however many calls keep that one busy, steps and heartbeats are scheduled,
+/// so a fenced tenant's write pause does not grow with the API's load.
 pub fn start<D: Dispatch>(
     deps: Context,
     events: OperationEvents,
@@ -46,14 +50,27 @@ pub fn start<D: Dispatch>(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "tenantd".into()),
         uuid::Uuid::new_v4()
     );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tenantd-worker")
+        .enable_all()
+        .build()
+        .expect("the workers' runtime starts");
     let mut set = tokio::task::JoinSet::new();
     for n in 0..deps.config.workflow.workers {
         let (deps, events, shutdown) = (deps.clone(), events.clone(), shutdown.clone());
         let dispatcher = dispatcher.clone();
         let owner = format!("{owner}#{n}");
-        set.spawn(async move { worker(deps, events, &*dispatcher, shutdown, owner).await });
+        set.spawn_on(
+            async move { worker(deps, events, &*dispatcher, shutdown, owner).await },
+            runtime.handle(),
+        );
     }
-    tokio::spawn(async move { while set.join_next().await.is_some() {} })
+    tokio::spawn(async move {
+        while set.join_next().await.is_some() {}
+        // Every worker has stopped: nothing is left to wait for.
+        runtime.shutdown_background();
+    })
 }
 
 async fn worker(
