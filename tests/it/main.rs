@@ -13,6 +13,7 @@ mod credentials;
 mod delete;
 mod deploy;
 mod engine;
+mod exhaustion;
 mod export;
 mod harness;
 mod idempotency;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use tenantd::api::pb;
 use tenantd::sql::{Ident, Statement};
 
-use crate::harness::{Place, Process, TestEnv, admin, connect, fill, snapshot};
+use crate::harness::{Place, Process, TestEnv, admin, connect, fill, http_get, sample, snapshot};
 
 /// Starts moving `t` to the schema tier.
 async fn to_schema(env: &mut TestEnv, t: &pb::Tenant) -> pb::Operation {
@@ -209,27 +209,6 @@ async fn logs_can_be_json_lines_with_the_operation_in_them_and_no_secrets() {
     // Neither the bearer token nor a connection password reaches the log.
     assert!(!text.contains(&crate::harness::token(tenantd::auth::Role::Admin)));
     assert!(!text.contains("tdt_"));
-}
-
-/// `GET path` on the metrics port: (status line, body).
-async fn http_get(port: u16, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: tenantd\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]
