@@ -637,6 +637,40 @@ impl Config {
     pub fn default_cluster(&self) -> &str {
         &self.clusters[0].name
     }
+
+    /// The PostgreSQL URLs (by what they are for) that reach a server over the network
+    /// without verifying it (`sslmode` other than `verify-full` or `verify-ca`): whoever sits
+    /// on that network could read the rows tenantd copies and the passwords it sets.
+    /// Loopback and Unix sockets are exempt.
+    pub fn unverified_urls(&self) -> Vec<String> {
+        use sqlx::postgres::{PgConnectOptions, PgSslMode};
+        let named = std::iter::once(("registry_url".to_owned(), &self.registry_url)).chain(
+            self.clusters
+                .iter()
+                .map(|c| (format!("cluster {} admin_url", c.name), &c.admin_url)),
+        );
+        named
+            .filter(|(_, url)| {
+                let Ok(o) = url.parse::<PgConnectOptions>() else {
+                    return false;
+                };
+                let host = o.get_host();
+                let local = o.get_socket().is_some()
+                    || host.starts_with('/')
+                    || host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                !local
+                    && !matches!(
+                        o.get_ssl_mode(),
+                        PgSslMode::VerifyFull | PgSslMode::VerifyCa
+                    )
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
 }
 
 /// A URL with its password replaced, for logs and errors.
@@ -753,12 +787,34 @@ mod tests {
     fn the_shipped_example_is_valid() {
         let c: Config = toml::from_str(include_str!("../deploy/tenantd.toml")).unwrap();
         c.validate().unwrap();
+        assert!(
+            c.unverified_urls().is_empty(),
+            "the example verifies every server: {:?}",
+            c.unverified_urls()
+        );
         assert_eq!(c.clusters.len(), 2);
         assert_eq!(c.default_cluster(), "main");
         assert_eq!(c.deletion.key_pending_days, 30);
         let mut short = c.clone();
         short.deletion.key_pending_days = 6;
         assert!(short.validate().is_err(), "AWS KMS takes 7 to 30 days");
+    }
+
+    #[test]
+    fn urls_to_the_network_that_do_not_verify_the_server_are_named() {
+        let mut c: Config =
+            toml::from_str(include_str!("../deploy/tenantd.toml")).expect("the example");
+        c.registry_url = "postgres://r:pw@registry.internal/r?sslmode=require".into();
+        c.clusters[0].admin_url = "postgres://a@127.0.0.1:5432/postgres".into();
+        c.clusters[1].admin_url = "postgres://a@pg.internal/postgres".into();
+        assert_eq!(
+            c.unverified_urls(),
+            ["registry_url", "cluster dedicated-1 admin_url"]
+        );
+        c.clusters[1].admin_url =
+            "postgres://a@pg.internal/postgres?sslmode=verify-ca&sslrootcert=/ca.crt".into();
+        c.registry_url = "postgres://r@localhost/r".into();
+        assert!(c.unverified_urls().is_empty());
     }
 
     #[test]

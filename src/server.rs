@@ -56,6 +56,11 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
     config
         .validate()
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    for url in config.unverified_urls() {
+        tracing::warn!(
+            "{url} reaches PostgreSQL over the network without verifying the server: add ?sslmode=verify-full&sslrootcert=… (docs/security.md, TLS)"
+        );
+    }
     let registry = Registry::connect_with(&config.registry_url, config.registry_pools()).await?;
     registry.migrate().await?;
     let files = match &config.tenant_schema.dir {

@@ -126,6 +126,14 @@ fn kubernetes_manifests_run_two_replicas_with_probes_and_no_inline_secrets() {
             }
         }
     }
+    // The PostgreSQL servers' CA is mounted where the URLs' sslrootcert points.
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/etc/tenantd/postgres"), "{mounts:?}");
     let configmap = of_kind(&docs, "ConfigMap");
     let toml = str_at(configmap, &["data", "tenantd.toml"]);
     assert!(!looks_secret(toml), "the ConfigMap holds a secret");

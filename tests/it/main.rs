@@ -20,6 +20,7 @@ mod idempotency;
 mod identifiers;
 mod isolation;
 mod own_schema;
+mod postgres_tls;
 mod provision;
 mod replicas;
 mod restore;
