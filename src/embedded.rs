@@ -100,6 +100,10 @@ impl EmbeddedPostgres {
             .arg(&socket_dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "max_connections=300"])
+            // Tier changes capture a tenant's writes by logical decoding while they copy
+            // (dataplane::changes): one slot per move in flight.
+            .args(["-c", "wal_level=logical"])
+            .args(["-c", "max_replication_slots=32"])
             .args(["-c", "shared_buffers=128MB"]);
         if opts.ephemeral {
             cmd.args(["-c", "fsync=off"])

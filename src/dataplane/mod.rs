@@ -8,6 +8,7 @@
 //! Every statement that names an object is built by [`crate::sql`]; tenant values are bound.
 
 pub mod catalog;
+pub mod changes;
 pub mod conventions;
 pub mod copy;
 pub mod database;

@@ -3,7 +3,7 @@
 use tenantd::api::pb;
 use tenantd::dataplane::copy::{copy_table, digest};
 use tenantd::dataplane::erasure::{self, delete_rows};
-use tenantd::dataplane::{Container, DataPlane, backend, catalog, tables};
+use tenantd::dataplane::{DataPlane, backend};
 use tenantd::tenant::Tier;
 use uuid::Uuid;
 
@@ -32,22 +32,8 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         dataplane.cluster("main").unwrap(),
         dataplane.cluster("second").unwrap(),
     );
-    let src = Container::plan(a, Tier::Pool, main);
     // A schema-tier container for the same tenant on the other cluster.
-    let dst = Container::plan(a, Tier::Schema, second);
-    backend(Tier::Schema).create(second, &dst).await.unwrap();
-    catalog::migrate(
-        second,
-        &second.database(&dst.database),
-        &dst.schema,
-        tenantd::tenant_schema::TenantSchema::example().latest(),
-    )
-    .await
-    .unwrap();
-
-    let tables = tables::tenant_tables(main, &main.database(&src.database), &src.schema)
-        .await
-        .unwrap();
+    let (src, dst, tables) = crate::harness::pool_to_schema_containers(main, second, a).await;
     assert_eq!(tables.len(), crate::harness::EXAMPLE_TABLES.len());
     for table in &tables {
         let copied = copy_table(main, &src, second, &dst, table, &Default::default())
@@ -62,17 +48,9 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
         assert!(s.rows > 0, "{table:?} has rows");
     }
     // Only this tenant's rows travelled.
+    let others = crate::harness::others_patients("second", "tenants", dst.schema.as_str(), a).await;
+    assert_eq!(others, 0, "only this tenant's rows travelled");
     let target = admin("second", "tenants").await;
-    let q = format!(
-        "SELECT count(*) FROM \"{}\".patients WHERE tenant_id <> $1",
-        dst.schema.as_str()
-    );
-    let (others,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
-        .bind(a)
-        .fetch_one(&target)
-        .await
-        .unwrap();
-    assert_eq!(others, 0);
 
     // One changed value anywhere is caught.
     let notes = tenantd::sql::Ident::from_static("clinical_notes");

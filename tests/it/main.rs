@@ -6,6 +6,7 @@ mod adapters;
 mod audit;
 mod bad_input;
 mod change_tier;
+mod changes;
 mod conventions;
 mod copy;
 mod crash;

@@ -250,3 +250,44 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A pool tenant's container on `main` and a new schema-tier container for it on `second`,
+/// migrated to the example schema's latest version; and the tenant tables, parents first.
+pub async fn pool_to_schema_containers(
+    main: &tenantd::dataplane::Cluster,
+    second: &tenantd::dataplane::Cluster,
+    tenant: Uuid,
+) -> (
+    tenantd::dataplane::Container,
+    tenantd::dataplane::Container,
+    Vec<tenantd::sql::Ident>,
+) {
+    use tenantd::dataplane::{Container, backend, catalog, tables};
+    use tenantd::tenant::Tier;
+    let src = Container::plan(tenant, Tier::Pool, main);
+    let dst = Container::plan(tenant, Tier::Schema, second);
+    backend(Tier::Schema).create(second, &dst).await.unwrap();
+    catalog::migrate(
+        second,
+        &second.database(&dst.database),
+        &dst.schema,
+        tenantd::tenant_schema::TenantSchema::example().latest(),
+    )
+    .await
+    .unwrap();
+    let tables = tables::tenant_tables(main, &main.database(&src.database), &src.schema)
+        .await
+        .unwrap();
+    (src, dst, tables)
+}
+
+/// Patients in `schema` of `db` on `cluster` that are not `tenant`'s.
+pub async fn others_patients(cluster: &str, db: &str, schema: &str, tenant: Uuid) -> i64 {
+    let q = format!("SELECT count(*) FROM \"{schema}\".patients WHERE tenant_id <> $1");
+    let (others,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(tenant)
+        .fetch_one(&admin(cluster, db).await)
+        .await
+        .unwrap();
+    others
+}
