@@ -348,6 +348,11 @@ pub struct WorkflowConfig {
     /// (tier changes). Past it the move is rolled back and the fence lifted.
     #[serde(default = "default_fence_wait_ms")]
     pub fence_wait_ms: u64,
+    /// How long a tier change may spend applying the changes a tenant makes while it is
+    /// copied, before it fences (docs/tier-changes.md). A tenant that writes faster than they
+    /// apply gets its move rolled back after this.
+    #[serde(default = "default_catch_up_ms")]
+    pub catch_up_ms: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -360,6 +365,7 @@ impl Default for WorkflowConfig {
             max_failures: default_max_failures(),
             poll_ms: default_poll_ms(),
             fence_wait_ms: default_fence_wait_ms(),
+            catch_up_ms: default_catch_up_ms(),
         }
     }
 }
@@ -370,6 +376,9 @@ impl WorkflowConfig {
     }
     pub fn fence_wait(&self) -> Duration {
         Duration::from_millis(self.fence_wait_ms)
+    }
+    pub fn catch_up(&self) -> Duration {
+        Duration::from_millis(self.catch_up_ms)
     }
 }
 
@@ -469,6 +478,9 @@ fn default_poll_ms() -> u64 {
     1_000
 }
 
+fn default_catch_up_ms() -> u64 {
+    30 * 60 * 1000
+}
 fn default_fence_wait_ms() -> u64 {
     30_000
 }

@@ -158,6 +158,12 @@ impl From<change_tier::State> for pb::TierChange {
             unfence_time: opt_time(s.pause.unfenced_at),
             write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
             rows_copied: s.rows_copied(),
+            online: s.online.is_some(),
+            fenced_copy_because: s.fenced_copy_because.clone().unwrap_or_default(),
+            catch_up_rounds: s.online.as_ref().map_or(0, |o| o.rounds as i32),
+            catch_up_changes: s.online.as_ref().map_or(0, |o| o.changes as i64),
+            lag_bytes: s.online.as_ref().map_or(0, |o| o.lag_bytes),
+            tail_changes: s.online.as_ref().map_or(0, |o| o.tail_changes as i64),
         }
     }
 }

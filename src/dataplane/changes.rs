@@ -202,6 +202,17 @@ impl Capture {
                         targets.insert(rel.name.clone(), t);
                     }
                     let target = &targets[&rel.name];
+                    if let Some(c) = rel
+                        .columns
+                        .iter()
+                        .find(|c| !target.columns.iter().any(|(t, _)| t.as_str() == c.name))
+                    {
+                        return Err(DataPlaneError::Invariant(format!(
+                            "table {} gained column {} on the source during the move (a \
+                             schema change, such as a rollout); the target does not have it",
+                            rel.name, c.name
+                        )));
+                    }
                     for (stmt, literals) in target.statements(rel, &change)? {
                         let mut q = sqlx::query(stmt.into_sql());
                         for l in literals {
@@ -302,6 +313,56 @@ impl Capture {
             )
             .await
     }
+}
+
+/// Why captured changes cannot carry a move from `src` on `src_cluster` to `dst_cluster`
+/// (`None`: they can): the source must decode (`wal_level = logical`, a free replication
+/// slot, an admin with REPLICATION) and the target's admin must be able to set
+/// `session_replication_role` (a superuser, or `GRANT SET ON PARAMETER`).
+pub async fn unavailable(
+    src_cluster: &Cluster,
+    src: &Container,
+    dst_cluster: &Cluster,
+) -> Result<Option<String>, DataPlaneError> {
+    let pool = src_cluster.database(&src.database);
+    let (wal_level, free, replication): (String, i64, bool) = sqlx::query_as(
+        "SELECT current_setting('wal_level'),
+                current_setting('max_replication_slots')::bigint
+                    - (SELECT count(*) FROM pg_replication_slots),
+                (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_one(&pool)
+    .await
+    .map_err(|e| src_cluster.err(e))?;
+    let name = &src_cluster.name;
+    if wal_level != "logical" {
+        return Ok(Some(format!(
+            "cluster {name} has wal_level = {wal_level}; logical is needed to copy while the tenant writes"
+        )));
+    }
+    if free <= 0 {
+        return Ok(Some(format!(
+            "cluster {name} has no free replication slot (max_replication_slots)"
+        )));
+    }
+    if !replication {
+        return Ok(Some(format!(
+            "the admin role of cluster {name} has neither SUPERUSER nor REPLICATION"
+        )));
+    }
+    let may_set: Result<(bool,), _> = sqlx::query_as(
+        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+             OR has_parameter_privilege('session_replication_role', 'SET')",
+    )
+    .fetch_one(dst_cluster.admin())
+    .await;
+    Ok(match may_set {
+        Ok((true,)) => None,
+        _ => Some(format!(
+            "the admin role of cluster {} may not set session_replication_role",
+            dst_cluster.name
+        )),
+    })
 }
 
 /// Slots (cluster-wide) and publications (in the databases that hold tenant data) of moves

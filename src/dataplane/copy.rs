@@ -69,6 +69,18 @@ pub(super) fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
     stmt
 }
 
+/// Whether the tenant may write while its tables are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Fenced: each table is copied as it stands, parents before children.
+    Stopped,
+    /// Going on (an online move, [`super::changes`]): the tables are copied at different
+    /// moments, so a child may arrive before its parent; the target session runs with
+    /// `session_replication_role = replica`, as the catch-up does, and foreign keys are not
+    /// checked for these rows (the catch-up brings the parent; verification checks the end).
+    Continue,
+}
+
 /// Copies the rows of `src.tenant_id` in `table` from `src` into `dst`; returns the number of
 /// rows written. The target table should hold none of the tenant's rows yet (a retry after a
 /// failure starts by emptying it, see [`super::erasure::delete_rows`]). `streamed` counts the rows
@@ -79,6 +91,7 @@ pub async fn copy_table(
     dst_cluster: &Cluster,
     dst: &Container,
     table: &Ident,
+    writes: Writes,
     streamed: &AtomicU64,
 ) -> Result<u64, DataPlaneError> {
     let mut src_conn = src_cluster
@@ -106,7 +119,17 @@ pub async fn copy_table(
     )
     .push(") FROM STDIN (FORMAT binary)");
 
-    let mut sink = dst_conn
+    // In a transaction, so that the setting ends with it whatever happens to the copy.
+    let mut dst_tx = sqlx::Connection::begin(&mut *dst_conn)
+        .await
+        .map_err(|e| dst_cluster.err(e))?;
+    if writes == Writes::Continue {
+        sqlx::raw_sql("SET LOCAL session_replication_role = replica")
+            .execute(&mut *dst_tx)
+            .await
+            .map_err(|e| dst_cluster.err(e))?;
+    }
+    let mut sink = dst_tx
         .copy_in_raw(into.as_str())
         .await
         .map_err(|e| dst_cluster.err(e))?;
@@ -131,7 +154,9 @@ pub async fn copy_table(
         }
     }
     drop(source);
-    sink.finish().await.map_err(|e| dst_cluster.err(e))
+    let rows = sink.finish().await.map_err(|e| dst_cluster.err(e))?;
+    dst_tx.commit().await.map_err(|e| dst_cluster.err(e))?;
+    Ok(rows)
 }
 
 /// Session settings that fix the text form of values (for digests and text dumps), for the

@@ -108,6 +108,16 @@ impl StepContext<'_> {
             .ok_or_else(|| StepError::internal("a tenant workflow ran without a tenant"))
     }
 
+    /// Whether someone asked to cancel the operation: a long step (a tier change's catch-up)
+    /// checks between rounds and stops with [`crate::error::ErrorCode::Cancelled`].
+    pub async fn cancel_requested(&self) -> Result<bool, StepError> {
+        self.deps
+            .registry
+            .cancel_requested(self.operation_id)
+            .await
+            .retryable()
+    }
+
     /// Reports progress of the running step, per item (shown by WatchOperation and
     /// tenantctl).
     pub async fn progress(&self, items: &[ProgressItem]) -> Result<(), StepError> {

@@ -1,5 +1,7 @@
 //! Tier changes (promotion and demotion, and moves between clusters):
-//! preflight → create_target → fence → copy → verify → switch → unfence → cleanup.
+//! preflight → create_target → capture → copy → catch_up → fence → tail → verify → switch →
+//! unfence → cleanup. The tenant keeps writing through the copy and the catch-up; its writes
+//! pause only from `fence` to `unfence` (docs/tier-changes.md, "Online moves").
 //!
 //! - `preflight` records where the tenant is (the registry is authoritative: this operation
 //!   holds the tenant's one active-operation slot, so its placement cannot change under us),
@@ -7,26 +9,38 @@
 //!   at the same tenant-schema version, the source has the write fence on every tenant table
 //!   (`fence::prepare` adds what tenantd's machinery lacks there, then reads the catalog),
 //!   and the source cluster's admin role can see the transactions the fence must wait for.
+//!   It also decides whether the move is online: the source can decode its WAL for us
+//!   ([`changes::unavailable`]). If not, the move is fenced for the whole copy, as before,
+//!   and the operation says why.
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
 //!   role (a tenant's own role on the target cluster, as a group role that never logs in).
+//! - `capture` (online) creates the move's publication and logical slot on the source: from
+//!   here on every change the tenant commits is kept for the move.
+//! - `copy` (online) streams every table by binary COPY while the tenant writes.
+//! - `catch_up` (online) applies the captured changes in rounds, each up to where the source
+//!   was when it began, until a round is small; a tenant that writes faster than that for
+//!   `[workflow] catch_up_ms` gets its move rolled back. Cancellation is honoured between
+//!   rounds.
 //! - `fence` fences the tenant's writes in the source and waits out the transactions that
 //!   began before the fence ([`crate::dataplane::fence`]). From here reads go on, writes get
 //!   SQLSTATE TF001.
-//! - `copy` streams every table, parents first, by binary COPY, reporting rows per table.
+//! - `tail` (online) applies what the tenant wrote since the last round; fenced moves copy
+//!   every table here instead. Then the target's sequences are moved past the copied values.
 //! - `verify` compares row count and content checksum of every table on both ends.
 //! - `switch` points the registry at the target and bumps the routing epoch in one statement.
 //!   This is the point of no return (`ROLL_FORWARD_FROM`): later steps are retried until they
 //!   succeed, and cancellation is no longer honoured.
 //! - `unfence` lifts the fence on the target: the write pause ends.
-//! - `cleanup` ends the logins issued for the source (before the switch's routing epoch;
-//!   `crate::credentials`), then removes the source (pool: batched deletes; schema, database:
-//!   drop). The source stays fenced until it is gone, so a client on a stale route cannot
-//!   write there. Then a
-//!   schema or database target behind the fleet's tenant-schema version (a rollout started
-//!   during the move) is migrated to it (docs/rollouts.md).
+//! - `cleanup` drops the move's slot and publication, ends the logins issued for the source
+//!   (before the switch's routing epoch; `crate::credentials`), then removes the source
+//!   (pool: batched deletes; schema, database: drop). The source stays fenced until it is
+//!   gone, so a client on a stale route cannot write there. Then a schema or database target
+//!   behind the fleet's tenant-schema version (a rollout started during the move) is migrated
+//!   to it (docs/rollouts.md).
 //!
-//! Compensation (any failure before the switch) drops the target and unfences the source.
+//! Compensation (any failure before the switch) drops the slot and publication, drops the
+//! target and unfences the source.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,7 +51,8 @@ use uuid::Uuid;
 
 use crate::context::Context;
 use crate::credentials::{self, Revoke};
-use crate::dataplane::copy::{self, TableDigest};
+use crate::dataplane::changes::{self, Capture};
+use crate::dataplane::copy::{self, TableDigest, Writes};
 use crate::dataplane::{
     Cluster, Container, DataPlaneError, backend, catalog, erasure, fence, tables,
 };
@@ -51,11 +66,16 @@ use crate::workflows::container::migrate_to_fleet;
 
 pub struct ChangeTier;
 
+// Names and order are stored (docs/workflows.md): migration 0009 renumbered operations
+// stored with the eight steps before capture, catch_up and tail.
 steps!(pub enum Step {
     Preflight => "preflight",
     CreateTarget => "create_target",
-    Fence => "fence",
+    Capture => "capture",
     Copy => "copy",
+    CatchUp => "catch_up",
+    Fence => "fence",
+    Tail => "tail",
     Verify => "verify",
     Switch => "switch",
     Unfence => "unfence",
@@ -91,6 +111,26 @@ pub struct State {
     /// Set by `verify`.
     #[serde(default)]
     pub verified: Vec<VerifiedTable>,
+    /// Set by `preflight` when the move copies while the tenant writes; the progress of
+    /// its catch-up. `None`: the copy runs fenced (also every move stored before online
+    /// moves existed).
+    #[serde(default)]
+    pub online: Option<Online>,
+    /// Why the move is fenced for its whole copy, when preflight found it cannot be online.
+    #[serde(default)]
+    pub fenced_copy_because: Option<String>,
+}
+
+/// An online move's catch-up, as far as it got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Online {
+    /// Catch-up rounds and the changes they applied.
+    pub rounds: u32,
+    pub changes: u64,
+    /// WAL the slot held back after the last round.
+    pub lag_bytes: i64,
+    /// Changes applied inside the fence.
+    pub tail_changes: u64,
 }
 
 impl State {
@@ -101,6 +141,8 @@ impl State {
             schema_version: None,
             pause: fence::Pause::default(),
             verified: Vec::new(),
+            online: None,
+            fenced_copy_because: None,
         }
     }
 
@@ -112,6 +154,9 @@ impl State {
 /// The failpoint switch that damages the target after the copy, so tests can prove that
 /// verification catches a bad copy and rolls the move back.
 pub const CORRUPT_TARGET: &str = "change_tier.corrupt_target";
+
+/// The failpoint evaluated at the start of every catch-up round (tests hold a round there).
+pub const CATCH_UP_ROUND: &str = "change_tier.catch_up_round";
 
 /// Both ends of the move, resolved to clusters and containers.
 struct Ends<'a> {
@@ -176,6 +221,23 @@ impl Workflow for ChangeTier {
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
                 credentials::grant(e.dst_cluster, &e.dst).await?;
             }
+            Step::Capture => {
+                if state.online.is_some() {
+                    let e = both_ends(state)?;
+                    let tables = tables_of(&e).await?;
+                    capture(cx).start(e.src_cluster, &e.src, &tables).await?;
+                }
+            }
+            Step::Copy => {
+                if state.online.is_some() {
+                    copy_tables(cx, &both_ends(state)?, Writes::Continue).await?;
+                }
+            }
+            Step::CatchUp => {
+                if let Some(online) = state.online.clone() {
+                    state.online = Some(catch_up(cx, &both_ends(state)?, online).await?);
+                }
+            }
             Step::Fence => {
                 let e = both_ends(state)?;
                 fence::fence(e.src_cluster, &e.src, cx.operation_id).await?;
@@ -183,7 +245,29 @@ impl Workflow for ChangeTier {
                 fence::wait_for_writers(e.src_cluster, &e.src, deps.config.workflow.fence_wait())
                     .await?;
             }
-            Step::Copy => copy_tables(cx, &both_ends(state)?).await?,
+            Step::Tail => {
+                let e = both_ends(state)?;
+                match state.online.as_mut() {
+                    Some(online) => online.tail_changes = tail(cx, &e).await?,
+                    None => copy_tables(cx, &e, Writes::Stopped).await?,
+                }
+                let mut dst = e
+                    .dst_cluster
+                    .database(&e.dst.database)
+                    .acquire()
+                    .await
+                    .map_err(|err| e.dst_cluster.err(err))?;
+                tables::advance_sequences(
+                    e.dst_cluster,
+                    &mut dst,
+                    &e.dst.schema,
+                    &tables_of(&e).await?,
+                )
+                .await?;
+                if failpoint::armed(CORRUPT_TARGET) {
+                    corrupt(e.dst_cluster, &e.dst).await?;
+                }
+            }
             Step::Verify => state.verified = verify(&both_ends(state)?).await?,
             Step::Switch => {
                 let e = both_ends(state)?;
@@ -209,6 +293,7 @@ impl Workflow for ChangeTier {
             }
             Step::Cleanup => {
                 let e = both_ends(state)?;
+                capture(cx).stop(e.src_cluster, &e.src).await?;
                 // Logins issued for the source stop before it goes: they never write where
                 // the tenant no longer lives (the source is fenced until then).
                 let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
@@ -241,6 +326,7 @@ impl Workflow for ChangeTier {
                 "routing already points at the target; refusing to drop it".into(),
             ));
         }
+        capture(cx).stop(e.src_cluster, &e.src).await?;
         backend(e.dst.tier)
             .destroy(e.dst_cluster, &e.dst, e.shared_role)
             .await?;
@@ -322,9 +408,131 @@ async fn preflight(cx: &StepContext<'_>, state: &mut State) -> Result<(), StepEr
     }
     target_is_free(dst_cluster, &dst, version).await?;
     fence::can_see_writers(src_cluster).await?;
+    match changes::unavailable(src_cluster, &src, dst_cluster).await? {
+        None => state.online = Some(Online::default()),
+        Some(why) => {
+            tracing::warn!(reason = %why, "the tenant's writes stay fenced for the whole copy");
+            state.fenced_copy_because = Some(why);
+        }
+    }
     state.source = Some(source);
     state.schema_version = Some(version);
     Ok(())
+}
+
+/// The move's publication and slot.
+fn capture(cx: &StepContext<'_>) -> Capture {
+    Capture::for_operation(cx.operation_id)
+}
+
+/// Changes applied per read of the slot, at most (whole transactions).
+const BATCH: i32 = 5_000;
+/// A catch-up round that applied this few changes ends the catch-up: the rest is the tail.
+const SMALL_ROUND: u64 = 1_000;
+
+/// Applies captured changes in rounds, each up to where the source was when it began,
+/// until a round applied few changes or took under a second; gives up (the move is rolled
+/// back) past `[workflow] catch_up_ms`, and stops between rounds when cancelled.
+async fn catch_up(
+    cx: &StepContext<'_>,
+    e: &Ends<'_>,
+    mut online: Online,
+) -> Result<Online, StepError> {
+    let capture = capture(cx);
+    let limit = cx.deps.config.workflow.catch_up();
+    let started = std::time::Instant::now();
+    loop {
+        failpoint::hit(CATCH_UP_ROUND).await?;
+        if cx.cancel_requested().await? {
+            return Err(StepError::fatal(
+                ErrorCode::Cancelled,
+                "operation cancelled by request during the catch-up",
+            ));
+        }
+        let round_started = std::time::Instant::now();
+        let applied = apply_captured(&capture, e, |lag| {
+            online.lag_bytes = lag;
+            if started.elapsed() > limit {
+                return Err(too_slow(limit, &online));
+            }
+            Ok(())
+        })
+        .await?;
+        online.rounds += 1;
+        online.changes += applied;
+        crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, applied);
+        tracing::info!(
+            round = online.rounds,
+            changes = applied,
+            lag_bytes = online.lag_bytes,
+            elapsed_ms = round_started.elapsed().as_millis() as u64,
+            "catch-up round applied"
+        );
+        cx.progress(&[ProgressItem {
+            name: format!("{} rounds, lag {} bytes", online.rounds, online.lag_bytes),
+            done: online.changes as i64,
+            total: online.changes as i64,
+        }])
+        .await?;
+        if applied <= SMALL_ROUND || round_started.elapsed() < Duration::from_secs(1) {
+            return Ok(online);
+        }
+        if started.elapsed() > limit {
+            return Err(too_slow(limit, &online));
+        }
+    }
+}
+
+fn too_slow(limit: Duration, online: &Online) -> StepError {
+    StepError::fatal(
+        ErrorCode::Aborted,
+        format!(
+            "the tenant wrote faster than the move could apply its changes: after {} s and {} \
+             rounds ({} changes) {} bytes were still behind ([workflow] catch_up_ms); the move \
+             was rolled back",
+            limit.as_secs(),
+            online.rounds,
+            online.changes,
+            online.lag_bytes
+        ),
+    )
+}
+
+/// Inside the fence: applies every change the tenant committed before it (all of them, as
+/// the fence waited out older writers). Returns how many.
+async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
+    let applied = apply_captured(&capture(cx), e, |_| Ok(())).await?;
+    tracing::info!(changes = applied, "tail applied inside the fence");
+    crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, applied);
+    Ok(applied)
+}
+
+/// Applies every change captured before now, [`BATCH`] at a time; after each read,
+/// `check(lag_bytes)` may stop it. Returns how many changes it applied.
+async fn apply_captured(
+    capture: &Capture,
+    e: &Ends<'_>,
+    mut check: impl FnMut(i64) -> Result<(), StepError>,
+) -> Result<u64, StepError> {
+    let upto = capture.position(e.src_cluster, &e.src).await?;
+    let mut applied = 0;
+    loop {
+        let r = capture
+            .drain(
+                e.src_cluster,
+                &e.src,
+                e.dst_cluster,
+                &e.dst,
+                Some(upto),
+                BATCH,
+            )
+            .await?;
+        applied += r.changes;
+        check(r.lag_bytes)?;
+        if r.caught_up {
+            return Ok(applied);
+        }
+    }
 }
 
 /// The target container must not exist yet (the pool: must hold none of the tenant's rows
@@ -389,10 +597,9 @@ async fn tables_of(e: &Ends<'_>) -> Result<Vec<Ident>, StepError> {
     Ok(src)
 }
 
-/// Copies every table, parents first, then moves the target's sequences past the copied
-/// values. A retry starts from an empty target (children first), so a copy interrupted
-/// half-way never leaves duplicates.
-async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError> {
+/// Copies every table, parents first. A retry starts from an empty target (children first),
+/// so a copy interrupted half-way never leaves duplicates.
+async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>, writes: Writes) -> Result<(), StepError> {
     let tables = tables_of(e).await?;
     for table in tables.iter().rev() {
         erasure::delete_rows(
@@ -423,6 +630,7 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
             e.dst_cluster,
             &e.dst,
             table,
+            writes,
             &streamed,
         );
         tokio::pin!(copy);
@@ -441,16 +649,6 @@ async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<(), StepError
         cx.progress(&items).await?;
         crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, copied as u64);
         tracing::info!(table = %table, rows = copied, "table copied");
-    }
-    let mut dst = e
-        .dst_cluster
-        .database(&e.dst.database)
-        .acquire()
-        .await
-        .map_err(|err| e.dst_cluster.err(err))?;
-    tables::advance_sequences(e.dst_cluster, &mut dst, &e.dst.schema, &tables).await?;
-    if failpoint::armed(CORRUPT_TARGET) {
-        corrupt(e.dst_cluster, &e.dst).await?;
     }
     Ok(())
 }

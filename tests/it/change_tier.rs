@@ -17,7 +17,12 @@ use tenantd::workflow::Steps;
 use crate::harness::{AppConnector, Place, TestEnv, admin, fill, footprint, snapshot, sqlstate};
 
 /// Asks for a move and returns the operation (not waiting).
-async fn request(env: &mut TestEnv, tenant: &str, tier: pb::Tier, cluster: &str) -> pb::Operation {
+pub(crate) async fn request(
+    env: &mut TestEnv,
+    tenant: &str,
+    tier: pb::Tier,
+    cluster: &str,
+) -> pb::Operation {
     env.tenants
         .change_tier(pb::ChangeTierRequest {
             tenant: tenant.into(),
@@ -30,7 +35,7 @@ async fn request(env: &mut TestEnv, tenant: &str, tier: pb::Tier, cluster: &str)
         .into_inner()
 }
 
-fn details(op: &pb::Operation) -> pb::TierChange {
+pub(crate) fn details(op: &pb::Operation) -> pb::TierChange {
     match op.metadata.as_ref().and_then(|m| m.details.clone()) {
         Some(pb::operation_metadata::Details::TierChange(t)) => t,
         _ => panic!("no tier change details in {op:?}"),
@@ -59,6 +64,8 @@ pub(crate) async fn move_to(
     let d = details(&op);
     assert_eq!(d.source_tier, t.tier);
     assert_eq!(d.target_tier, tier as i32);
+    assert!(d.online, "the copy ran while the tenant could write: {d:?}");
+    assert_no_capture_left(env).await;
     assert!(!d.fence_time.is_empty() && !d.unfence_time.is_empty());
     let rows: usize = before.iter().map(|(_, r)| r.len()).sum();
     assert_eq!(d.rows_copied as usize, rows);
@@ -78,6 +85,39 @@ pub(crate) async fn move_to(
     assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
     assert_gone(t, &moved).await;
     moved
+}
+
+/// No finished move of `env`'s registry left its replication slot or publication on either
+/// cluster (a slot left behind would retain WAL forever). The clusters are shared with other
+/// tests, whose moves may be running: only this registry's operations count.
+pub(crate) async fn assert_no_capture_left(env: &TestEnv) {
+    let plane =
+        tenantd::dataplane::DataPlane::new(&env.config.clusters, crate::harness::example_schema())
+            .unwrap();
+    for cluster in plane.clusters() {
+        for left in tenantd::dataplane::changes::leftovers(cluster)
+            .await
+            .unwrap()
+        {
+            let id = left.rsplit('_').next().unwrap();
+            let Ok(op) = Uuid::parse_str(id) else {
+                continue;
+            };
+            let state: Option<(String,)> =
+                sqlx::query_as("SELECT state FROM operations WHERE id = $1")
+                    .bind(op)
+                    .fetch_optional(&env.registry)
+                    .await
+                    .unwrap();
+            if let Some((state,)) = state {
+                assert!(
+                    !matches!(state.as_str(), "succeeded" | "failed" | "cancelled"),
+                    "{left} left behind on {} by a {state} move",
+                    cluster.name
+                );
+            }
+        }
+    }
 }
 
 /// The source container no longer holds anything of the tenant (unless the target reuses it).
@@ -108,7 +148,7 @@ async fn assert_gone(from: &pb::Tenant, to: &pb::Tenant) {
 }
 
 /// The first column of `sql` (where `S.` stands for the place's schema) for `tenant` ($1).
-async fn column_at<T>(place: &Place, sql: &str, tenant: Uuid) -> Vec<T>
+pub(crate) async fn column_at<T>(place: &Place, sql: &str, tenant: Uuid) -> Vec<T>
 where
     T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
@@ -382,6 +422,7 @@ async fn crash_through_every_step(
         steps.iter().all(|s| s.attempts >= 2),
         "every step ran again: {steps:?}"
     );
+    assert_no_capture_left(env).await;
     moved
 }
 
@@ -430,6 +471,7 @@ async fn a_verification_mismatch_rolls_the_move_back() {
     assert_eq!((f.schemas, f.roles), (0, 0), "target dropped");
     assert_eq!(snapshot(&Place::of(&t), id).await, before, "source intact");
     assert_eq!(fences(&Place::of(&t), id).await, 0, "source unfenced");
+    assert_no_capture_left(&env).await;
     let (mut conn, _) = AppConnector::new(&env).connect(id).await.unwrap();
     sqlx::query("UPDATE patients SET phone = '1' WHERE mrn = 'mrn-2'")
         .execute(&mut conn)

@@ -4,7 +4,7 @@
 
 use tenantd::api::pb;
 use tenantd::dataplane::changes::{self, Capture};
-use tenantd::dataplane::copy::{copy_table, digest};
+use tenantd::dataplane::copy::digest;
 use tenantd::dataplane::{DataPlane, backend};
 use tenantd::tenant::Tier;
 use uuid::Uuid;
@@ -58,9 +58,7 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
     // Written after the slot, before the copy: in the copy and in the capture both.
     write(&shared, a, "before").await;
     for table in &tables {
-        copy_table(main, &src, second, &dst, table, &Default::default())
-            .await
-            .unwrap();
+        crate::harness::copy_stopped((main, &src), (second, &dst), table).await;
     }
     // Written after the copy, also to rows it copied; and the neighbour writes too.
     write(&shared, a, "after").await;

@@ -1,7 +1,7 @@
 //! Streaming one tenant's rows between containers, and the digest that verifies a copy.
 
 use tenantd::api::pb;
-use tenantd::dataplane::copy::{copy_table, digest};
+use tenantd::dataplane::copy::digest;
 use tenantd::dataplane::erasure::{self, delete_rows};
 use tenantd::dataplane::{DataPlane, backend};
 use tenantd::tenant::Tier;
@@ -36,9 +36,7 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
     let (src, dst, tables) = crate::harness::pool_to_schema_containers(main, second, a).await;
     assert_eq!(tables.len(), crate::harness::EXAMPLE_TABLES.len());
     for table in &tables {
-        let copied = copy_table(main, &src, second, &dst, table, &Default::default())
-            .await
-            .unwrap();
+        let copied = crate::harness::copy_stopped((main, &src), (second, &dst), table).await;
         let (s, d) = (
             digest(main, &src, table).await.unwrap(),
             digest(second, &dst, table).await.unwrap(),
@@ -78,9 +76,7 @@ async fn copies_one_tenant_between_clusters_and_the_digest_verifies_it() {
             .unwrap();
     }
     for table in &tables {
-        copy_table(main, &src, second, &dst, table, &Default::default())
-            .await
-            .unwrap();
+        crate::harness::copy_stopped((main, &src), (second, &dst), table).await;
         assert_eq!(
             digest(main, &src, table).await.unwrap(),
             digest(second, &dst, table).await.unwrap()

@@ -20,6 +20,7 @@ mod harness;
 mod idempotency;
 mod identifiers;
 mod isolation;
+mod online_move;
 mod own_schema;
 mod postgres_tls;
 mod provision;

@@ -213,6 +213,20 @@ pub fn print_operation(op: &pb::Operation) {
             tier_name(t.target_tier),
             t.target_cluster
         );
+        if t.online {
+            println!("copy:        while the tenant wrote (online)");
+            if t.catch_up_rounds > 0 {
+                println!(
+                    "catch-up:    {} rounds, {} changes applied, {} bytes behind after the last",
+                    t.catch_up_rounds, t.catch_up_changes, t.lag_bytes
+                );
+            }
+            if !t.unfence_time.is_empty() {
+                println!("fenced tail: {} changes", t.tail_changes);
+            }
+        } else if !t.fenced_copy_because.is_empty() {
+            println!("copy:        fenced throughout: {}", t.fenced_copy_because);
+        }
         if t.rows_copied > 0 {
             println!("rows copied: {} (verified)", t.rows_copied);
         }

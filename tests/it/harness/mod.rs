@@ -241,6 +241,7 @@ impl TestEnv {
                 max_failures: 5,
                 poll_ms: 100,
                 fence_wait_ms: 5_000,
+                catch_up_ms: 60_000,
             },
             keys: KeysConfig::Local {
                 master_key_file: dir.join("master.key"),

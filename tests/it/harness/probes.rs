@@ -291,3 +291,23 @@ pub async fn others_patients(cluster: &str, db: &str, schema: &str, tenant: Uuid
         .unwrap();
     others
 }
+
+/// Copies `tenant`'s rows of `table` from `src` to `dst` as a fenced move does.
+pub async fn copy_stopped(
+    from: (&tenantd::dataplane::Cluster, &tenantd::dataplane::Container),
+    to: (&tenantd::dataplane::Cluster, &tenantd::dataplane::Container),
+    table: &tenantd::sql::Ident,
+) -> u64 {
+    use tenantd::dataplane::copy::{Writes, copy_table};
+    copy_table(
+        from.0,
+        from.1,
+        to.0,
+        to.1,
+        table,
+        Writes::Stopped,
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
