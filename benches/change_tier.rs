@@ -103,8 +103,9 @@ async fn main() -> anyhow::Result<()> {
          query (patients by name) and a write (an audit event) as the pool application role."
     );
     println!(
-        "The write pause spans fence -> copy -> verify -> switch -> unfence: it grows with the \
-         tenant's size (copy and verify throughput), see docs/tier-changes.md."
+        "The copy (verified at its snapshot, inside the copy step's time) and the catch-up run \
+         while the tenant writes; the write pause spans fence -> tail -> verify of the rows written \
+         meanwhile -> switch -> unfence, see docs/tier-changes.md."
     );
 
     running.stop().await
@@ -232,7 +233,12 @@ struct Report {
     copy: Duration,
     psql: Duration,
     pause_ms: i64,
+    /// The fenced steps: waiting out older writers, the tail, verifying what changed.
+    fence: Duration,
+    tail: Duration,
     verify: Duration,
+    catch_up: Duration,
+    details: pb::TierChange,
     cleanup_time: Duration,
     /// (read query, transaction) p99s before the move, while copying and verifying, and from
     /// the cleanup's start.
@@ -258,10 +264,11 @@ impl Report {
             cleanup.0,
             cleanup.1.max(cleanup.0 + chrono::Duration::seconds(1)),
         );
-        let pause_ms = match op.metadata.as_ref().and_then(|m| m.details.clone()) {
-            Some(pb::operation_metadata::Details::TierChange(t)) => t.write_pause_ms,
-            _ => 0,
+        let details = match op.metadata.as_ref().and_then(|m| m.details.clone()) {
+            Some(pb::operation_metadata::Details::TierChange(t)) => t,
+            _ => anyhow::bail!("no tier change details"),
         };
+        let pause_ms = details.write_pause_ms;
         let from = if from == "pool" { "pool" } else { "schema" };
         let to = tier
             .as_str_name()
@@ -273,7 +280,11 @@ impl Report {
             copy: span(step_window(op, "copy")?),
             psql,
             pause_ms,
+            fence: span(step_window(op, "fence")?),
+            tail: span(step_window(op, "tail")?),
             verify: span(step_window(op, "verify")?),
+            catch_up: span(step_window(op, "catch_up")?),
+            details,
             cleanup_time: span(cleanup),
             before: load.p99s(before),
             copying: load.p99s((step_window(op, "copy")?.0, step_window(op, "verify")?.1)),
@@ -291,11 +302,23 @@ impl Report {
             self.psql.as_secs_f64(),
             self.psql.as_secs_f64() / copy
         );
+        let d = &self.details;
         println!(
-            "  write pause {} ms (copy {:.0} ms, verify {:.0} ms; target < 1000 ms for 1M rows)",
+            "  write pause {} ms (fence and wait-out {:.0} ms, tail {:.0} ms = {} changes, verify {:.0} ms = {} rows; target < 1000 ms), online {}",
             self.pause_ms,
-            ms(self.copy),
-            ms(self.verify)
+            ms(self.fence),
+            ms(self.tail),
+            d.tail_changes,
+            ms(self.verify),
+            d.verified_changed_rows,
+            d.online
+        );
+        println!(
+            "  catch-up    {:.0} ms: {} rounds, {} changes, {} bytes behind after the last (outside the fence)",
+            ms(self.catch_up),
+            d.catch_up_rounds,
+            d.catch_up_changes,
+            d.lag_bytes
         );
         println!("  cleanup     {:.0} ms", ms(self.cleanup_time));
         for (what, pick) in [("read query", 0usize), ("write txn ", 1usize)] {

@@ -164,6 +164,7 @@ impl From<change_tier::State> for pb::TierChange {
             catch_up_changes: s.online.as_ref().map_or(0, |o| o.changes as i64),
             lag_bytes: s.online.as_ref().map_or(0, |o| o.lag_bytes),
             tail_changes: s.online.as_ref().map_or(0, |o| o.tail_changes as i64),
+            verified_changed_rows: s.online.as_ref().map_or(0, |o| o.verified_changed as i64),
         }
     }
 }

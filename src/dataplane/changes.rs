@@ -38,11 +38,21 @@ use crate::sql::{Ident, Statement};
 
 /// Slots and publications of moves are named this, then the operation id.
 pub const PREFIX: &str = "tenantd_move_";
+/// The schema, in a target's database, of the tables of keys the catch-up wrote.
+pub const TRACKING_SCHEMA: &str = "tenantd_moves";
 
 /// The publication and slot of one move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub name: Ident,
+}
+
+/// How [`Capture::start`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Capturing,
+    /// Transactions elsewhere in the cluster ran longer than this; nothing was left behind.
+    Waited(std::time::Duration),
 }
 
 /// What one [`Capture::drain`] applied.
@@ -65,14 +75,16 @@ impl Capture {
     }
 
     /// Creates the publication of `tables` (in `src.schema`) filtered to the tenant, then the
-    /// slot. Idempotent: what exists is kept (a retry after a crash must not move the slot,
-    /// whose position is where replay starts).
+    /// slot, waiting at most `wait` for the transactions running elsewhere to end.
+    /// Idempotent: what exists is kept (a retry after a crash must not move the slot, whose
+    /// position is where replay starts).
     pub async fn start(
         &self,
         cluster: &Cluster,
         src: &Container,
         tables: &[Ident],
-    ) -> Result<(), DataPlaneError> {
+        wait: std::time::Duration,
+    ) -> Result<Started, DataPlaneError> {
         let pool = cluster.database(&src.database);
         let err = |e| cluster.err(e);
         let published: Option<(i32,)> =
@@ -104,21 +116,100 @@ impl Capture {
                 .fetch_optional(&pool)
                 .await
                 .map_err(err)?;
-        if slot.is_none() {
-            // Waits for transactions running now to end: from its consistent point on, the
-            // slot sees every commit.
-            match sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
-                .bind(self.name.as_str())
-                .execute(&pool)
-                .await
-            {
-                Err(e) if crate::sqlstate::is_already_created(&e) => {}
-                other => {
-                    other.map_err(err)?;
-                }
-            }
+        if slot.is_some() {
+            return Ok(Started::Capturing);
         }
-        Ok(())
+        // Creating the slot waits until every transaction running now, in any database of
+        // the cluster, has ended (from that consistent point on the slot sees every commit).
+        // One idle in a transaction elsewhere must not hold the move: past `wait`, give up.
+        let Some(mut conn) = cluster.connect_once(&src.database).await? else {
+            return Err(DataPlaneError::Invariant(format!(
+                "database {} is gone",
+                src.database
+            )));
+        };
+        let timeout = Statement::new("SET statement_timeout = ").integer(wait.as_millis() as i64);
+        sqlx::raw_sql(timeout.into_sql())
+            .execute(&mut conn)
+            .await
+            .map_err(err)?;
+        let created = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(self.name.as_str())
+            .execute(&mut conn)
+            .await;
+        match created {
+            Ok(_) => Ok(Started::Capturing),
+            Err(e) if crate::sqlstate::is_already_created(&e) => Ok(Started::Capturing),
+            Err(e) if crate::sqlstate::code(&e).as_deref() == Some("57014") => {
+                cluster
+                    .exec(
+                        &pool,
+                        Statement::new("DROP PUBLICATION IF EXISTS ").ident(&self.name),
+                    )
+                    .await?;
+                Ok(Started::Waited(wait))
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Where the keys of the rows the catch-up wrote are kept, in the target's database: a
+    /// table of this name in the schema `tenantd_moves` (the fenced verification digests
+    /// those rows only, [`super::copy::digest_keys`]).
+    fn tracking(&self) -> (Ident, Ident) {
+        (Ident::from_static(TRACKING_SCHEMA), self.name.clone())
+    }
+
+    /// Creates the table of written keys on the target. Idempotent.
+    pub async fn prepare_target(
+        &self,
+        cluster: &Cluster,
+        dst: &Container,
+    ) -> Result<(), DataPlaneError> {
+        let pool = cluster.database(&dst.database);
+        let (schema, table) = self.tracking();
+        super::converged(
+            cluster
+                .exec(
+                    &pool,
+                    Statement::new("CREATE SCHEMA IF NOT EXISTS ").ident(&schema),
+                )
+                .await,
+        )?;
+        super::converged(
+            cluster
+                .exec(
+                    &pool,
+                    Statement::new("CREATE TABLE IF NOT EXISTS ")
+                        .qualified(&schema, &table)
+                        .push(" (tbl text NOT NULL, key text[] NOT NULL, PRIMARY KEY (tbl, key))"),
+                )
+                .await,
+        )
+    }
+
+    /// Up to `limit` keys (the text forms of the key columns) of rows of `table` the
+    /// catch-up wrote on the target, after `after` in key order.
+    pub async fn written_keys(
+        &self,
+        cluster: &Cluster,
+        dst: &Container,
+        table: &Ident,
+        after: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<Vec<String>>, DataPlaneError> {
+        let (schema, tracking) = self.tracking();
+        let stmt = Statement::new("SELECT key FROM ")
+            .qualified(&schema, &tracking)
+            .push(" WHERE tbl = $1 AND ($2::text[] IS NULL OR key > $2) ORDER BY key LIMIT $3");
+        let keys: Vec<(Vec<String>,)> = sqlx::query_as(stmt.into_sql())
+            .bind(table.as_str())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&cluster.database(&dst.database))
+            .await
+            .map_err(|e| cluster.err(e))?;
+        Ok(keys.into_iter().map(|(k,)| k).collect())
     }
 
     /// The source's current WAL position: a change committed before now is at or before it.
@@ -178,6 +269,7 @@ impl Capture {
             .await
             .map_err(derr)?;
         let mut applied_to: Option<u64> = None;
+        let mut touched: HashMap<String, Vec<String>> = HashMap::new();
         for (data,) in &rows {
             match parse(data)? {
                 Message::Relation(r) => {
@@ -213,6 +305,9 @@ impl Capture {
                             rel.name, c.name
                         )));
                     }
+                    for key in target.keys_of(rel, &change)? {
+                        touched.entry(rel.name.clone()).or_default().push(key);
+                    }
                     for (stmt, literals) in target.statements(rel, &change)? {
                         let mut q = sqlx::query(stmt.into_sql());
                         for l in literals {
@@ -229,6 +324,33 @@ impl Capture {
                 }
                 Message::Other => {}
             }
+        }
+        // The keys written, in the same transaction as the rows.
+        let (schema, tracking) = self.tracking();
+        for (table, keys) in touched {
+            let target = &targets[&table];
+            let mut stmt = Statement::new("INSERT INTO ")
+                .qualified(&schema, &tracking)
+                .push(" (tbl, key) SELECT $1, ARRAY[");
+            for (i, k) in target.key.iter().enumerate() {
+                stmt = if i > 0 { stmt.push(", ") } else { stmt }
+                    .push("(x.k).")
+                    .ident(k)
+                    .push("::text");
+            }
+            let stmt = target
+                .row(
+                    stmt.push("] FROM unnest($2::text[]) AS u(lit) CROSS JOIN LATERAL (SELECT "),
+                    "u.lit",
+                    "k",
+                )
+                .push(") AS x ON CONFLICT DO NOTHING");
+            sqlx::query(stmt.into_sql())
+                .bind(&table)
+                .bind(&keys)
+                .execute(&mut *dst_tx)
+                .await
+                .map_err(derr)?;
         }
         dst_tx.commit().await.map_err(derr)?;
         let pool = src_cluster.database(&src.database);
@@ -290,8 +412,37 @@ impl Capture {
         Ok(lag.and_then(|(l,)| l).unwrap_or(0))
     }
 
-    /// Drops the slot and the publication, if they exist. Idempotent.
-    pub async fn stop(&self, cluster: &Cluster, src: &Container) -> Result<(), DataPlaneError> {
+    /// Drops the slot and the publication on the source and the table of written keys on the
+    /// target, whichever exist. Idempotent.
+    pub async fn stop(
+        &self,
+        (src_cluster, src): (&Cluster, &Container),
+        (dst_cluster, dst): (&Cluster, &Container),
+    ) -> Result<(), DataPlaneError> {
+        if dst_cluster.database_exists(&dst.database).await? {
+            let pool = dst_cluster.database(&dst.database);
+            let (schema, table) = self.tracking();
+            dst_cluster
+                .exec(
+                    &pool,
+                    Statement::new("DROP TABLE IF EXISTS ").qualified(&schema, &table),
+                )
+                .await?;
+            // Another move's table may still be there: then the schema stays.
+            match dst_cluster
+                .exec(
+                    &pool,
+                    Statement::new("DROP SCHEMA IF EXISTS ").ident(&schema),
+                )
+                .await
+            {
+                Err(DataPlaneError::Sql { source, .. })
+                    if crate::sqlstate::classify(&source)
+                        == crate::sqlstate::Class::StillReferenced => {}
+                other => other?,
+            }
+        }
+        let cluster = src_cluster;
         if !cluster.database_exists(&src.database).await? {
             // The source database is gone, and its publication with it; a slot in it cannot
             // outlive it either (DROP DATABASE refuses while one exists).
@@ -394,6 +545,22 @@ pub async fn leftovers(cluster: &Cluster) -> Result<Vec<String>, DataPlaneError>
 
 fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// The primary key columns of `table` in `c`, in key order.
+pub async fn key_columns(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+) -> Result<Vec<Ident>, DataPlaneError> {
+    let mut conn = cluster
+        .database(&c.database)
+        .acquire()
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(Target::read(cluster, &mut conn, c, table.as_str())
+        .await?
+        .key)
 }
 
 // ---- applying ---------------------------------------------------------------------------
@@ -584,6 +751,21 @@ impl Target {
         }
         out.push(')');
         Ok(out)
+    }
+
+    /// The key literals of the rows `change` writes (an update that moves a row: both).
+    fn keys_of(&self, rel: &Relation, change: &Change) -> Result<Vec<String>, DataPlaneError> {
+        Ok(match change {
+            Change::Insert { new, .. } => vec![self.key_literal(rel, new)?],
+            Change::Update { old, new, .. } => {
+                let mut keys = vec![self.key_literal(rel, new)?];
+                if let Some(old) = old {
+                    keys.push(self.key_literal(rel, old)?);
+                }
+                keys
+            }
+            Change::Delete { old, .. } => vec![self.key_literal(rel, old)?],
+        })
     }
 
     /// The statements (with their literals) that apply `change` here.

@@ -71,14 +71,61 @@ pub(super) fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
 
 /// Whether the tenant may write while its tables are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Writes {
+pub enum Writes<'a> {
     /// Fenced: each table is copied as it stands, parents before children.
     Stopped,
-    /// Going on (an online move, [`super::changes`]): the tables are copied at different
-    /// moments, so a child may arrive before its parent; the target session runs with
-    /// `session_replication_role = replica`, as the catch-up does, and foreign keys are not
-    /// checked for these rows (the catch-up brings the parent; verification checks the end).
-    Continue,
+    /// Going on (an online move, [`super::changes`]): every table is read at `snapshot`
+    /// (exported by a [`Snapshot`]), so the copy can be verified against it while the tenant
+    /// writes. The target session runs with `session_replication_role = replica`, as the
+    /// catch-up does: the target keeps its foreign keys, but triggers do not fire for the
+    /// copied rows (rows a trigger wrote on the source are copied as rows of their own).
+    Continue { snapshot: &'a str },
+}
+
+/// A read-only, repeatable-read transaction on the source whose snapshot other sessions
+/// share (`pg_export_snapshot`): an online copy reads every table, and its verification
+/// digests them, as of one moment while the tenant writes. The snapshot lives as long as
+/// this value (like pg_dump's, it holds back vacuum on the source meanwhile).
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub id: String,
+}
+
+impl Snapshot {
+    pub async fn take(cluster: &Cluster, database: &Ident) -> Result<Snapshot, DataPlaneError> {
+        let err = |e| cluster.err(e);
+        let mut tx = cluster.database(database).begin().await.map_err(err)?;
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let (id,): (String,) = sqlx::query_as("SELECT pg_export_snapshot()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        Ok(Snapshot { tx, id })
+    }
+
+    pub async fn release(self) {
+        let _ = self.tx.rollback().await;
+    }
+}
+
+/// Makes the transaction of `conn` read at the exported `snapshot`.
+async fn at_snapshot(
+    cluster: &Cluster,
+    conn: &mut PgConnection,
+    snapshot: &str,
+) -> Result<(), DataPlaneError> {
+    let stmt = Statement::new(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT ",
+    )
+    .literal(snapshot)?;
+    sqlx::raw_sql(stmt.into_sql())
+        .execute(conn)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
 }
 
 /// Copies the rows of `src.tenant_id` in `table` from `src` into `dst`; returns the number of
@@ -91,7 +138,7 @@ pub async fn copy_table(
     dst_cluster: &Cluster,
     dst: &Container,
     table: &Ident,
-    writes: Writes,
+    writes: Writes<'_>,
     streamed: &AtomicU64,
 ) -> Result<u64, DataPlaneError> {
     let mut src_conn = src_cluster
@@ -123,7 +170,11 @@ pub async fn copy_table(
     let mut dst_tx = sqlx::Connection::begin(&mut *dst_conn)
         .await
         .map_err(|e| dst_cluster.err(e))?;
-    if writes == Writes::Continue {
+    let mut src_tx = sqlx::Connection::begin(&mut *src_conn)
+        .await
+        .map_err(|e| src_cluster.err(e))?;
+    if let Writes::Continue { snapshot } = writes {
+        at_snapshot(src_cluster, &mut src_tx, snapshot).await?;
         sqlx::raw_sql("SET LOCAL session_replication_role = replica")
             .execute(&mut *dst_tx)
             .await
@@ -133,7 +184,7 @@ pub async fn copy_table(
         .copy_in_raw(into.as_str())
         .await
         .map_err(|e| dst_cluster.err(e))?;
-    let mut source = src_conn
+    let mut source = src_tx
         .copy_out_raw(out.as_str())
         .await
         .map_err(|e| src_cluster.err(e))?;
@@ -156,6 +207,7 @@ pub async fn copy_table(
     drop(source);
     let rows = sink.finish().await.map_err(|e| dst_cluster.err(e))?;
     dst_tx.commit().await.map_err(|e| dst_cluster.err(e))?;
+    src_tx.commit().await.map_err(|e| src_cluster.err(e))?;
     Ok(rows)
 }
 
@@ -187,8 +239,25 @@ pub async fn digest(
     c: &Container,
     table: &Ident,
 ) -> Result<TableDigest, DataPlaneError> {
+    digest_at(cluster, c, table, None).await
+}
+
+/// As [`digest`], read at an exported snapshot when one is given.
+pub async fn digest_at(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+    snapshot: Option<&str>,
+) -> Result<TableDigest, DataPlaneError> {
     let err = |e| cluster.err(e);
-    let mut tx = pinned_transaction(cluster, &c.database).await?;
+    let mut tx = cluster.database(&c.database).begin().await.map_err(err)?;
+    if let Some(snapshot) = snapshot {
+        at_snapshot(cluster, &mut tx, snapshot).await?;
+    }
+    sqlx::raw_sql(PINNED_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     // OFFSET 0 keeps the subquery, so each row is rendered once, not once per hash.
     let stmt = Statement::new(
         "SELECT count(*), \
@@ -205,6 +274,49 @@ pub async fn digest(
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(TableDigest { rows, checksum })
+}
+
+/// The part of a table's digest made of the rows with the given primary keys (`keys`: a JSON
+/// array of arrays, each the text form of one row's `key_columns`): count and the two hash
+/// sums, which add up over parts. Looked up by key, so it costs what the keys cost, not what
+/// the table holds.
+pub async fn digest_keys(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+    key_columns: &[Ident],
+    keys: &serde_json::Value,
+) -> Result<(i64, i128, i128), DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = pinned_transaction(cluster, &c.database).await?;
+    let mut stmt = Statement::new(
+        "SELECT count(*), coalesce(sum(hashtextextended(r, 0)::numeric), 0)::text, \
+         coalesce(sum(hashtextextended(r, 1)::numeric), 0)::text \
+         FROM (SELECT t::text AS r FROM jsonb_array_elements($1::jsonb) AS e(k) \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::",
+    )
+    .qualified(&c.schema, table)
+    .push(", jsonb_object($2::text[], ARRAY(SELECT jsonb_array_elements_text(e.k)))) AS p JOIN ")
+    .qualified(&c.schema, table)
+    .push(" AS t ON t.tenant_id = $3");
+    for k in key_columns {
+        stmt = stmt.push(" AND t.").ident(k).push(" = p.").ident(k);
+    }
+    let stmt = stmt.push(" OFFSET 0) rows");
+    let names: Vec<&str> = key_columns.iter().map(Ident::as_str).collect();
+    let (rows, a, b): (i64, String, String) = sqlx::query_as(stmt.into_sql())
+        .bind(keys)
+        .bind(&names)
+        .bind(c.tenant_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    let sum = |v: &str| {
+        v.parse::<i128>()
+            .map_err(|_| DataPlaneError::Invariant(format!("digest sum {v}")))
+    };
+    Ok((rows, sum(&a)?, sum(&b)?))
 }
 
 /// Counts the tuples in a binary COPY stream as it passes, whatever the chunk boundaries

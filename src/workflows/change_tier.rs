@@ -131,6 +131,9 @@ pub struct Online {
     pub lag_bytes: i64,
     /// Changes applied inside the fence.
     pub tail_changes: u64,
+    /// Rows the catch-up and the tail wrote, verified inside the fence.
+    #[serde(default)]
+    pub verified_changed: u64,
 }
 
 impl State {
@@ -225,12 +228,38 @@ impl Workflow for ChangeTier {
                 if state.online.is_some() {
                     let e = both_ends(state)?;
                     let tables = tables_of(&e).await?;
-                    capture(cx).start(e.src_cluster, &e.src, &tables).await?;
+                    let capture = capture(cx);
+                    capture.prepare_target(e.dst_cluster, &e.dst).await?;
+                    let wait = deps.config.workflow.fence_wait();
+                    let started = capture.start(e.src_cluster, &e.src, &tables, wait).await?;
+                    if let changes::Started::Waited(waited) = started {
+                        let why = format!(
+                            "a transaction elsewhere on cluster {} ran longer than the {} ms \
+                             ([workflow] fence_wait_ms) its replication slot waits for",
+                            e.src_cluster.name,
+                            waited.as_millis()
+                        );
+                        tracing::warn!(reason = %why, "the tenant's writes stay fenced for the whole copy");
+                        state.online = None;
+                        state.fenced_copy_because = Some(why);
+                    }
                 }
             }
             Step::Copy => {
                 if state.online.is_some() {
-                    copy_tables(cx, &both_ends(state)?, Writes::Continue).await?;
+                    // Every table read at one snapshot, and verified against it before any
+                    // captured change is applied: the bulk is checked outside the fence.
+                    let e = both_ends(state)?;
+                    let snapshot = copy::Snapshot::take(e.src_cluster, &e.src.database).await?;
+                    let writes = Writes::Continue {
+                        snapshot: &snapshot.id,
+                    };
+                    copy_tables(cx, &e, writes).await?;
+                    if failpoint::armed(CORRUPT_TARGET) {
+                        corrupt(e.dst_cluster, &e.dst).await?;
+                    }
+                    state.verified = verify(&e, Some(&snapshot.id)).await?;
+                    snapshot.release().await;
                 }
             }
             Step::CatchUp => {
@@ -264,11 +293,19 @@ impl Workflow for ChangeTier {
                     &tables_of(&e).await?,
                 )
                 .await?;
-                if failpoint::armed(CORRUPT_TARGET) {
+                if state.online.is_none() && failpoint::armed(CORRUPT_TARGET) {
                     corrupt(e.dst_cluster, &e.dst).await?;
                 }
             }
-            Step::Verify => state.verified = verify(&both_ends(state)?).await?,
+            Step::Verify => {
+                let e = both_ends(state)?;
+                match state.online.as_mut() {
+                    // The bulk was verified at the copy's snapshot; what the catch-up and the
+                    // tail wrote since is verified here, row by row of it.
+                    Some(online) => online.verified_changed = verify_written(cx, &e).await?,
+                    None => state.verified = verify(&e, None).await?,
+                }
+            }
             Step::Switch => {
                 let e = both_ends(state)?;
                 Registry::switch_placement(
@@ -293,7 +330,9 @@ impl Workflow for ChangeTier {
             }
             Step::Cleanup => {
                 let e = both_ends(state)?;
-                capture(cx).stop(e.src_cluster, &e.src).await?;
+                capture(cx)
+                    .stop((e.src_cluster, &e.src), (e.dst_cluster, &e.dst))
+                    .await?;
                 // Logins issued for the source stop before it goes: they never write where
                 // the tenant no longer lives (the source is fenced until then).
                 let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
@@ -326,7 +365,9 @@ impl Workflow for ChangeTier {
                 "routing already points at the target; refusing to drop it".into(),
             ));
         }
-        capture(cx).stop(e.src_cluster, &e.src).await?;
+        capture(cx)
+            .stop((e.src_cluster, &e.src), (e.dst_cluster, &e.dst))
+            .await?;
         backend(e.dst.tier)
             .destroy(e.dst_cluster, &e.dst, e.shared_role)
             .await?;
@@ -599,7 +640,11 @@ async fn tables_of(e: &Ends<'_>) -> Result<Vec<Ident>, StepError> {
 
 /// Copies every table, parents first. A retry starts from an empty target (children first),
 /// so a copy interrupted half-way never leaves duplicates.
-async fn copy_tables(cx: &StepContext<'_>, e: &Ends<'_>, writes: Writes) -> Result<(), StepError> {
+async fn copy_tables(
+    cx: &StepContext<'_>,
+    e: &Ends<'_>,
+    writes: Writes<'_>,
+) -> Result<(), StepError> {
     let tables = tables_of(e).await?;
     for table in tables.iter().rev() {
         erasure::delete_rows(
@@ -681,12 +726,13 @@ async fn corrupt(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>
     cluster.exec_for_tenant(c, stmt).await.map(|_| ())
 }
 
-/// Digests every table on both ends (concurrently) and fails on the first difference.
-async fn verify(e: &Ends<'_>) -> Result<Vec<VerifiedTable>, StepError> {
+/// Digests every table on both ends (concurrently; the source at `snapshot` when given) and
+/// fails on the first difference.
+async fn verify(e: &Ends<'_>, snapshot: Option<&str>) -> Result<Vec<VerifiedTable>, StepError> {
     let mut verified = Vec::new();
     for table in tables_of(e).await? {
         let (src, dst) = tokio::try_join!(
-            copy::digest(e.src_cluster, &e.src, &table),
+            copy::digest_at(e.src_cluster, &e.src, &table, snapshot),
             copy::digest(e.dst_cluster, &e.dst, &table),
         )?;
         if src != dst {
@@ -707,4 +753,49 @@ async fn verify(e: &Ends<'_>) -> Result<Vec<VerifiedTable>, StepError> {
         });
     }
     Ok(verified)
+}
+
+/// Keys compared per pair of lookups.
+const VERIFY_KEYS: i64 = 5_000;
+
+/// Inside the fence: digests, on both ends, the rows with the keys the catch-up and the tail
+/// wrote (every other row was verified at the copy's snapshot and not written since), and
+/// fails on the first difference. Returns how many rows it compared.
+async fn verify_written(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
+    let capture = capture(cx);
+    let mut compared = 0;
+    for table in tables_of(e).await? {
+        let key = changes::key_columns(e.dst_cluster, &e.dst, &table).await?;
+        let (mut src, mut dst) = ((0i64, 0i128, 0i128), (0i64, 0i128, 0i128));
+        let mut after: Option<Vec<String>> = None;
+        loop {
+            let keys = capture
+                .written_keys(e.dst_cluster, &e.dst, &table, after.as_deref(), VERIFY_KEYS)
+                .await?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            let json = serde_json::Value::from(keys);
+            let (s, d) = tokio::try_join!(
+                copy::digest_keys(e.src_cluster, &e.src, &table, &key, &json),
+                copy::digest_keys(e.dst_cluster, &e.dst, &table, &key, &json),
+            )?;
+            src = (src.0 + s.0, src.1 + s.1, src.2 + s.2);
+            dst = (dst.0 + d.0, dst.1 + d.1, dst.2 + d.2);
+            after = Some(last);
+        }
+        if src != dst {
+            return Err(StepError::fatal(
+                ErrorCode::Aborted,
+                format!(
+                    "verification failed for table {table}: of the rows written while the tenant \
+                     was copied, the source has {} (checksum {}:{}), the target {} (checksum \
+                     {}:{}); the move was rolled back",
+                    src.0, src.1, src.2, dst.0, dst.1, dst.2
+                ),
+            ));
+        }
+        compared += src.0 as u64;
+    }
+    Ok(compared)
 }

@@ -64,7 +64,12 @@ pub(crate) async fn move_to(
     let d = details(&op);
     assert_eq!(d.source_tier, t.tier);
     assert_eq!(d.target_tier, tier as i32);
-    assert!(d.online, "the copy ran while the tenant could write: {d:?}");
+    // Online, unless a transaction elsewhere on the shared test cluster (another test's)
+    // outlasted the slot's wait: then it says so.
+    assert!(
+        d.online || d.fenced_copy_because.contains("ran longer"),
+        "the copy ran while the tenant could write: {d:?}"
+    );
     assert_no_capture_left(env).await;
     assert!(!d.fence_time.is_empty() && !d.unfence_time.is_empty());
     let rows: usize = before.iter().map(|(_, r)| r.len()).sum();
@@ -75,7 +80,8 @@ pub(crate) async fn move_to(
         .unwrap()
         .steps
         .iter()
-        .find(|s| s.name == "copy")
+        // A fenced move copies in its tail.
+        .find(|s| s.name == if d.online { "copy" } else { "tail" })
         .unwrap()
         .clone();
     assert_eq!(copy.items.len(), before.len(), "one item per tenant table");
@@ -453,7 +459,8 @@ async fn a_verification_mismatch_rolls_the_move_back() {
     match &op.result {
         Some(pb::operation::Result::Error(e)) => {
             assert_eq!(e.code, tonic::Code::Aborted as i32, "{e:?}");
-            assert_eq!(e.step, "verify");
+            // An online move verifies its copy at the snapshot, in the copy step.
+            assert_eq!(e.step, "copy");
             assert!(e.message.contains("appointment_types"), "{}", e.message);
         }
         other => panic!("expected a failed verification, got {other:?}"),

@@ -52,9 +52,22 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
     let (src, dst, tables) = crate::harness::pool_to_schema_containers(main, second, a).await;
 
     let capture = Capture::for_operation(Uuid::new_v4());
-    capture.start(main, &src, &tables).await.unwrap();
+    capture.prepare_target(second, &dst).await.unwrap();
+    assert_eq!(
+        capture
+            .start(main, &src, &tables, std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        changes::Started::Capturing
+    );
     // Starting again keeps what exists.
-    capture.start(main, &src, &tables).await.unwrap();
+    assert_eq!(
+        capture
+            .start(main, &src, &tables, std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        changes::Started::Capturing
+    );
     // Written after the slot, before the copy: in the copy and in the capture both.
     write(&shared, a, "before").await;
     for table in &tables {
@@ -89,6 +102,31 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
             "{table:?} level with the source"
         );
     }
+    // The keys the catch-up wrote are kept on the target, and their rows digest alike.
+    let patients = tenantd::sql::Ident::from_static("patients");
+    let written = capture
+        .written_keys(second, &dst, &patients, None, 1000)
+        .await
+        .unwrap();
+    assert!(written.len() >= 40, "{} keys", written.len());
+    let key = tenantd::dataplane::changes::key_columns(second, &dst, &patients)
+        .await
+        .unwrap();
+    let json = serde_json::Value::from(written.clone());
+    let (s, d) = (
+        tenantd::dataplane::copy::digest_keys(main, &src, &patients, &key, &json)
+            .await
+            .unwrap(),
+        tenantd::dataplane::copy::digest_keys(second, &dst, &patients, &key, &json)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(s, d);
+    assert_eq!(
+        s.0 as usize,
+        written.len(),
+        "every written key is a row on both ends"
+    );
     let others = crate::harness::others_patients("second", "tenants", dst.schema.as_str(), a).await;
     assert_eq!(others, 0, "the neighbour's changes did not travel");
 
@@ -99,8 +137,8 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
         .await
         .unwrap();
     assert_eq!((again.changes, again.caught_up), (0, true));
-    capture.stop(main, &src).await.unwrap();
-    capture.stop(main, &src).await.unwrap();
+    capture.stop((main, &src), (second, &dst)).await.unwrap();
+    capture.stop((main, &src), (second, &dst)).await.unwrap();
     let left = changes::leftovers(main).await.unwrap();
     assert!(
         !left.iter().any(|l| l.ends_with(capture.name.as_str())),

@@ -231,8 +231,9 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
             .unwrap();
     let main = plane.cluster("main").unwrap();
     let src = tenantd::dataplane::Container::plan(id, tenantd::tenant::Tier::Pool, main);
+    let dst = tenantd::dataplane::Container::plan(id, tenantd::tenant::Tier::Schema, main);
     tenantd::dataplane::changes::Capture::for_operation(op_id)
-        .stop(main, &src)
+        .stop((main, &src), (main, &dst))
         .await
         .unwrap();
     for sql in [

@@ -90,8 +90,8 @@ async fn health_follows_the_registry() {
 
 #[tokio::test]
 async fn a_second_replica_finishes_a_move_the_first_died_in() {
-    // Replica A stalls at the start of the copy, with the tenant fenced.
-    let mut env = TestEnv::spawn("change_tier.before_copy=sleep(60000)").await;
+    // Replica A stalls at the start of the tail, with the tenant fenced.
+    let mut env = TestEnv::spawn("change_tier.before_tail=sleep(60000)").await;
     let t = env.provision("two-replicas", pb::Tier::Pool, "main").await;
     let id: Uuid = t.id.parse().unwrap();
     fill(&Place::of(&t), id, 40).await;
@@ -120,7 +120,7 @@ async fn a_second_replica_finishes_a_move_the_first_died_in() {
         steps.iter().all(|s| s.state == pb::StepState::Done as i32),
         "{steps:?}"
     );
-    for s in steps.iter().take_while(|s| s.name != "copy") {
+    for s in steps.iter().take_while(|s| s.name != "tail") {
         assert_eq!(s.attempts, 1, "{} ran again on the second replica", s.name);
     }
     assert_eq!(moved.routing_epoch, t.routing_epoch + 1);
@@ -471,7 +471,7 @@ impl Partition {
 
 #[tokio::test]
 async fn a_replica_cut_off_from_the_registry_stops_before_another_takes_over() {
-    // Replica A reaches the registry through a proxy, and its step waits at the copy.
+    // Replica A reaches the registry through a proxy, and its step waits at the fenced tail.
     let (config, dir) = TestEnv::config().await;
     let direct = config.registry_url.clone();
     let main_port: u16 = direct
@@ -482,7 +482,7 @@ async fn a_replica_cut_off_from_the_registry_stops_before_another_takes_over() {
     let mut through = config.clone();
     through.registry_url =
         direct.replace(&format!(":{main_port}/"), &format!(":{}/", partition.port));
-    let mut env = TestEnv::spawn_with(through, dir, "change_tier.before_copy=sleep(6000)").await;
+    let mut env = TestEnv::spawn_with(through, dir, "change_tier.before_tail=sleep(6000)").await;
     env.config = config;
     env.registry = sqlx::PgPool::connect(&direct).await.unwrap();
     let t = env.provision("cut-off", pb::Tier::Pool, "main").await;
@@ -500,7 +500,7 @@ async fn a_replica_cut_off_from_the_registry_stops_before_another_takes_over() {
     let (_, moved) = env.wait_tenant(&op.name).await;
     assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
 
-    // By the time A's step would have gone on, it had stopped itself: it copied nothing
+    // By the time A's step would have gone on, it had stopped itself: it applied nothing
     // while B held the operation.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let log = std::fs::read_to_string(&a.log).unwrap();
@@ -509,8 +509,8 @@ async fn a_replica_cut_off_from_the_registry_stops_before_another_takes_over() {
         "{log}"
     );
     assert!(
-        !log.contains("table copied"),
-        "A copied after it was cut off:\n{log}"
+        !log.contains("tail applied"),
+        "A applied the tail after it was cut off:\n{log}"
     );
     drop(a);
 }

@@ -222,7 +222,10 @@ pub fn print_operation(op: &pb::Operation) {
                 );
             }
             if !t.unfence_time.is_empty() {
-                println!("fenced tail: {} changes", t.tail_changes);
+                println!(
+                    "fenced tail: {} changes; {} rows written during the copy verified inside the fence",
+                    t.tail_changes, t.verified_changed_rows
+                );
             }
         } else if !t.fenced_copy_because.is_empty() {
             println!("copy:        fenced throughout: {}", t.fenced_copy_because);
