@@ -73,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
 
     let load = Load::start(shared.clone(), neighbours.clone());
+    // The moving tenant itself writes throughout, through an issued login that follows the
+    // routing, as its application would.
+    let writer = TenantWriter::start(bench.clients.clone(), big, (rows / 10).max(1));
     let mut report = Vec::new();
     for (tier, scratch_db) in [
         (pb::Tier::Schema, "tenants"),
@@ -86,12 +89,17 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = (Utc::now() - chrono::Duration::seconds(2), Utc::now());
         let from = placed.schema.clone();
+        writer.reset();
         let op = bench.clients.change_tier(big, tier).await?;
+        let written = writer.report();
         // The neighbours' load keeps running through the second after the cleanup started.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        report.push(Report::new(&from, tier, mb, psql, &op, &load, before)?);
+        let mut r = Report::new(&from, tier, mb, psql, &op, &load, before)?;
+        r.writer = Some(written);
+        report.push(r);
     }
     load.stop.cancel();
+    writer.stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     println!();
@@ -109,6 +117,127 @@ async fn main() -> anyhow::Result<()> {
     );
 
     running.stop().await
+}
+
+/// The moving tenant's own application: every 5 ms a transaction inserting an audit event
+/// and renaming a patient, through an issued login, re-issued when a write is fenced or the
+/// session ends (so it follows the routing). It records how many writes succeeded, how many
+/// met the fence, and the longest time between two successful writes: the pause as the
+/// application saw it, reconnection included.
+struct TenantWriter {
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    fenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    longest_gap: std::sync::Arc<std::sync::Mutex<Duration>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// What the tenant's own writer saw during one move.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    acked: u64,
+    fenced: u64,
+    longest_gap: Duration,
+}
+
+impl TenantWriter {
+    fn start(mut clients: common::Clients, tenant: Uuid, patients: i64) -> TenantWriter {
+        use std::sync::atomic::Ordering;
+        let w = TenantWriter {
+            acked: Default::default(),
+            fenced: Default::default(),
+            longest_gap: Default::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        };
+        let (acked, fenced, gap, stop) = (
+            w.acked.clone(),
+            w.fenced.clone(),
+            w.longest_gap.clone(),
+            w.stop.clone(),
+        );
+        tokio::spawn(async move {
+            use sqlx::{ConnectOptions, Connection};
+            let mut conn: Option<sqlx::PgConnection> = None;
+            let mut last = Instant::now();
+            let mut i = 0i64;
+            while !stop.is_cancelled() {
+                let Some(c) = conn.as_mut() else {
+                    let issued = clients
+                        .tenants
+                        .issue_credentials(pb::IssueCredentialsRequest {
+                            tenant: tenant.to_string(),
+                            ttl_seconds: 0,
+                        })
+                        .await;
+                    if let Ok(issued) = issued {
+                        let uri = issued.into_inner().connection_uri;
+                        if let Ok(opts) = uri.parse::<sqlx::postgres::PgConnectOptions>() {
+                            conn = opts.connect().await.ok();
+                        }
+                    }
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    continue;
+                };
+                i += 1;
+                let r: Result<(), sqlx::Error> = async {
+                    let mut tx = c.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO audit_events (tenant_id, actor, action, entity)
+                         VALUES ($1, 'bench-writer', 'write', 'patient')",
+                    )
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE patients SET given_name = $1 WHERE mrn = $2")
+                        .bind(format!("Renamed {i}"))
+                        .bind(format!("mrn-{}", i % patients + 1))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                match r {
+                    Ok(()) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        let now = Instant::now();
+                        {
+                            let mut g = gap.lock().unwrap();
+                            *g = (*g).max(now - last);
+                        }
+                        last = now;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => {
+                        let code = e.as_database_error().and_then(|d| d.code());
+                        if code.as_deref() == Some(tenantd::dataplane::fence::SQLSTATE) {
+                            fenced.fetch_add(1, Ordering::Relaxed);
+                        }
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        });
+        w
+    }
+
+    /// Starts counting afresh (for the next move).
+    fn reset(&self) {
+        use std::sync::atomic::Ordering;
+        self.acked.store(0, Ordering::Relaxed);
+        self.fenced.store(0, Ordering::Relaxed);
+        *self.longest_gap.lock().unwrap() = Duration::ZERO;
+    }
+
+    fn report(&self) -> Written {
+        use std::sync::atomic::Ordering;
+        Written {
+            acked: self.acked.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
+            longest_gap: *self.longest_gap.lock().unwrap(),
+        }
+    }
 }
 
 struct Bench {
@@ -239,6 +368,7 @@ struct Report {
     verify: Duration,
     catch_up: Duration,
     details: pb::TierChange,
+    writer: Option<Written>,
     cleanup_time: Duration,
     /// (read query, transaction) p99s before the move, while copying and verifying, and from
     /// the cleanup's start.
@@ -285,6 +415,7 @@ impl Report {
             verify: span(step_window(op, "verify")?),
             catch_up: span(step_window(op, "catch_up")?),
             details,
+            writer: None,
             cleanup_time: span(cleanup),
             before: load.p99s(before),
             copying: load.p99s((step_window(op, "copy")?.0, step_window(op, "verify")?.1)),
@@ -320,6 +451,14 @@ impl Report {
             d.catch_up_changes,
             d.lag_bytes
         );
+        if let Some(w) = &self.writer {
+            println!(
+                "  tenant's own writer: {} transactions acknowledged during the move, {} met the fence; longest gap between two acknowledged writes {:.0} ms (its pause, reconnecting included)",
+                w.acked,
+                w.fenced,
+                ms(w.longest_gap)
+            );
+        }
         println!("  cleanup     {:.0} ms", ms(self.cleanup_time));
         for (what, pick) in [("read query", 0usize), ("write txn ", 1usize)] {
             let get = |p: &(P99, P99)| if pick == 0 { p.0 } else { p.1 };

@@ -542,7 +542,24 @@ fn too_slow(limit: Duration, online: &Online) -> StepError {
 /// Inside the fence: applies every change the tenant committed before it (all of them, as
 /// the fence waited out older writers). Returns how many.
 async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
-    let applied = apply_captured(&capture(cx), e, |_| Ok(())).await?;
+    // The tenant is fenced: a target that stalls must not keep it so. Past the time the
+    // fence may wait for writers, the move is rolled back and the source unfenced.
+    let limit = cx.deps.config.workflow.fence_wait();
+    let started = std::time::Instant::now();
+    let applied = apply_captured(&capture(cx), e, |lag| {
+        if started.elapsed() > limit {
+            return Err(StepError::fatal(
+                ErrorCode::Aborted,
+                format!(
+                    "the tail was not applied within {} ms ([workflow] fence_wait_ms; {lag} \
+                     bytes still behind): the target is too slow; the move was rolled back",
+                    limit.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    })
+    .await?;
     tracing::info!(changes = applied, "tail applied inside the fence");
     crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, applied);
     Ok(applied)

@@ -53,21 +53,12 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
 
     let capture = Capture::for_operation(Uuid::new_v4());
     capture.prepare_target(second, &dst).await.unwrap();
-    assert_eq!(
-        capture
-            .start(main, &src, &tables, std::time::Duration::from_secs(30))
-            .await
-            .unwrap(),
-        changes::Started::Capturing
-    );
     // Starting again keeps what exists.
-    assert_eq!(
-        capture
-            .start(main, &src, &tables, std::time::Duration::from_secs(30))
-            .await
-            .unwrap(),
-        changes::Started::Capturing
-    );
+    for _ in 0..2 {
+        let wait = std::time::Duration::from_secs(30);
+        let started = capture.start(main, &src, &tables, wait).await.unwrap();
+        assert_eq!(started, changes::Started::Capturing);
+    }
     // Written after the slot, before the copy: in the copy and in the capture both.
     write(&shared, a, "before").await;
     for table in &tables {

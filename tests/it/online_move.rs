@@ -282,3 +282,75 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
     assert_eq!(snapshot(&Place::of(&moved), id).await, before);
     assert_no_capture_left(&env).await;
 }
+
+/// A crash in the middle of the catch-up: the next process resumes from the slot's position
+/// and the move ends as it would have, with nothing left behind.
+#[tokio::test]
+async fn a_crash_mid_catch_up_resumes_from_the_slot() {
+    let mut env = TestEnv::spawn(&format!(
+        "change_tier.after_copy=sleep(500);{}=exit*1",
+        tenantd::workflows::change_tier::CATCH_UP_ROUND
+    ))
+    .await;
+    let t = env
+        .provision("crash-catch-up", pb::Tier::Schema, "main")
+        .await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 40).await;
+    let stop = CancellationToken::new();
+    let writing = tokio::spawn(writer(AppConnector::new(&env), id, stop.clone()));
+    let op = request(&mut env, &t.id, pb::Tier::Database, "second").await;
+    assert_eq!(
+        env.wait_exit(),
+        Some(tenantd::workflow::failpoint::EXIT_CODE)
+    );
+    env.restart("").await;
+    let op = env.wait(&op.name).await;
+    stop.cancel();
+    let acked = writing.await.unwrap();
+    let moved = match &op.result {
+        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
+        other => panic!("the move did not finish after the crash: {other:?}"),
+    };
+    assert!(details(&op).online);
+    assert_acked_hold(&Place::of(&moved), id, &acked).await;
+    assert_no_capture_left(&env).await;
+}
+
+/// A schema change to the tenant's tables during the move (a column added to its schema
+/// while it writes): the captured row does not fit the target, so the move is rolled back,
+/// the tenant stays where it was, writable, and nothing is left behind.
+#[tokio::test]
+async fn a_schema_change_during_the_move_rolls_it_back() {
+    let mut env = TestEnv::spawn("change_tier.after_copy=sleep(1500)").await;
+    let t = env
+        .provision("ddl-during-move", pb::Tier::Schema, "main")
+        .await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 20).await;
+    let op = request(&mut env, &t.id, pb::Tier::Database, "second").await;
+    env.until_step_done(&op.name, "capture").await;
+    let place = Place::of(&t);
+    let admin = crate::harness::admin(&place.cluster, &place.database).await;
+    let alter = format!(
+        "ALTER TABLE \"{}\".patients ADD COLUMN nickname text; \
+         UPDATE \"{}\".patients SET nickname = 'Doc' WHERE mrn = 'mrn-1'",
+        place.schema, place.schema
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(alter))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let op = env.wait(&op.name).await;
+    match &op.result {
+        Some(pb::operation::Result::Error(e)) => {
+            assert!(e.message.contains("nickname"), "{e:?}")
+        }
+        other => panic!("expected the move to be refused, got {other:?}"),
+    }
+    let now = env.tenant(&t.id).await;
+    assert_eq!((now.tier, &now.placement), (t.tier, &t.placement));
+    assert_no_capture_left(&env).await;
+    let f = crate::harness::footprint(&t.id, "second").await;
+    assert_eq!(f.databases, 0, "target dropped");
+}
