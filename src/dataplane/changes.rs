@@ -412,6 +412,27 @@ impl Capture {
         Ok(lag.and_then(|(l,)| l).unwrap_or(0))
     }
 
+    /// WAL the slot would decode again before reaching what it has not applied: from its
+    /// `restart_lsn` to its `confirmed_flush_lsn`. Every read of the slot decodes from the
+    /// former, so while the WAL of the copy itself lies in between, each read of a few
+    /// changes costs a pass over that WAL. It shrinks when the server logs its running
+    /// transactions (at least every 15 s when busy) and the slot is advanced past that.
+    pub async fn decode_backlog(
+        &self,
+        cluster: &Cluster,
+        src: &Container,
+    ) -> Result<i64, DataPlaneError> {
+        let backlog: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(self.name.as_str())
+        .fetch_optional(&cluster.database(&src.database))
+        .await
+        .map_err(|e| cluster.err(e))?;
+        Ok(backlog.and_then(|(b,)| b).unwrap_or(0))
+    }
+
     /// Drops the slot and the publication on the source and the table of written keys on the
     /// target, whichever exist. Idempotent.
     pub async fn stop(
@@ -499,6 +520,33 @@ pub async fn unavailable(
     if !replication {
         return Ok(Some(format!(
             "the admin role of cluster {name} has neither SUPERUSER nor REPLICATION"
+        )));
+    }
+    // A published table without a replica identity refuses UPDATE and DELETE, for every
+    // tenant of the pool: such a table keeps the move fenced rather than break writes.
+    let tables: Vec<String> = super::tables::tenant_tables(src_cluster, &pool, &src.schema)
+        .await?
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    let unkeyed: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY ($2)
+           AND (c.relreplident = 'n'
+                OR (c.relreplident = 'd' AND NOT EXISTS
+                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+         ORDER BY 1",
+    )
+    .bind(src.schema.as_str())
+    .bind(&tables)
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| src_cluster.err(e))?;
+    if !unkeyed.is_empty() {
+        return Ok(Some(format!(
+            "table(s) {} have no primary key (changes to them cannot be captured by key)",
+            unkeyed.join(", ")
         )));
     }
     let may_set: Result<(bool,), _> = sqlx::query_as(

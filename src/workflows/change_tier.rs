@@ -470,6 +470,8 @@ fn capture(cx: &StepContext<'_>) -> Capture {
 const BATCH: i32 = 5_000;
 /// A catch-up round that applied this few changes ends the catch-up: the rest is the tail.
 const SMALL_ROUND: u64 = 1_000;
+/// And once reading the tail would decode at most this much WAL again.
+const DECODE_BACKLOG: i64 = 64 * 1024 * 1024;
 
 /// Applies captured changes in rounds, each up to where the source was when it began,
 /// until a round applied few changes or took under a second; gives up (the move is rolled
@@ -516,7 +518,13 @@ async fn catch_up(
         }])
         .await?;
         if applied <= SMALL_ROUND || round_started.elapsed() < Duration::from_secs(1) {
-            return Ok(online);
+            // Small enough for the tail, once reading the slot no longer means decoding the
+            // copy's WAL again (that pass would be inside the fence).
+            let backlog = capture.decode_backlog(e.src_cluster, &e.src).await?;
+            if backlog <= DECODE_BACKLOG {
+                return Ok(online);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if started.elapsed() > limit {
             return Err(too_slow(limit, &online));

@@ -354,3 +354,52 @@ async fn a_schema_change_during_the_move_rolls_it_back() {
     let f = crate::harness::footprint(&t.id, "second").await;
     assert_eq!(f.databases, 0, "target dropped");
 }
+
+/// A schema with a table that has no primary key (a log nobody keyed): publishing it would
+/// make every UPDATE and DELETE on it fail while the move ran, so the move runs fenced, says
+/// why, and still moves every row.
+#[tokio::test]
+async fn a_table_without_a_primary_key_keeps_the_move_fenced_and_it_says_why() {
+    let (mut config, dir) = TestEnv::config().await;
+    let schema = dir.join("schema");
+    std::fs::create_dir_all(&schema).unwrap();
+    for entry in std::fs::read_dir(crate::harness::EXAMPLE_SCHEMA_DIR).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, schema.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        schema.join("0005_visit_log.sql"),
+        "CREATE TABLE visit_log (tenant_id uuid NOT NULL, noted_at timestamptz NOT NULL \
+         DEFAULT now(), note text);\n",
+    )
+    .unwrap();
+    config.tenant_schema.dir = Some(schema);
+    let mut env = TestEnv::start_with(config, dir).await;
+    let t = env.provision("unkeyed-log", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 10).await;
+    let place = Place::of(&t);
+    let admin = crate::harness::admin(&place.cluster, &place.database).await;
+    let insert = format!(
+        "INSERT INTO \"{}\".visit_log (tenant_id, note) VALUES ($1, 'seen'), ($1, 'seen')",
+        place.schema
+    );
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(id)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let before = snapshot(&place, id).await;
+    let op = request(&mut env, &t.id, pb::Tier::Database, "second").await;
+    let op = env.wait(&op.name).await;
+    let d = details(&op);
+    assert!(!d.online, "{d:?}");
+    assert!(d.fenced_copy_because.contains("visit_log"), "{d:?}");
+    let moved = match &op.result {
+        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
+        other => panic!("the fenced move failed: {other:?}"),
+    };
+    let after = snapshot(&Place::of(&moved), id).await;
+    assert_eq!(after.len(), before.len());
+    assert_no_capture_left(&env).await;
+}
