@@ -355,19 +355,23 @@ impl Capture {
         dst_tx.commit().await.map_err(derr)?;
         let pool = src_cluster.database(&src.database);
         if let Some(lsn) = complete.or(applied_to) {
-            sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
-                .bind(self.name.as_str())
-                .bind(lsn_text(lsn))
-                .execute(&pool)
-                .await
-                .map_err(serr)?;
+            // Never backwards (a transaction that ended past `upto` moved it further).
+            sqlx::query(
+                "SELECT pg_replication_slot_advance($1, GREATEST($2::pg_lsn,
+                     (SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1)))",
+            )
+            .bind(self.name.as_str())
+            .bind(lsn_text(lsn))
+            .execute(&pool)
+            .await
+            .map_err(serr)?;
         }
         round.lag_bytes = self.lag_bytes(src_cluster, src).await?;
         round.caught_up = complete.is_some();
         Ok(round)
     }
 
-    /// Waits (up to 30 s) until the source has flushed its WAL up to `lsn`.
+    /// Makes the source flush its WAL up to `lsn` (at most 30 s).
     async fn wait_flushed(
         &self,
         cluster: &Cluster,
@@ -375,6 +379,15 @@ impl Capture {
         lsn: u64,
     ) -> Result<(), DataPlaneError> {
         let pool = cluster.database(&src.database);
+        // WAL after the last commit (a record no commit followed) may wait for the next
+        // flush indefinitely on a quiet server: a commit of our own, synchronous, flushes
+        // everything before it at once.
+        sqlx::raw_sql(
+            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
+        )
+        .execute(&pool)
+        .await
+        .map_err(|e| cluster.err(e))?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let (flushed,): (i64,) =
