@@ -92,12 +92,18 @@ mod tests {
                 ],
             ),
             (
+                // Changed once, by migration 0009, which renumbers operations stored with
+                // the eight steps before online moves (preflight, create_target, fence,
+                // copy, verify, switch, unfence, cleanup).
                 "change_tier",
                 &[
                     "preflight",
                     "create_target",
-                    "fence",
+                    "capture",
                     "copy",
+                    "catch_up",
+                    "fence",
+                    "tail",
                     "verify",
                     "switch",
                     "unfence",

@@ -161,7 +161,17 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
         .fetch_one(&pool)
         .await
         .unwrap();
-        if columns == 1 {
+        // The container is migrated first, the registry records its version just after.
+        let recorded = env
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant: t.slug.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .schema_version;
+        if columns == 1 && recorded == 5 {
             break;
         }
         assert!(
