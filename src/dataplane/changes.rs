@@ -62,6 +62,9 @@ pub struct Round {
     pub changes: u64,
     /// Bytes of WAL the slot still holds back after the round (the lag).
     pub lag_bytes: i64,
+    /// Bytes of WAL the next read decodes again before reaching new changes
+    /// ([`Capture::standing`]).
+    pub decode_backlog: i64,
     /// Every change before the round's `upto` is applied.
     pub caught_up: bool,
 }
@@ -366,7 +369,7 @@ impl Capture {
             .await
             .map_err(serr)?;
         }
-        round.lag_bytes = self.lag_bytes(src_cluster, src).await?;
+        (round.lag_bytes, round.decode_backlog) = self.standing(src_cluster, src).await?;
         round.caught_up = complete.is_some();
         Ok(round)
     }
@@ -408,42 +411,28 @@ impl Capture {
         }
     }
 
-    /// WAL the slot holds back: from what was last applied to the current position.
-    pub async fn lag_bytes(
+    /// Where the slot stands: (WAL it holds back, from what was last applied to the current
+    /// position; WAL it would decode again before reaching that, from its `restart_lsn`).
+    /// Every read of the slot decodes from `restart_lsn`, so while the copy's own WAL lies in
+    /// between, each read of a few changes costs a pass over it. That backlog shrinks when
+    /// the server logs its running transactions (at least every 15 s when busy) and the slot
+    /// is advanced past that.
+    async fn standing(
         &self,
         cluster: &Cluster,
         src: &Container,
-    ) -> Result<i64, DataPlaneError> {
-        let lag: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+    ) -> Result<(i64, i64), DataPlaneError> {
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint
              FROM pg_replication_slots WHERE slot_name = $1",
         )
         .bind(self.name.as_str())
         .fetch_optional(&cluster.database(&src.database))
         .await
         .map_err(|e| cluster.err(e))?;
-        Ok(lag.and_then(|(l,)| l).unwrap_or(0))
-    }
-
-    /// WAL the slot would decode again before reaching what it has not applied: from its
-    /// `restart_lsn` to its `confirmed_flush_lsn`. Every read of the slot decodes from the
-    /// former, so while the WAL of the copy itself lies in between, each read of a few
-    /// changes costs a pass over that WAL. It shrinks when the server logs its running
-    /// transactions (at least every 15 s when busy) and the slot is advanced past that.
-    pub async fn decode_backlog(
-        &self,
-        cluster: &Cluster,
-        src: &Container,
-    ) -> Result<i64, DataPlaneError> {
-        let backlog: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint
-             FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(self.name.as_str())
-        .fetch_optional(&cluster.database(&src.database))
-        .await
-        .map_err(|e| cluster.err(e))?;
-        Ok(backlog.and_then(|(b,)| b).unwrap_or(0))
+        let (lag, backlog) = row.unwrap_or((None, None));
+        Ok((lag.unwrap_or(0), backlog.unwrap_or(0)))
     }
 
     /// Drops the slot and the publication on the source and the table of written keys on the
@@ -770,7 +759,20 @@ impl Target {
 
     /// The literal of this table's row type holding `tuple`'s values (by column name), NULL
     /// for generated columns and those `tuple` does not have. `None` if a value is unchanged.
-    fn literal(&self, rel: &Relation, tuple: &[Value]) -> Result<Option<String>, DataPlaneError> {
+    fn literal(&self, rel: &Relation, tuple: &[Value]) -> Option<String> {
+        let unchanged = self.columns.iter().any(|(col, generated)| {
+            !generated
+                && matches!(
+                    rel.position(col.as_str()).and_then(|p| tuple.get(p)),
+                    Some(Value::Unchanged)
+                )
+        });
+        (!unchanged).then(|| self.fields(rel, tuple))
+    }
+
+    /// `tuple`'s values in this table's row type, unchanged ones left NULL (an update with
+    /// unchanged values sets only the others).
+    fn fields(&self, rel: &Relation, tuple: &[Value]) -> String {
         let mut out = String::from("(");
         for (i, (col, generated)) in self.columns.iter().enumerate() {
             if i > 0 {
@@ -779,14 +781,12 @@ impl Target {
             if *generated {
                 continue;
             }
-            match rel.position(col.as_str()).and_then(|p| tuple.get(p)) {
-                None | Some(Value::Null) => {}
-                Some(Value::Unchanged) => return Ok(None),
-                Some(Value::Text(v)) => quote_field(&mut out, v),
+            if let Some(Value::Text(v)) = rel.position(col.as_str()).and_then(|p| tuple.get(p)) {
+                quote_field(&mut out, v);
             }
         }
         out.push(')');
-        Ok(Some(out))
+        out
     }
 
     /// The key literal of `tuple` (other columns NULL).
@@ -836,7 +836,7 @@ impl Target {
         change: &Change,
     ) -> Result<Vec<(Statement, Vec<String>)>, DataPlaneError> {
         Ok(match change {
-            Change::Insert { new, .. } => match self.literal(rel, new)? {
+            Change::Insert { new, .. } => match self.literal(rel, new) {
                 Some(row) => vec![(self.upsert(), vec![row])],
                 None => {
                     return Err(DataPlaneError::Invariant(
@@ -847,7 +847,7 @@ impl Target {
             Change::Update { old, new, .. } => {
                 let key = self.key_literal(rel, old.as_deref().unwrap_or(new))?;
                 let new_key = self.key_literal(rel, new)?;
-                match self.literal(rel, new)? {
+                match self.literal(rel, new) {
                     Some(row) if key == new_key => vec![(self.upsert(), vec![row])],
                     Some(row) => vec![(self.delete(), vec![key]), (self.upsert(), vec![row])],
                     None => {
@@ -861,28 +861,13 @@ impl Target {
                                 )
                             })
                             .collect();
-                        let row = self.literal_partial(rel, new);
+                        let row = self.fields(rel, new);
                         vec![(self.update(&changed), vec![row, key])]
                     }
                 }
             }
             Change::Delete { old, .. } => vec![(self.delete(), vec![self.key_literal(rel, old)?])],
         })
-    }
-
-    /// As [`Target::literal`], unchanged values left NULL (an update sets only the others).
-    fn literal_partial(&self, rel: &Relation, tuple: &[Value]) -> String {
-        let mut out = String::from("(");
-        for (i, (col, _)) in self.columns.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            if let Some(Value::Text(v)) = rel.position(col.as_str()).and_then(|p| tuple.get(p)) {
-                quote_field(&mut out, v);
-            }
-        }
-        out.push(')');
-        out
     }
 }
 

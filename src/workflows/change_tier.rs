@@ -493,7 +493,7 @@ async fn catch_up(
             ));
         }
         let round_started = std::time::Instant::now();
-        let applied = apply_captured(&capture, e, |lag| {
+        let (applied, last) = apply_captured(&capture, e, |lag| {
             online.lag_bytes = lag;
             if started.elapsed() > limit {
                 return Err(too_slow(limit, &online));
@@ -520,8 +520,7 @@ async fn catch_up(
         if applied <= SMALL_ROUND || round_started.elapsed() < Duration::from_secs(1) {
             // Small enough for the tail, once reading the slot no longer means decoding the
             // copy's WAL again (that pass would be inside the fence).
-            let backlog = capture.decode_backlog(e.src_cluster, &e.src).await?;
-            if backlog <= DECODE_BACKLOG {
+            if last.decode_backlog <= DECODE_BACKLOG {
                 return Ok(online);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -554,7 +553,7 @@ async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
     // fence may wait for writers, the move is rolled back and the source unfenced.
     let limit = cx.deps.config.workflow.fence_wait();
     let started = std::time::Instant::now();
-    let applied = apply_captured(&capture(cx), e, |lag| {
+    let (applied, _) = apply_captured(&capture(cx), e, |lag| {
         if started.elapsed() > limit {
             return Err(StepError::fatal(
                 ErrorCode::Aborted,
@@ -574,12 +573,12 @@ async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
 }
 
 /// Applies every change captured before now, [`BATCH`] at a time; after each read,
-/// `check(lag_bytes)` may stop it. Returns how many changes it applied.
+/// `check(lag_bytes)` may stop it. Returns how many changes it applied, and the last read.
 async fn apply_captured(
     capture: &Capture,
     e: &Ends<'_>,
     mut check: impl FnMut(i64) -> Result<(), StepError>,
-) -> Result<u64, StepError> {
+) -> Result<(u64, changes::Round), StepError> {
     let upto = capture.position(e.src_cluster, &e.src).await?;
     let mut applied = 0;
     loop {
@@ -596,7 +595,7 @@ async fn apply_captured(
         applied += r.changes;
         check(r.lag_bytes)?;
         if r.caught_up {
-            return Ok(applied);
+            return Ok((applied, r));
         }
     }
 }
