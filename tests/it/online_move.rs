@@ -399,7 +399,14 @@ async fn a_table_without_a_primary_key_keeps_the_move_fenced_and_it_says_why() {
         Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
         other => panic!("the fenced move failed: {other:?}"),
     };
-    let after = snapshot(&Place::of(&moved), id).await;
-    assert_eq!(after.len(), before.len());
+    assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
+    // The unkeyed table's rows moved too.
+    let logged: Vec<String> = column_at(
+        &Place::of(&moved),
+        "SELECT note FROM S.visit_log WHERE tenant_id = $1",
+        id,
+    )
+    .await;
+    assert_eq!(logged, ["seen", "seen"]);
     assert_no_capture_left(&env).await;
 }
