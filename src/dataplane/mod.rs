@@ -13,6 +13,7 @@ pub mod conventions;
 pub mod copy;
 pub mod database;
 pub mod ddl;
+pub mod deferred;
 pub mod dump;
 pub mod erasure;
 pub mod fence;
@@ -585,6 +586,13 @@ impl Container {
 pub trait TierBackend: Send + Sync {
     /// Whether the tier gives the tenant its own role (the pool's is shared).
     fn own_login_role(&self) -> bool;
+
+    /// Whether the tier's tables hold other tenants' rows too (the pool's): then the
+    /// tenant's rows are deleted, never truncated, and its keys and indexes are never set
+    /// aside for a bulk load ([`deferred`]).
+    fn shares_tables(&self) -> bool {
+        false
+    }
 
     /// Removes the tenant's rows and container in this tier, and its fence there; not its
     /// role. Idempotent, from any partial state.

@@ -24,6 +24,10 @@ impl TierBackend for PoolTier {
         false
     }
 
+    fn shares_tables(&self) -> bool {
+        true
+    }
+
     /// Deletes the tenant's rows, children first, in short batches so that the other tenants
     /// sharing these tables are never blocked for long. Its fence row stays, as a tombstone:
     /// a session still on the old route (a backend that sets `app.tenant_id` for many

@@ -15,9 +15,14 @@
 //! - `create_target` creates and migrates the target container, fences the tenant there at
 //!   once (nothing may write it before routing points at it), then grants the application
 //!   role (a tenant's own role on the target cluster, as a group role that never logs in).
+//!   A schema or database target is created afresh (a retry drops what an interrupted try
+//!   left) and its keys, indexes and foreign keys are set aside ([`deferred`]) until its
+//!   rows are in.
 //! - `capture` (online) creates the move's publication and logical slot on the source: from
 //!   here on every change the tenant commits is kept for the move.
-//! - `copy` (online) streams every table by binary COPY while the tenant writes.
+//! - `copy` (online) streams every table by binary COPY while the tenant writes, two tables
+//!   at a time, builds the target's keys and indexes again, and verifies every table at the
+//!   copy's snapshot.
 //! - `catch_up` (online) applies the captured changes in rounds, each up to where the source
 //!   was when it began, until a round is small; a tenant that writes faster than that for
 //!   `[workflow] catch_up_ms` gets its move rolled back. Cancellation is honoured between
@@ -26,7 +31,7 @@
 //!   began before the fence ([`crate::dataplane::fence`]). From here reads go on, writes get
 //!   SQLSTATE TF001.
 //! - `tail` (online) applies what the tenant wrote since the last round; fenced moves copy
-//!   every table here instead. Then the target's sequences are moved past the copied values.
+//!   (and rebuild) every table here instead. Then the target's sequences are moved past the copied values.
 //! - `verify` compares row count and content checksum of every table on both ends.
 //! - `switch` points the registry at the target and bumps the routing epoch in one statement.
 //!   This is the point of no return (`ROLL_FORWARD_FROM`): later steps are retried until they
@@ -54,7 +59,8 @@ use crate::credentials::{self, Revoke};
 use crate::dataplane::changes::{self, Capture};
 use crate::dataplane::copy::{self, TableDigest, Writes};
 use crate::dataplane::{
-    Cluster, Container, DataPlaneError, backend, catalog, erasure, fence, tables,
+    Cluster, Container, DataPlaneError, backend, catalog, deferred, erasure, fence, load, tables,
+    two_lanes,
 };
 use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
@@ -119,6 +125,10 @@ pub struct State {
     /// Why the move is fenced for its whole copy, when preflight found it cannot be online.
     #[serde(default)]
     pub fenced_copy_because: Option<String>,
+    /// Set by `create_target`: the target's keys, indexes and foreign keys, set aside until
+    /// the copy is in (none for a pool target, or a move stored before this existed).
+    #[serde(default)]
+    pub deferred: Vec<deferred::Deferred>,
 }
 
 /// An online move's catch-up, as far as it got.
@@ -134,6 +144,46 @@ pub struct Online {
     /// Rows the catch-up and the tail wrote, verified inside the fence.
     #[serde(default)]
     pub verified_changed: u64,
+    /// The last [`RECENT_ROUNDS`] rounds, oldest first.
+    #[serde(default)]
+    pub recent_rounds: Vec<RoundRecord>,
+    /// The most WAL the slot held back on the source at any read.
+    #[serde(default)]
+    pub peak_retained_bytes: i64,
+}
+
+/// One catch-up round, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub changes: u64,
+    pub lag_bytes: i64,
+    pub elapsed_ms: u64,
+}
+
+/// How many rounds [`Online::recent_rounds`] keeps.
+pub const RECENT_ROUNDS: usize = 32;
+
+impl Online {
+    /// Notes a read of the slot: the lag it left and the WAL the slot held back.
+    fn observe(&mut self, r: &changes::Round) {
+        self.lag_bytes = r.lag_bytes;
+        self.peak_retained_bytes = self.peak_retained_bytes.max(r.retained_bytes());
+    }
+
+    fn record_round(&mut self, changes: u64, elapsed: Duration) {
+        self.rounds += 1;
+        self.changes += changes;
+        if self.recent_rounds.len() == RECENT_ROUNDS {
+            self.recent_rounds.remove(0);
+        }
+        self.recent_rounds.push(RoundRecord {
+            round: self.rounds,
+            changes,
+            lag_bytes: self.lag_bytes,
+            elapsed_ms: elapsed.as_millis() as u64,
+        });
+    }
 }
 
 impl State {
@@ -146,6 +196,7 @@ impl State {
             verified: Vec::new(),
             online: None,
             fenced_copy_because: None,
+            deferred: Vec::new(),
         }
     }
 
@@ -217,9 +268,17 @@ impl Workflow for ChangeTier {
                 let version = state
                     .schema_version
                     .ok_or_else(|| StepError::missing("schema version"))?;
-                backend(e.dst.tier).create(e.dst_cluster, &e.dst).await?;
+                let target = backend(e.dst.tier);
+                if !target.shares_tables() {
+                    // Preflight found it free: whatever is there, an interrupted try left.
+                    target.drop_container(e.dst_cluster, &e.dst).await?;
+                }
+                target.create(e.dst_cluster, &e.dst).await?;
                 let db = e.dst_cluster.database(&e.dst.database);
                 catalog::migrate(e.dst_cluster, &db, &e.dst.schema, version).await?;
+                if !target.shares_tables() {
+                    state.deferred = deferred::set_aside(e.dst_cluster, &e.dst).await?;
+                }
                 // Fenced before the role can reach it: nothing writes the target early.
                 fence::fence(e.dst_cluster, &e.dst, cx.operation_id).await?;
                 credentials::grant(e.dst_cluster, &e.dst).await?;
@@ -254,7 +313,7 @@ impl Workflow for ChangeTier {
                     let writes = Writes::Continue {
                         snapshot: &snapshot.id,
                     };
-                    copy_tables(cx, &e, writes).await?;
+                    copy_tables(cx, &e, writes, &state.deferred).await?;
                     if failpoint::armed(CORRUPT_TARGET) {
                         corrupt(e.dst_cluster, &e.dst).await?;
                     }
@@ -277,8 +336,8 @@ impl Workflow for ChangeTier {
             Step::Tail => {
                 let e = both_ends(state)?;
                 match state.online.as_mut() {
-                    Some(online) => online.tail_changes = tail(cx, &e).await?,
-                    None => copy_tables(cx, &e, Writes::Stopped).await?,
+                    Some(online) => tail(cx, &e, online).await?,
+                    None => copy_tables(cx, &e, Writes::Stopped, &state.deferred).await?,
                 }
                 let mut dst = e
                     .dst_cluster
@@ -493,16 +552,15 @@ async fn catch_up(
             ));
         }
         let round_started = std::time::Instant::now();
-        let (applied, last) = apply_captured(&capture, e, |lag| {
-            online.lag_bytes = lag;
+        let (applied, last) = apply_captured(&capture, e, |r| {
+            online.observe(r);
             if started.elapsed() > limit {
                 return Err(too_slow(limit, &online));
             }
             Ok(())
         })
         .await?;
-        online.rounds += 1;
-        online.changes += applied;
+        online.record_round(applied, round_started.elapsed());
         crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, applied);
         tracing::info!(
             round = online.rounds,
@@ -548,12 +606,14 @@ fn too_slow(limit: Duration, online: &Online) -> StepError {
 
 /// Inside the fence: applies every change the tenant committed before it (all of them, as
 /// the fence waited out older writers). Returns how many.
-async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
+async fn tail(cx: &StepContext<'_>, e: &Ends<'_>, online: &mut Online) -> Result<(), StepError> {
     // The tenant is fenced: a target that stalls must not keep it so. Past the time the
     // fence may wait for writers, the move is rolled back and the source unfenced.
     let limit = cx.deps.config.workflow.fence_wait();
     let started = std::time::Instant::now();
-    let (applied, _) = apply_captured(&capture(cx), e, |lag| {
+    let (applied, _) = apply_captured(&capture(cx), e, |r| {
+        online.observe(r);
+        let lag = r.lag_bytes;
         if started.elapsed() > limit {
             return Err(StepError::fatal(
                 ErrorCode::Aborted,
@@ -569,15 +629,16 @@ async fn tail(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepError> {
     .await?;
     tracing::info!(changes = applied, "tail applied inside the fence");
     crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, applied);
-    Ok(applied)
+    online.tail_changes = applied;
+    Ok(())
 }
 
 /// Applies every change captured before now, [`BATCH`] at a time; after each read,
-/// `check(lag_bytes)` may stop it. Returns how many changes it applied, and the last read.
+/// `check(read)` may stop it. Returns how many changes it applied, and the last read.
 async fn apply_captured(
     capture: &Capture,
     e: &Ends<'_>,
-    mut check: impl FnMut(i64) -> Result<(), StepError>,
+    mut check: impl FnMut(&changes::Round) -> Result<(), StepError>,
 ) -> Result<(u64, changes::Round), StepError> {
     let upto = capture.position(e.src_cluster, &e.src).await?;
     let mut applied = 0;
@@ -593,7 +654,7 @@ async fn apply_captured(
             )
             .await?;
         applied += r.changes;
-        check(r.lag_bytes)?;
+        check(&r)?;
         if r.caught_up {
             return Ok((applied, r));
         }
@@ -662,24 +723,37 @@ async fn tables_of(e: &Ends<'_>) -> Result<Vec<Ident>, StepError> {
     Ok(src)
 }
 
-/// Copies every table, parents first. A retry starts from an empty target (children first),
-/// so a copy interrupted half-way never leaves duplicates.
+/// Copies every table, then builds the target's `deferred` keys and indexes. Two tables at
+/// a time when no foreign key can fire meanwhile (they are set aside, or the target session
+/// runs as a replica, [`Writes::Continue`]); else one at a time, parents first. A retry
+/// starts from an empty target (truncated, with what was built of `deferred` set aside again,
+/// or the tenant's rows deleted children first from a pool), so a copy interrupted half-way
+/// never leaves duplicates.
 async fn copy_tables(
     cx: &StepContext<'_>,
     e: &Ends<'_>,
     writes: Writes<'_>,
+    deferred: &[deferred::Deferred],
 ) -> Result<(), StepError> {
     let tables = tables_of(e).await?;
-    for table in tables.iter().rev() {
-        erasure::delete_rows(
-            e.dst_cluster,
-            &e.dst.database,
-            &e.dst.schema,
-            table,
-            e.dst.tenant_id,
-            erasure::BACKGROUND,
-        )
-        .await?;
+    if backend(e.dst.tier).shares_tables() {
+        for table in tables.iter().rev() {
+            erasure::delete_rows(
+                e.dst_cluster,
+                &e.dst.database,
+                &e.dst.schema,
+                table,
+                e.dst.tenant_id,
+                erasure::BACKGROUND,
+            )
+            .await?;
+        }
+    } else {
+        load::truncate(e.dst_cluster, &e.dst).await?;
+        if !deferred.is_empty() {
+            // An interrupted try may have built some of them already.
+            deferred::set_aside(e.dst_cluster, &e.dst).await?;
+        }
     }
     let mut items = Vec::new();
     for table in &tables {
@@ -691,33 +765,72 @@ async fn copy_tables(
         });
     }
     cx.progress(&items).await?;
-    for (i, table) in tables.iter().enumerate() {
-        let streamed = AtomicU64::new(0);
-        let copy = copy::copy_table(
-            e.src_cluster,
-            &e.src,
-            e.dst_cluster,
-            &e.dst,
-            table,
-            writes,
-            &streamed,
-        );
-        tokio::pin!(copy);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.tick().await;
-        let copied = loop {
-            tokio::select! {
-                r = &mut copy => break r?,
-                _ = tick.tick() => {
-                    items[i].done = streamed.load(Ordering::Relaxed) as i64;
-                    cx.progress(&items).await?;
-                }
+    let any_order = matches!(writes, Writes::Continue { .. })
+        || deferred
+            .iter()
+            .any(|d| d.kind == deferred::DeferredKind::ForeignKey);
+    let order: Vec<usize> = (0..tables.len()).collect();
+    let lanes = if any_order {
+        two_lanes(order, |&i| items[i].total.max(0) as u64)
+    } else {
+        [order, Vec::new()]
+    };
+    let streamed: Vec<AtomicU64> = tables.iter().map(|_| AtomicU64::new(0)).collect();
+    let lane = |lane: Vec<usize>| {
+        let (tables, streamed) = (&tables, &streamed);
+        async move {
+            for i in lane {
+                let copied = copy::copy_table(
+                    e.src_cluster,
+                    &e.src,
+                    e.dst_cluster,
+                    &e.dst,
+                    &tables[i],
+                    writes,
+                    &streamed[i],
+                )
+                .await?;
+                streamed[i].store(copied, Ordering::Relaxed);
+                crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, copied);
+                tracing::info!(table = %tables[i], rows = copied, "table copied");
             }
+            Ok::<(), DataPlaneError>(())
+        }
+    };
+    let [a, b] = lanes;
+    let copy = async { tokio::try_join!(lane(a), lane(b)) };
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut copy => { r?; break; }
+            _ = tick.tick() => {
+                for (item, n) in items.iter_mut().zip(&streamed) {
+                    item.done = n.load(Ordering::Relaxed) as i64;
+                }
+                cx.progress(&items).await?;
+            }
+        }
+    }
+    for (item, n) in items.iter_mut().zip(&streamed) {
+        item.done = n.load(Ordering::Relaxed) as i64;
+    }
+    cx.progress(&items).await?;
+    if !deferred.is_empty() {
+        let started = std::time::Instant::now();
+        let rows = |table: &str| {
+            items
+                .iter()
+                .find(|i| i.name == table)
+                .map_or(0, |i| i.done.max(0) as u64)
         };
-        items[i].done = copied as i64;
-        cx.progress(&items).await?;
-        crate::metrics::rows_moved(<ChangeTier as Workflow>::KIND, copied as u64);
-        tracing::info!(table = %table, rows = copied, "table copied");
+        deferred::rebuild(e.dst_cluster, &e.dst, deferred, rows).await?;
+        tracing::info!(
+            objects = deferred.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "target keys and indexes built"
+        );
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ use crate::context::Context;
 use crate::credentials;
 use crate::dataplane::load::{self, DumpReader, Piece, TableLoad};
 use crate::dataplane::{
-    Cluster, Container, DataPlaneError, backend, catalog, fence, staging, two_lanes,
+    Cluster, Container, DataPlaneError, backend, catalog, deferred, fence, staging, two_lanes,
 };
 use crate::error::ErrorCode;
 use crate::operation::ProgressItem;
@@ -105,7 +105,7 @@ pub struct State {
     /// Set by `stage`: the staging tables' keys, indexes and foreign keys, built after the
     /// load.
     #[serde(default)]
-    pub deferred: Vec<staging::Deferred>,
+    pub deferred: Vec<deferred::Deferred>,
     /// Set by `fence` (in place) and `swap`.
     #[serde(flatten)]
     pub pause: fence::Pause,
@@ -191,7 +191,7 @@ impl Workflow for Restore {
                     let t = state.expected.iter().find(|t| t.table == table);
                     t.map_or(0, |t| t.rows)
                 };
-                match staging::rebuild(cluster, &staged, &state.deferred, rows).await {
+                match deferred::rebuild(cluster, &staged, &state.deferred, rows).await {
                     // A duplicate key or a dangling reference: not the data that was exported.
                     Err(DataPlaneError::Sql { source, .. })
                         if crate::sqlstate::is_integrity_violation(&source) =>

@@ -14,7 +14,9 @@ use tenantd::api::pb;
 use tenantd::dataplane::fence;
 use tenantd::workflow::Steps;
 
-use crate::harness::{AppConnector, Place, TestEnv, admin, fill, footprint, snapshot, sqlstate};
+use crate::harness::{
+    AppConnector, Place, TestEnv, admin, fill, footprint, keys_and_indexes, snapshot, sqlstate,
+};
 
 /// Asks for a move and returns the operation (not waiting).
 pub(crate) async fn request(
@@ -213,6 +215,16 @@ async fn every_direction_moves_the_rows_unchanged() {
     fill(&Place::of(&t), id, 40).await;
     fill(&Place::of(&neighbour), nid, 25).await;
     let neighbour_rows = snapshot(&Place::pool("main"), nid).await;
+    // A moved container's keys, indexes and foreign keys are set aside for the copy and
+    // built again: it ends as a provisioned one is.
+    let mut shapes = std::collections::HashMap::new();
+    for (tier, slug) in [
+        (pb::Tier::Schema, "shape-schema"),
+        (pb::Tier::Database, "shape-database"),
+    ] {
+        let reference = env.provision(slug, tier, "main").await;
+        shapes.insert(tier, keys_and_indexes(&Place::of(&reference)).await);
+    }
 
     let mut t = t;
     for (tier, cluster) in [
@@ -226,6 +238,13 @@ async fn every_direction_moves_the_rows_unchanged() {
         (pb::Tier::Pool, "main"),       // schema → pool
     ] {
         t = move_to(&mut env, &t, tier, cluster).await;
+        if let Some(shape) = shapes.get(&tier) {
+            assert_eq!(
+                &keys_and_indexes(&Place::of(&t)).await,
+                shape,
+                "{tier:?} on {cluster}: keys and indexes as provisioned"
+            );
+        }
         // The application role works in the new place.
         let (mut conn, epoch) = AppConnector::new(&env).connect(id).await.unwrap();
         assert_eq!(epoch, t.routing_epoch);

@@ -311,3 +311,25 @@ pub async fn copy_stopped(
     .await
     .unwrap()
 }
+
+/// The keys, constraints and indexes of the tables at `place`, as sorted definitions with the
+/// schema's name left out: two containers migrated alike show the same.
+pub async fn keys_and_indexes(place: &Place) -> Vec<String> {
+    let pool = admin(&place.cluster, &place.database).await;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname || ' ' || k.conname || ' '
+             || replace(pg_get_constraintdef(k.oid), quote_ident($1) || '.', '')
+             || CASE WHEN k.convalidated THEN '' ELSE ' NOT VALIDATED' END
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
+         UNION ALL
+         SELECT replace(indexdef, quote_ident($1) || '.', '') FROM pg_indexes
+         WHERE schemaname = $1
+         ORDER BY 1",
+    )
+    .bind(&place.schema)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(r,)| r).collect()
+}
