@@ -165,6 +165,18 @@ impl From<change_tier::State> for pb::TierChange {
             lag_bytes: s.online.as_ref().map_or(0, |o| o.lag_bytes),
             tail_changes: s.online.as_ref().map_or(0, |o| o.tail_changes as i64),
             verified_changed_rows: s.online.as_ref().map_or(0, |o| o.verified_changed as i64),
+            recent_rounds: s.online.as_ref().map_or_else(Vec::new, |o| {
+                o.recent_rounds
+                    .iter()
+                    .map(|r| pb::CatchUpRound {
+                        round: r.round as i32,
+                        changes: r.changes as i64,
+                        lag_bytes: r.lag_bytes,
+                        elapsed_ms: r.elapsed_ms as i64,
+                    })
+                    .collect()
+            }),
+            peak_retained_wal_bytes: s.online.as_ref().map_or(0, |o| o.peak_retained_bytes),
         }
     }
 }

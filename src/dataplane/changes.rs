@@ -69,6 +69,13 @@ pub struct Round {
     pub caught_up: bool,
 }
 
+impl Round {
+    /// WAL the slot keeps from being recycled on the source: the lag and the backlog.
+    pub fn retained_bytes(&self) -> i64 {
+        self.lag_bytes + self.decode_backlog
+    }
+}
+
 impl Capture {
     pub fn for_operation(operation_id: Uuid) -> Capture {
         Capture {

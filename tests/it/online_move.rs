@@ -155,6 +155,15 @@ async fn a_writer_changing_copied_rows_throughout_the_move_loses_nothing() {
             d.catch_up_changes > 0,
             "changes made during the copy were applied: {d:?}"
         );
+        // Each round is reported, numbered up to the last, and adds up to the total.
+        let rounds = &d.recent_rounds;
+        assert_eq!(rounds.len() as i32, d.catch_up_rounds.min(32), "{d:?}");
+        assert_eq!(rounds.last().map(|r| r.round), Some(d.catch_up_rounds));
+        if d.catch_up_rounds <= 32 {
+            let sum: i64 = rounds.iter().map(|r| r.changes).sum();
+            assert_eq!(sum, d.catch_up_changes, "{d:?}");
+        }
+        assert!(d.peak_retained_wal_bytes > 0, "the slot held WAL: {d:?}");
         t = match op.result {
             Some(pb::operation::Result::Tenant(moved)) => moved,
             other => panic!("move to {tier:?} failed: {other:?}"),

@@ -220,6 +220,16 @@ pub fn print_operation(op: &pb::Operation) {
                     "catch-up:    {} rounds, {} changes applied, {} bytes behind after the last",
                     t.catch_up_rounds, t.catch_up_changes, t.lag_bytes
                 );
+                for r in &t.recent_rounds {
+                    println!(
+                        "  round {:>3}: {} changes in {} ms, {} bytes behind after it",
+                        r.round, r.changes, r.elapsed_ms, r.lag_bytes
+                    );
+                }
+                println!(
+                    "WAL held:    at most {} bytes on the source (the move's replication slot)",
+                    t.peak_retained_wal_bytes
+                );
             }
             if !t.unfence_time.is_empty() {
                 println!(
