@@ -14,11 +14,13 @@
 //! - pool tier: the tenant's rows are deleted from the shared tables (children first) and the
 //!   staged rows inserted (parents first), the fence is lifted and the staging schema dropped.
 //!   Other tenants' rows are neither touched nor locked; the shared tables take only the ROW
-//!   EXCLUSIVE lock every write takes.
+//!   EXCLUSIVE lock every write takes. A new tenant replaces nothing anyone can read, so a
+//!   superuser inserts its tables on two connections at once, each table in a transaction of
+//!   its own ([`Replacing::Nothing`]), and the last transaction lifts the fence.
 
 use super::copy::{column_list, columns};
 use super::deferred::{self, Deferred};
-use super::{Cluster, Container, DataPlaneError, catalog, fence};
+use super::{Cluster, Container, DataPlaneError, catalog, fence, two_lanes};
 use crate::sql::{Ident, Statement};
 use crate::tenant::Tier;
 
@@ -115,10 +117,28 @@ async fn rename_schema(
     Ok(())
 }
 
-/// Puts the staged copy in place of `live`, atomically (see the module doc). Idempotent: once
-/// the staging schema is gone the swap has happened. `live` must be fenced (writers waited
-/// out) unless it holds nothing yet.
-pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneError> {
+/// What the swap replaces.
+#[derive(Clone, Copy)]
+pub enum Replacing<'a> {
+    /// The tenant's live data (in place): one transaction, so readers see the old rows or
+    /// the new, never a mix.
+    Live,
+    /// Nothing: a new tenant, routed nowhere until its restore activates it. Into the pool,
+    /// a superuser then inserts two tables at a time (`rows` weighs them), each table in a
+    /// transaction of its own that first deletes what a retry finds of it.
+    Nothing {
+        rows: &'a (dyn Fn(&str) -> u64 + Sync),
+    },
+}
+
+/// Puts the staged copy in place of `live` (see the module doc). Idempotent: once the
+/// staging schema is gone the swap has happened. `live` must be fenced (writers waited out)
+/// unless it holds nothing yet.
+pub async fn swap(
+    cluster: &Cluster,
+    live: &Container,
+    replacing: Replacing<'_>,
+) -> Result<(), DataPlaneError> {
     let staged = staging(live);
     if !cluster
         .schema_exists(&staged.database, &staged.schema)
@@ -133,63 +153,37 @@ pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneEr
         catalog::migrate(cluster, &db, &staged.schema, version).await?;
     }
     let err = |e| cluster.err(e);
-    let mut tx = cluster
-        .database(&live.database)
-        .begin()
-        .await
-        .map_err(err)?;
-    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'")
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(live.tenant_id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
+    let mut tx = swap_transaction(cluster, live).await?;
     if live.tier == Tier::Pool {
-        // The staged rows passed these very foreign keys in staging (`deferred::rebuild`), and their
-        // parents are inserted in this transaction from the same copy: a superuser skips
-        // re-checking them row by row (replica mode disables the foreign-key triggers).
-        let (superuser,): (bool,) =
-            sqlx::query_as("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
-        if superuser {
-            sqlx::raw_sql("SET LOCAL session_replication_role = replica")
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-        }
+        // The staged rows passed these very foreign keys in staging (`deferred::rebuild`),
+        // and their parents are inserted from the same copy: a superuser skips re-checking
+        // them row by row (replica mode disables the foreign-key triggers).
+        let superuser = replica_mode(cluster, &mut tx).await?;
         let tables = super::tables::tenant_tables(cluster, &mut *tx, &staged.schema).await?;
-        for table in tables.iter().rev() {
-            let stmt = Statement::new("DELETE FROM ")
-                .qualified(&live.schema, table)
-                .push(" WHERE tenant_id = $1");
-            sqlx::query(stmt.into_sql())
-                .bind(live.tenant_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-        }
-        for table in &tables {
-            let cols = columns(cluster, &mut tx, &live.schema, table).await?;
-            // The staged rows keep their identity values, as the export had them.
-            let stmt = column_list(
-                Statement::new("INSERT INTO ")
-                    .qualified(&live.schema, table)
-                    .push(" ("),
-                &cols,
-            )
-            .push(") OVERRIDING SYSTEM VALUE SELECT ");
-            let stmt = column_list(stmt, &cols)
-                .push(" FROM ")
-                .qualified(&staged.schema, table);
-            sqlx::query(stmt.into_sql())
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+        match replacing {
+            Replacing::Nothing { rows } if superuser => {
+                // No order to keep between tables: their foreign keys do not fire.
+                let staged = &staged;
+                let lane = |tables: Vec<Ident>| async move {
+                    let mut tx = swap_transaction(cluster, live).await?;
+                    replica_mode(cluster, &mut tx).await?;
+                    for table in &tables {
+                        delete_live(cluster, &mut tx, live, table).await?;
+                        insert_staged(cluster, &mut tx, live, staged, table).await?;
+                    }
+                    tx.commit().await.map_err(err)
+                };
+                let [a, b] = two_lanes(tables.clone(), |t| rows(t.as_str()));
+                tokio::try_join!(lane(a), lane(b))?;
+            }
+            _ => {
+                for table in tables.iter().rev() {
+                    delete_live(cluster, &mut tx, live, table).await?;
+                }
+                for table in &tables {
+                    insert_staged(cluster, &mut tx, live, &staged, table).await?;
+                }
+            }
         }
         super::tables::advance_sequences(cluster, &mut tx, &live.schema, &tables).await?;
         let drop = Statement::new("DROP SCHEMA ")
@@ -216,4 +210,93 @@ pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneEr
     }
     fence::unfence_in(cluster, &mut tx, live).await?;
     tx.commit().await.map_err(err)
+}
+
+/// A transaction on `live`'s database for the swap, acting for its tenant, that waits at
+/// most 10 s for a lock.
+async fn swap_transaction(
+    cluster: &Cluster,
+    live: &Container,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let mut tx = cluster
+        .database(&live.database)
+        .begin()
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(live.tenant_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    Ok(tx)
+}
+
+/// Turns the transaction's triggers off (replica mode) when its role is a superuser;
+/// returns whether it did.
+async fn replica_mode(
+    cluster: &Cluster,
+    tx: &mut sqlx::PgConnection,
+) -> Result<bool, DataPlaneError> {
+    let err = |e| cluster.err(e);
+    let (superuser,): (bool,) =
+        sqlx::query_as("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+    if superuser {
+        sqlx::raw_sql("SET LOCAL session_replication_role = replica")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    Ok(superuser)
+}
+
+async fn delete_live(
+    cluster: &Cluster,
+    tx: &mut sqlx::PgConnection,
+    live: &Container,
+    table: &Ident,
+) -> Result<(), DataPlaneError> {
+    let stmt = Statement::new("DELETE FROM ")
+        .qualified(&live.schema, table)
+        .push(" WHERE tenant_id = $1");
+    sqlx::query(stmt.into_sql())
+        .bind(live.tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
+}
+
+/// Inserts the staged rows of `table` into the live pool table; they keep their identity
+/// values, as the export had them.
+async fn insert_staged(
+    cluster: &Cluster,
+    tx: &mut sqlx::PgConnection,
+    live: &Container,
+    staged: &Container,
+    table: &Ident,
+) -> Result<(), DataPlaneError> {
+    let cols = columns(cluster, &mut *tx, &live.schema, table).await?;
+    let stmt = column_list(
+        Statement::new("INSERT INTO ")
+            .qualified(&live.schema, table)
+            .push(" ("),
+        &cols,
+    )
+    .push(") OVERRIDING SYSTEM VALUE SELECT ");
+    let stmt = column_list(stmt, &cols)
+        .push(" FROM ")
+        .qualified(&staged.schema, table);
+    sqlx::query(stmt.into_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| cluster.err(e))?;
+    Ok(())
 }

@@ -191,7 +191,21 @@ impl Workflow for Restore {
                     let t = state.expected.iter().find(|t| t.table == table);
                     t.map_or(0, |t| t.rows)
                 };
-                match deferred::rebuild(cluster, &staged, &state.deferred, rows).await {
+                // Staged pool rows are inserted into the pool's own indexes by the swap: their
+                // staging copies need only what checks them, the keys and foreign keys (unless
+                // a migration of the staging schema follows, which may name an index).
+                let needed: Vec<deferred::Deferred> = state
+                    .deferred
+                    .iter()
+                    .filter(|d| {
+                        live.tier != Tier::Pool
+                            || d.kind != deferred::DeferredKind::Index
+                            || state.manifest.as_ref().map(|m| m.schema_version)
+                                != state.target_version
+                    })
+                    .cloned()
+                    .collect();
+                match deferred::rebuild(cluster, &staged, &needed, rows).await {
                     // A duplicate key or a dangling reference: not the data that was exported.
                     Err(DataPlaneError::Sql { source, .. })
                         if crate::sqlstate::is_integrity_violation(&source) =>
@@ -228,7 +242,31 @@ impl Workflow for Restore {
                 }
             }
             Step::Swap => {
-                staging::swap(cluster, &live).await?;
+                let rows = |table: &str| {
+                    let t = state.expected.iter().find(|t| t.table == table);
+                    t.map_or(0, |t| t.rows)
+                };
+                if live.tier == Tier::Pool
+                    && cluster
+                        .schema_exists(&staged.database, &staged.schema)
+                        .await?
+                {
+                    // The swap migrates the staging schema after a pool migrated meanwhile:
+                    // give it back the indexes its migrations may name.
+                    let db = cluster.database(&live.database);
+                    let (pool, staging) = tokio::try_join!(
+                        catalog::current_version(cluster, &db, &live.schema),
+                        catalog::current_version(cluster, &db, &staged.schema),
+                    )?;
+                    if pool != staging {
+                        deferred::rebuild(cluster, &staged, &state.deferred, rows).await?;
+                    }
+                }
+                let replacing = match state.mode {
+                    Mode::InPlace => staging::Replacing::Live,
+                    Mode::AsNewTenant => staging::Replacing::Nothing { rows: &rows },
+                };
+                staging::swap(cluster, &live, replacing).await?;
                 state.pause.unfenced_at.get_or_insert_with(Utc::now);
                 crate::metrics::rows_moved(<Restore as Workflow>::KIND, state.rows());
                 tracing::info!(tenant_id = %tenant_id, export_id = %state.export_id,
