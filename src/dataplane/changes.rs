@@ -165,12 +165,15 @@ impl Capture {
 
     /// Where the keys of the rows the catch-up wrote are kept, in the target's database: a
     /// table of this name in the schema `tenantd_moves` (the fenced verification digests
-    /// those rows only, [`super::copy::digest_keys`]).
+    /// those rows only, [`super::copy::digest_keys`]). A key is marked `verified` when its
+    /// row was found equal on both ends before the fence ([`Self::mark_verified`]); writing
+    /// it again clears the mark.
     fn tracking(&self) -> (Ident, Ident) {
         (Ident::from_static(TRACKING_SCHEMA), self.name.clone())
     }
 
-    /// Creates the table of written keys on the target. Idempotent.
+    /// Creates the table of written keys on the target (or brings one made by an earlier
+    /// build up to date). Idempotent.
     pub async fn prepare_target(
         &self,
         cluster: &Cluster,
@@ -192,14 +195,52 @@ impl Capture {
                     &pool,
                     Statement::new("CREATE TABLE IF NOT EXISTS ")
                         .qualified(&schema, &table)
-                        .push(" (tbl text NOT NULL, key text[] NOT NULL, PRIMARY KEY (tbl, key))"),
+                        .push(
+                            " (tbl text NOT NULL, key text[] NOT NULL, \
+                             verified boolean NOT NULL DEFAULT false, PRIMARY KEY (tbl, key))",
+                        ),
                 )
                 .await,
-        )
+        )?;
+        cluster
+            .exec(
+                &pool,
+                Statement::new("ALTER TABLE ")
+                    .qualified(&schema, &table)
+                    .push(" ADD COLUMN IF NOT EXISTS verified boolean NOT NULL DEFAULT false"),
+            )
+            .await
+    }
+
+    /// Marks the given keys of `table` (text forms of its key columns) as found equal on
+    /// both ends.
+    pub async fn mark_verified(
+        &self,
+        cluster: &Cluster,
+        dst: &Container,
+        table: &Ident,
+        keys: &serde_json::Value,
+    ) -> Result<(), DataPlaneError> {
+        let (schema, tracking) = self.tracking();
+        let stmt = Statement::new("UPDATE ")
+            .qualified(&schema, &tracking)
+            .push(
+                " SET verified = true WHERE tbl = $1 AND key IN \
+                 (SELECT ARRAY(SELECT jsonb_array_elements_text(e)) \
+                  FROM jsonb_array_elements($2::jsonb) AS e)",
+            );
+        sqlx::query(stmt.into_sql())
+            .bind(table.as_str())
+            .bind(keys)
+            .execute(&cluster.database(&dst.database))
+            .await
+            .map_err(|e| cluster.err(e))?;
+        Ok(())
     }
 
     /// Up to `limit` keys (the text forms of the key columns) of rows of `table` the
-    /// catch-up wrote on the target, after `after` in key order.
+    /// catch-up wrote on the target and nobody marked verified since, after `after` in key
+    /// order.
     pub async fn written_keys(
         &self,
         cluster: &Cluster,
@@ -211,7 +252,10 @@ impl Capture {
         let (schema, tracking) = self.tracking();
         let stmt = Statement::new("SELECT key FROM ")
             .qualified(&schema, &tracking)
-            .push(" WHERE tbl = $1 AND ($2::text[] IS NULL OR key > $2) ORDER BY key LIMIT $3");
+            .push(
+                " WHERE tbl = $1 AND NOT verified AND ($2::text[] IS NULL OR key > $2) \
+                 ORDER BY key LIMIT $3",
+            );
         let keys: Vec<(Vec<String>,)> = sqlx::query_as(stmt.into_sql())
             .bind(table.as_str())
             .bind(after)
@@ -341,7 +385,7 @@ impl Capture {
             let target = &targets[&table];
             let mut stmt = Statement::new("INSERT INTO ")
                 .qualified(&schema, &tracking)
-                .push(" (tbl, key) SELECT $1, ARRAY[");
+                .push(" AS w (tbl, key) SELECT DISTINCT $1, ARRAY[");
             for (i, k) in target.key.iter().enumerate() {
                 stmt = if i > 0 { stmt.push(", ") } else { stmt }
                     .push("(x.k).")
@@ -354,7 +398,9 @@ impl Capture {
                     "u.lit",
                     "k",
                 )
-                .push(") AS x ON CONFLICT DO NOTHING");
+                .push(
+                    ") AS x ON CONFLICT (tbl, key) DO UPDATE SET verified = false WHERE w.verified",
+                );
             sqlx::query(stmt.into_sql())
                 .bind(&table)
                 .bind(&keys)

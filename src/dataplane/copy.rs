@@ -58,6 +58,20 @@ pub(super) async fn columns(
         .collect()
 }
 
+/// As [`columns`], on a connection of its own.
+pub async fn column_names(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+) -> Result<Vec<Ident>, DataPlaneError> {
+    let mut conn = cluster
+        .database(&c.database)
+        .acquire()
+        .await
+        .map_err(|e| cluster.err(e))?;
+    columns(cluster, &mut conn, &c.schema, table).await
+}
+
 /// Appends `"a", "b", …` to `stmt`.
 pub(super) fn column_list(mut stmt: Statement, columns: &[Ident]) -> Statement {
     for (i, c) in columns.iter().enumerate() {
@@ -276,10 +290,51 @@ pub async fn digest_at(
     Ok(TableDigest { rows, checksum })
 }
 
+/// `FROM` the rows of `table` with the given keys (`$1`: a JSON array of arrays, each the
+/// text form of one row's `key_columns`; `$2`: the key columns' names; `$3`: the tenant),
+/// each as `e.n` (its key's 1-based position in `$1`) and `t` (its row). Looked up by key, so it costs what the keys
+/// cost, not what the table holds.
+fn keyed_rows(stmt: Statement, c: &Container, table: &Ident, key_columns: &[Ident]) -> Statement {
+    let mut stmt = stmt
+        .push(" FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(k, n) CROSS JOIN LATERAL jsonb_populate_record(NULL::")
+        .qualified(&c.schema, table)
+        .push(", jsonb_object($2::text[], ARRAY(SELECT jsonb_array_elements_text(e.k)))) AS p JOIN ")
+        .qualified(&c.schema, table)
+        .push(" AS t ON t.tenant_id = $3");
+    for k in key_columns {
+        stmt = stmt.push(" AND t.").ident(k).push(" = p.").ident(k);
+    }
+    stmt
+}
+
+/// Runs a [`keyed_rows`] query with its three parameters bound, with [`PINNED_SETTINGS`].
+async fn query_keyed<T>(
+    cluster: &Cluster,
+    c: &Container,
+    key_columns: &[Ident],
+    keys: &serde_json::Value,
+    stmt: Statement,
+) -> Result<Vec<T>, DataPlaneError>
+where
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let err = |e| cluster.err(e);
+    let mut tx = pinned_transaction(cluster, &c.database).await?;
+    let names: Vec<&str> = key_columns.iter().map(Ident::as_str).collect();
+    let rows = sqlx::query_as(stmt.into_sql())
+        .bind(keys)
+        .bind(&names)
+        .bind(c.tenant_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(rows)
+}
+
 /// The part of a table's digest made of the rows with the given primary keys (`keys`: a JSON
 /// array of arrays, each the text form of one row's `key_columns`): count and the two hash
-/// sums, which add up over parts. Looked up by key, so it costs what the keys cost, not what
-/// the table holds.
+/// sums, which add up over parts.
 pub async fn digest_keys(
     cluster: &Cluster,
     c: &Container,
@@ -287,36 +342,40 @@ pub async fn digest_keys(
     key_columns: &[Ident],
     keys: &serde_json::Value,
 ) -> Result<(i64, i128, i128), DataPlaneError> {
-    let err = |e| cluster.err(e);
-    let mut tx = pinned_transaction(cluster, &c.database).await?;
-    let mut stmt = Statement::new(
+    let stmt = Statement::new(
         "SELECT count(*), coalesce(sum(hashtextextended(r, 0)::numeric), 0)::text, \
          coalesce(sum(hashtextextended(r, 1)::numeric), 0)::text \
-         FROM (SELECT t::text AS r FROM jsonb_array_elements($1::jsonb) AS e(k) \
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::",
-    )
-    .qualified(&c.schema, table)
-    .push(", jsonb_object($2::text[], ARRAY(SELECT jsonb_array_elements_text(e.k)))) AS p JOIN ")
-    .qualified(&c.schema, table)
-    .push(" AS t ON t.tenant_id = $3");
-    for k in key_columns {
-        stmt = stmt.push(" AND t.").ident(k).push(" = p.").ident(k);
-    }
-    let stmt = stmt.push(" OFFSET 0) rows");
-    let names: Vec<&str> = key_columns.iter().map(Ident::as_str).collect();
-    let (rows, a, b): (i64, String, String) = sqlx::query_as(stmt.into_sql())
-        .bind(keys)
-        .bind(&names)
-        .bind(c.tenant_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-    tx.commit().await.map_err(err)?;
+         FROM (SELECT t::text AS r",
+    );
+    let stmt = keyed_rows(stmt, c, table, key_columns).push(" OFFSET 0) rows");
+    let rows: Vec<(i64, String, String)> = query_keyed(cluster, c, key_columns, keys, stmt).await?;
+    let (rows, a, b) = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| DataPlaneError::Invariant("digest returned no row".into()))?;
     let sum = |v: &str| {
         v.parse::<i128>()
             .map_err(|_| DataPlaneError::Invariant(format!("digest sum {v}")))
     };
     Ok((rows, sum(&a)?, sum(&b)?))
+}
+
+/// Each row's two hashes, by its key's 1-based position in `keys`, for the rows with the
+/// given keys that exist: comparing two ends key by key tells which rows differ.
+pub async fn row_hashes(
+    cluster: &Cluster,
+    c: &Container,
+    table: &Ident,
+    key_columns: &[Ident],
+    keys: &serde_json::Value,
+) -> Result<std::collections::HashMap<i64, (i64, i64)>, DataPlaneError> {
+    let stmt = Statement::new(
+        "SELECT k, hashtextextended(r, 0), hashtextextended(r, 1) \
+         FROM (SELECT e.n AS k, t::text AS r",
+    );
+    let stmt = keyed_rows(stmt, c, table, key_columns).push(" OFFSET 0) rows");
+    let rows: Vec<(i64, i64, i64)> = query_keyed(cluster, c, key_columns, keys, stmt).await?;
+    Ok(rows.into_iter().map(|(k, a, b)| (k, (a, b))).collect())
 }
 
 /// Counts the tuples in a binary COPY stream as it passes, whatever the chunk boundaries

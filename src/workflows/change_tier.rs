@@ -150,6 +150,10 @@ pub struct Online {
     /// The most WAL the slot held back on the source at any read.
     #[serde(default)]
     pub peak_retained_bytes: i64,
+    /// Rows the catch-up wrote that were found equal on both ends before the fence (the
+    /// fence verifies the others, and those written again since).
+    #[serde(default)]
+    pub verified_ahead: u64,
 }
 
 /// One catch-up round, as reported.
@@ -323,7 +327,10 @@ impl Workflow for ChangeTier {
             }
             Step::CatchUp => {
                 if let Some(online) = state.online.clone() {
-                    state.online = Some(catch_up(cx, &both_ends(state)?, online).await?);
+                    let e = both_ends(state)?;
+                    // A move begun by an earlier build has an older table of written keys.
+                    capture(cx).prepare_target(e.dst_cluster, &e.dst).await?;
+                    state.online = Some(catch_up(cx, &e, online).await?);
                 }
             }
             Step::Fence => {
@@ -579,6 +586,9 @@ async fn catch_up(
             // Small enough for the tail, once reading the slot no longer means decoding the
             // copy's WAL again (that pass would be inside the fence).
             if last.decode_backlog <= DECODE_BACKLOG {
+                // What the rounds wrote is compared now, while the tenant writes: the fence
+                // then verifies only what differed or was written again.
+                online.verified_ahead += verify_ahead(&capture, e).await?;
                 return Ok(online);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -863,11 +873,35 @@ async fn corrupt(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError>
     cluster.exec_for_tenant(c, stmt).await.map(|_| ())
 }
 
+/// A row's text (which digests hash) has the columns the catalog has now: a column added or
+/// dropped on one end during the move is named as such, not as rows that differ.
+async fn same_columns(e: &Ends<'_>, table: &Ident) -> Result<(), StepError> {
+    let (src, dst) = tokio::try_join!(
+        copy::column_names(e.src_cluster, &e.src, table),
+        copy::column_names(e.dst_cluster, &e.dst, table),
+    )?;
+    if src != dst {
+        let names = |c: &[Ident]| c.iter().map(Ident::as_str).collect::<Vec<_>>().join(", ");
+        return Err(StepError::fatal(
+            ErrorCode::Aborted,
+            format!(
+                "table {table} changed during the move: the source has columns [{}], the \
+                 target [{}]; the move was rolled back (schema changes wait for it, \
+                 docs/tier-changes.md)",
+                names(&src),
+                names(&dst)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Digests every table on both ends (concurrently; the source at `snapshot` when given) and
 /// fails on the first difference.
 async fn verify(e: &Ends<'_>, snapshot: Option<&str>) -> Result<Vec<VerifiedTable>, StepError> {
     let mut verified = Vec::new();
     for table in tables_of(e).await? {
+        same_columns(e, &table).await?;
         let (src, dst) = tokio::try_join!(
             copy::digest_at(e.src_cluster, &e.src, &table, snapshot),
             copy::digest(e.dst_cluster, &e.dst, &table),
@@ -895,6 +929,85 @@ async fn verify(e: &Ends<'_>, snapshot: Option<&str>) -> Result<Vec<VerifiedTabl
 /// Keys compared per pair of lookups.
 const VERIFY_KEYS: i64 = 5_000;
 
+/// The keys of `table` the catch-up wrote and nobody found equal since, [`VERIFY_KEYS`] at a
+/// time, each batch a JSON array of keys (as [`copy::digest_keys`] takes them).
+struct KeyBatches<'a> {
+    capture: &'a Capture,
+    e: &'a Ends<'a>,
+    table: &'a Ident,
+    after: Option<Vec<String>>,
+    done: bool,
+}
+
+impl<'a> KeyBatches<'a> {
+    fn new(capture: &'a Capture, e: &'a Ends<'a>, table: &'a Ident) -> Self {
+        KeyBatches {
+            capture,
+            e,
+            table,
+            after: None,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<serde_json::Value>, DataPlaneError> {
+        if self.done {
+            return Ok(None);
+        }
+        let keys = self
+            .capture
+            .written_keys(
+                self.e.dst_cluster,
+                &self.e.dst,
+                self.table,
+                self.after.as_deref(),
+                VERIFY_KEYS,
+            )
+            .await?;
+        let Some(last) = keys.last().cloned() else {
+            self.done = true;
+            return Ok(None);
+        };
+        self.after = Some(last);
+        Ok(Some(serde_json::Value::from(keys)))
+    }
+}
+
+/// Outside the fence: compares, row by row, what the catch-up wrote with the source as it
+/// is now, and marks the rows found equal. A row that differs (the tenant changed it since
+/// the round that applied it) stays for the fence to verify; a row written again after the
+/// mark loses it ([`Capture::mark_verified`]). Returns how many rows it marked.
+async fn verify_ahead(capture: &Capture, e: &Ends<'_>) -> Result<u64, StepError> {
+    let mut marked = 0;
+    for table in tables_of(e).await? {
+        let key = changes::key_columns(e.dst_cluster, &e.dst, &table).await?;
+        let mut batches = KeyBatches::new(capture, e, &table);
+        while let Some(json) = batches.next().await? {
+            let (src, dst) = tokio::try_join!(
+                copy::row_hashes(e.src_cluster, &e.src, &table, &key, &json),
+                copy::row_hashes(e.dst_cluster, &e.dst, &table, &key, &json),
+            )?;
+            let equal: Vec<serde_json::Value> = json
+                .as_array()
+                .into_iter()
+                .flatten()
+                .zip(1i64..)
+                .filter(|(_, n)| src.get(n) == dst.get(n))
+                .map(|(k, _)| k.clone())
+                .collect();
+            marked += equal.len() as u64;
+            capture
+                .mark_verified(e.dst_cluster, &e.dst, &table, &equal.into())
+                .await?;
+        }
+    }
+    tracing::info!(
+        rows = marked,
+        "rows the catch-up wrote verified before the fence"
+    );
+    Ok(marked)
+}
+
 /// Inside the fence: digests, on both ends, the rows with the keys the catch-up and the tail
 /// wrote (every other row was verified at the copy's snapshot and not written since), and
 /// fails on the first difference. Returns how many rows it compared.
@@ -904,22 +1017,14 @@ async fn verify_written(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepE
     for table in tables_of(e).await? {
         let key = changes::key_columns(e.dst_cluster, &e.dst, &table).await?;
         let (mut src, mut dst) = ((0i64, 0i128, 0i128), (0i64, 0i128, 0i128));
-        let mut after: Option<Vec<String>> = None;
-        loop {
-            let keys = capture
-                .written_keys(e.dst_cluster, &e.dst, &table, after.as_deref(), VERIFY_KEYS)
-                .await?;
-            let Some(last) = keys.last().cloned() else {
-                break;
-            };
-            let json = serde_json::Value::from(keys);
+        let mut batches = KeyBatches::new(&capture, e, &table);
+        while let Some(json) = batches.next().await? {
             let (s, d) = tokio::try_join!(
                 copy::digest_keys(e.src_cluster, &e.src, &table, &key, &json),
                 copy::digest_keys(e.dst_cluster, &e.dst, &table, &key, &json),
             )?;
             src = (src.0 + s.0, src.1 + s.1, src.2 + s.2);
             dst = (dst.0 + d.0, dst.1 + d.1, dst.2 + d.2);
-            after = Some(last);
         }
         if src != dst {
             return Err(StepError::fatal(
@@ -935,4 +1040,30 @@ async fn verify_written(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepE
         compared += src.0 as u64;
     }
     Ok(compared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_keep_the_last_ones_and_the_peak_of_retained_wal() {
+        let mut online = Online::default();
+        for i in 1..=40u64 {
+            online.observe(&changes::Round {
+                lag_bytes: 1000 - i as i64,
+                decode_backlog: if i == 7 { 50_000 } else { 10 },
+                ..Default::default()
+            });
+            online.record_round(i, Duration::from_millis(i));
+        }
+        assert_eq!(online.rounds, 40);
+        assert_eq!(online.changes, (1..=40).sum::<u64>());
+        assert_eq!(online.recent_rounds.len(), RECENT_ROUNDS);
+        let first = &online.recent_rounds[0];
+        assert_eq!((first.round, first.changes, first.lag_bytes), (9, 9, 991));
+        assert_eq!(online.recent_rounds.last().unwrap().round, 40);
+        assert_eq!(online.peak_retained_bytes, 993 + 50_000);
+        assert_eq!(online.lag_bytes, 960);
+    }
 }

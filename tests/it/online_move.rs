@@ -164,6 +164,10 @@ async fn a_writer_changing_copied_rows_throughout_the_move_loses_nothing() {
             assert_eq!(sum, d.catch_up_changes, "{d:?}");
         }
         assert!(d.peak_retained_wal_bytes > 0, "the slot held WAL: {d:?}");
+        assert!(
+            d.verified_ahead_rows > 0,
+            "rows the catch-up wrote were compared before the fence: {d:?}"
+        );
         t = match op.result {
             Some(pb::operation::Result::Tenant(moved)) => moved,
             other => panic!("move to {tier:?} failed: {other:?}"),

@@ -233,8 +233,8 @@ pub fn print_operation(op: &pb::Operation) {
             }
             if !t.unfence_time.is_empty() {
                 println!(
-                    "fenced tail: {} changes; {} rows written during the copy verified inside the fence",
-                    t.tail_changes, t.verified_changed_rows
+                    "fenced tail: {} changes; of the rows written during the copy {} verified before the fence, {} inside it",
+                    t.tail_changes, t.verified_ahead_rows, t.verified_changed_rows
                 );
             }
         } else if !t.fenced_copy_because.is_empty() {
