@@ -14,13 +14,11 @@
 //! - pool tier: the tenant's rows are deleted from the shared tables (children first) and the
 //!   staged rows inserted (parents first), the fence is lifted and the staging schema dropped.
 //!   Other tenants' rows are neither touched nor locked; the shared tables take only the ROW
-//!   EXCLUSIVE lock every write takes. A new tenant replaces nothing anyone can read, so a
-//!   superuser inserts its tables on two connections at once, each table in a transaction of
-//!   its own ([`Replacing::Nothing`]), and the last transaction lifts the fence.
+//!   EXCLUSIVE lock every write takes.
 
 use super::copy::{column_list, columns};
 use super::deferred::{self, Deferred};
-use super::{Cluster, Container, DataPlaneError, catalog, fence, two_lanes};
+use super::{Cluster, Container, DataPlaneError, catalog, fence};
 use crate::sql::{Ident, Statement};
 use crate::tenant::Tier;
 
@@ -117,28 +115,10 @@ async fn rename_schema(
     Ok(())
 }
 
-/// What the swap replaces.
-#[derive(Clone, Copy)]
-pub enum Replacing<'a> {
-    /// The tenant's live data (in place): one transaction, so readers see the old rows or
-    /// the new, never a mix.
-    Live,
-    /// Nothing: a new tenant, routed nowhere until its restore activates it. Into the pool,
-    /// a superuser then inserts two tables at a time (`rows` weighs them), each table in a
-    /// transaction of its own that first deletes what a retry finds of it.
-    Nothing {
-        rows: &'a (dyn Fn(&str) -> u64 + Sync),
-    },
-}
-
-/// Puts the staged copy in place of `live` (see the module doc). Idempotent: once the
-/// staging schema is gone the swap has happened. `live` must be fenced (writers waited out)
-/// unless it holds nothing yet.
-pub async fn swap(
-    cluster: &Cluster,
-    live: &Container,
-    replacing: Replacing<'_>,
-) -> Result<(), DataPlaneError> {
+/// Puts the staged copy in place of `live`, atomically (see the module doc). Idempotent: once
+/// the staging schema is gone the swap has happened. `live` must be fenced (writers waited
+/// out) unless it holds nothing yet.
+pub async fn swap(cluster: &Cluster, live: &Container) -> Result<(), DataPlaneError> {
     let staged = staging(live);
     if !cluster
         .schema_exists(&staged.database, &staged.schema)
@@ -158,32 +138,13 @@ pub async fn swap(
         // The staged rows passed these very foreign keys in staging (`deferred::rebuild`),
         // and their parents are inserted from the same copy: a superuser skips re-checking
         // them row by row (replica mode disables the foreign-key triggers).
-        let superuser = replica_mode(cluster, &mut tx).await?;
+        replica_mode(cluster, &mut tx).await?;
         let tables = super::tables::tenant_tables(cluster, &mut *tx, &staged.schema).await?;
-        match replacing {
-            Replacing::Nothing { rows } if superuser => {
-                // No order to keep between tables: their foreign keys do not fire.
-                let staged = &staged;
-                let lane = |tables: Vec<Ident>| async move {
-                    let mut tx = swap_transaction(cluster, live).await?;
-                    replica_mode(cluster, &mut tx).await?;
-                    for table in &tables {
-                        delete_live(cluster, &mut tx, live, table).await?;
-                        insert_staged(cluster, &mut tx, live, staged, table).await?;
-                    }
-                    tx.commit().await.map_err(err)
-                };
-                let [a, b] = two_lanes(tables.clone(), |t| rows(t.as_str()));
-                tokio::try_join!(lane(a), lane(b))?;
-            }
-            _ => {
-                for table in tables.iter().rev() {
-                    delete_live(cluster, &mut tx, live, table).await?;
-                }
-                for table in &tables {
-                    insert_staged(cluster, &mut tx, live, &staged, table).await?;
-                }
-            }
+        for table in tables.iter().rev() {
+            delete_live(cluster, &mut tx, live, table).await?;
+        }
+        for table in &tables {
+            insert_staged(cluster, &mut tx, live, &staged, table).await?;
         }
         super::tables::advance_sequences(cluster, &mut tx, &live.schema, &tables).await?;
         let drop = Statement::new("DROP SCHEMA ")
@@ -236,12 +197,11 @@ async fn swap_transaction(
     Ok(tx)
 }
 
-/// Turns the transaction's triggers off (replica mode) when its role is a superuser;
-/// returns whether it did.
+/// Turns the transaction's triggers off (replica mode) when its role is a superuser.
 async fn replica_mode(
     cluster: &Cluster,
     tx: &mut sqlx::PgConnection,
-) -> Result<bool, DataPlaneError> {
+) -> Result<(), DataPlaneError> {
     let err = |e| cluster.err(e);
     let (superuser,): (bool,) =
         sqlx::query_as("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
@@ -254,7 +214,7 @@ async fn replica_mode(
             .await
             .map_err(err)?;
     }
-    Ok(superuser)
+    Ok(())
 }
 
 async fn delete_live(

@@ -262,11 +262,7 @@ impl Workflow for Restore {
                         deferred::rebuild(cluster, &staged, &state.deferred, rows).await?;
                     }
                 }
-                let replacing = match state.mode {
-                    Mode::InPlace => staging::Replacing::Live,
-                    Mode::AsNewTenant => staging::Replacing::Nothing { rows: &rows },
-                };
-                staging::swap(cluster, &live, replacing).await?;
+                staging::swap(cluster, &live).await?;
                 state.pause.unfenced_at.get_or_insert_with(Utc::now);
                 crate::metrics::rows_moved(<Restore as Workflow>::KIND, state.rows());
                 tracing::info!(tenant_id = %tenant_id, export_id = %state.export_id,
