@@ -6,12 +6,15 @@
 //! - `container`: a new container at the fleet's tenant-schema version, and undoing one;
 //! - `export_writer`: dumping, sealing, uploading and recording one export (exports and a
 //!   deletion's final export);
+//! - `export_reader`: reading an export back into a container and checking it (restores
+//!   and drills);
 //! - `tenant_key`: the tenant's key in the key service.
 
 pub mod change_tier;
 pub mod container;
 pub mod delete;
 pub mod export;
+pub mod export_reader;
 pub mod export_writer;
 pub mod key_backfill;
 pub mod migrate_fleet;

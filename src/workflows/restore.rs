@@ -32,32 +32,20 @@
 //! fence; a new tenant is undone like a failed provisioning. The tenant's data is never
 //! changed before the swap.
 
-use std::sync::Mutex;
-use std::time::Duration;
-
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::archive::ArchiveReader;
 use crate::archive::manifest::Manifest;
 use crate::archive::verified::VerifiedExport;
-use crate::context::Context;
 use crate::credentials;
-use crate::dataplane::load::{self, DumpReader, Piece, TableLoad};
-use crate::dataplane::{
-    Cluster, Container, DataPlaneError, backend, catalog, deferred, fence, staging, two_lanes,
-};
-use crate::error::ErrorCode;
-use crate::operation::ProgressItem;
+use crate::dataplane::load::TableLoad;
+use crate::dataplane::{Cluster, Container, backend, catalog, deferred, fence, staging};
 use crate::registry::Registry;
-use crate::sql::Ident;
 use crate::tenant::{TenantRef, Tier};
-use crate::tenant_schema::TenantSchema;
 use crate::workflow::{StepContext, StepError, Workflow, steps};
 use crate::workflows::container::undo;
+use crate::workflows::export_reader;
 use crate::workflows::tenant_key;
 
 pub struct Restore;
@@ -135,10 +123,6 @@ impl State {
     }
 }
 
-fn data_loss(message: String) -> StepError {
-    StepError::fatal(ErrorCode::DataLoss, message)
-}
-
 impl Workflow for Restore {
     const KIND: &'static str = "restore";
     type Step = Step;
@@ -185,12 +169,12 @@ impl Workflow for Restore {
                     .ok_or_else(|| StepError::missing("manifest"))?;
                 state.deferred = staging::create(cluster, &staged, m.schema_version).await?;
             }
-            Step::Load => load_step(cx, state, cluster, &staged).await?,
+            Step::Load => {
+                state.expected =
+                    export_reader::load(cx, state.export_id, cluster, &staged, &state.expected)
+                        .await?;
+            }
             Step::Index => {
-                let rows = |table: &str| {
-                    let t = state.expected.iter().find(|t| t.table == table);
-                    t.map_or(0, |t| t.rows)
-                };
                 // Staged pool rows are inserted into the pool's own indexes by the swap: their
                 // staging copies need only what checks them, the keys and foreign keys (unless
                 // a migration of the staging schema follows, which may name an index).
@@ -205,19 +189,9 @@ impl Workflow for Restore {
                     })
                     .cloned()
                     .collect();
-                match deferred::rebuild(cluster, &staged, &needed, rows).await {
-                    // A duplicate key or a dangling reference: not the data that was exported.
-                    Err(DataPlaneError::Sql { source, .. })
-                        if crate::sqlstate::is_integrity_violation(&source) =>
-                    {
-                        return Err(data_loss(format!(
-                            "the restored data breaks a constraint: {source}; nothing was changed"
-                        )));
-                    }
-                    other => other?,
-                }
+                export_reader::rebuild(cluster, &staged, &needed, &state.expected).await?;
             }
-            Step::Check => check(state, cluster, &staged).await?,
+            Step::Check => export_reader::check(cluster, &staged, &state.expected).await?,
             Step::Migrate => {
                 let version = state
                     .target_version
@@ -304,36 +278,7 @@ impl Workflow for Restore {
     }
 }
 
-/// Refuses an export the fleet's tenant schema cannot restore: at a version the registry does
-/// not hold (its tables cannot be created, nor migrated back), or made with a different text
-/// for one of its versions (its tables would not be the ones staged).
-pub fn known_schema(m: &Manifest, schema: &TenantSchema) -> Result<(), String> {
-    if m.schema_version > schema.latest() {
-        return Err(format!(
-            "export exports/{} is at tenant-schema version {}, newer than the tenant schema \
-             knows ({}); add the newer versions first",
-            m.export_id,
-            m.schema_version,
-            schema.latest()
-        ));
-    }
-    for v in &m.schema {
-        let ours = schema.get(v.version).map(|m| m.sha256());
-        if ours.as_deref() != Some(v.sha256.as_str()) {
-            return Err(format!(
-                "export exports/{} was made with tenant-schema version {} ({}, sha256 {}), \
-                 which the registry holds with another text (sha256 {}); it cannot be restored \
-                 into this fleet",
-                m.export_id,
-                v.version,
-                v.file,
-                v.sha256,
-                ours.unwrap_or_else(|| "none".into())
-            ));
-        }
-    }
-    Ok(())
-}
+pub use super::export_reader::known_schema;
 
 /// The `verify` step (see the module doc).
 async fn verify(
@@ -413,234 +358,11 @@ async fn verify(
             )));
         }
     }
-    // Counting, not digesting: `load` digests the rows it hands on.
-    let (mut pieces, reading) = read_dump(deps, &export, cx.tenant_id()?, false).await?;
-    while pieces.recv().await.is_some() {}
-    let tables = finished(reading).await?;
-    let counted: Vec<(&str, u64)> = tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
-    let manifest: Vec<(&str, u64)> = m
-        .tables
-        .iter()
-        .map(|t| (t.table.as_str(), t.rows))
-        .collect();
-    if counted != manifest {
-        return Err(data_loss(format!(
-            "export exports/{} holds rows {counted:?}, its manifest says {manifest:?}",
-            state.export_id
-        )));
-    }
+    let tables = export_reader::count(deps, &export, cx.tenant_id()?).await?;
     tracing::info!(export_id = %state.export_id, rows = tables.iter().map(|t| t.rows).sum::<u64>(),
         "export verified");
     state.expected = tables;
     state.target_version = Some(target_version);
     state.manifest = Some(export.manifest);
     Ok(())
-}
-
-/// The `check` step: reads every staged table back (two tables at a time) and compares it with
-/// the rows `load` sent.
-async fn check(state: &State, cluster: &Cluster, staged: &Container) -> Result<(), StepError> {
-    let [a, b] = two_lanes(state.expected.iter().collect(), |t| t.rows);
-    tokio::try_join!(
-        check_tables(cluster, staged, a),
-        check_tables(cluster, staged, b)
-    )?;
-    Ok(())
-}
-
-async fn check_tables(
-    cluster: &Cluster,
-    staged: &Container,
-    tables: Vec<&TableLoad>,
-) -> Result<(), StepError> {
-    for t in tables {
-        let table = Ident::new(t.table.clone()).map_err(DataPlaneError::from)?;
-        let columns = t
-            .columns
-            .iter()
-            .map(|c| Ident::new(c.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DataPlaneError::from)?;
-        let stored = load::read_back(cluster, staged, &table, &columns).await?;
-        if stored.rows != t.rows || stored.checksum() != t.checksum {
-            return Err(data_loss(format!(
-                "verification failed for table {table}: the export holds {} rows \
-                 (checksum {}), the staging copy {} rows (checksum {}); nothing was \
-                 changed",
-                t.rows,
-                t.checksum,
-                stored.rows,
-                stored.checksum()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The `load` step: empties the staging tables, then streams the archive into them.
-async fn load_step(
-    cx: &StepContext<'_>,
-    state: &mut State,
-    cluster: &Cluster,
-    staged: &Container,
-) -> Result<(), StepError> {
-    let deps = cx.deps;
-    load::truncate(cluster, staged).await?;
-    let export = VerifiedExport::open(deps, state.export_id).await?;
-    let progress = Mutex::new(
-        state
-            .expected
-            .iter()
-            .map(|t| ProgressItem {
-                name: t.table.clone(),
-                done: 0,
-                total: t.rows as i64,
-            })
-            .collect::<Vec<_>>(),
-    );
-    let first = progress.lock().expect("progress").clone();
-    cx.progress(&first).await?;
-    let (pieces, reading) = read_dump(deps, &export, cx.tenant_id()?, true).await?;
-    let loading = load::load(cluster, staged, pieces, |table, rows| {
-        let mut items = progress.lock().expect("progress");
-        if let Some(item) = items.iter_mut().find(|i| i.name == table) {
-            item.done = rows as i64;
-        }
-    });
-    tokio::pin!(loading);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.tick().await;
-    let loaded = loop {
-        tokio::select! {
-            r = &mut loading => break r,
-            _ = tick.tick() => {
-                let items = progress.lock().expect("progress").clone();
-                cx.progress(&items).await?;
-            }
-        }
-    };
-    // A failed load closes the queue, which stops the reader; a damaged archive ends the
-    // queue early, which fails the load: report the cause, not the consequence.
-    let tables = match (loaded, finished(reading).await) {
-        (Err(e), Err(StepError::Retryable(m))) if m == STOPPED => return Err(e.into()),
-        (_, Err(e)) => return Err(e),
-        (Err(e), Ok(_)) => return Err(e.into()),
-        (Ok(()), Ok(tables)) => tables,
-    };
-    let shape = |t: &TableLoad| (t.table.clone(), t.columns.clone(), t.rows);
-    if !tables
-        .iter()
-        .map(shape)
-        .eq(state.expected.iter().map(shape))
-    {
-        return Err(data_loss(format!(
-            "export exports/{} changed between its verification and its load",
-            state.export_id
-        )));
-    }
-    state.expected = tables;
-    let items = progress.lock().expect("progress").clone();
-    cx.progress(&items).await?;
-    Ok(())
-}
-
-/// Why the archive reader stopped when its consumer did (the consumer's error is the cause).
-const STOPPED: &str = "the restore stopped reading the archive";
-
-/// Sealed archive chunks read per request to the object store.
-const READ_CHUNK: usize = 256 * 1024;
-
-/// Streams the export's archive — object store → decrypt, decompress, [`DumpReader`] (on a
-/// blocking thread: CPU work) — into the returned queue, rows of the exported tenant handed
-/// on as `target`'s. The handle ends with the tables read once the archive was authenticated to its
-/// end and both digests matched the manifest; a consumer that stops early closes the queue,
-/// which stops the reading.
-async fn read_dump(
-    deps: &Context,
-    export: &VerifiedExport,
-    target: Uuid,
-    digests: bool,
-) -> Result<
-    (
-        mpsc::Receiver<Piece>,
-        tokio::task::JoinHandle<Result<Vec<TableLoad>, StepError>>,
-    ),
-    StepError,
-> {
-    let source: Uuid = export
-        .manifest
-        .tenant_id
-        .parse()
-        .map_err(|_| data_loss("manifest names no tenant id".into()))?;
-    let key = export.data_key(deps).await?;
-    let mut archive = deps.objects.read(&export.keys.archive).await?;
-    let manifest = export.manifest.clone();
-    let (sealed_tx, mut sealed_rx) = mpsc::channel::<Vec<u8>>(4);
-    let (pieces_tx, pieces_rx) = mpsc::channel::<Piece>(8);
-    let fetch = tokio::spawn(async move {
-        loop {
-            let mut buf = Vec::with_capacity(READ_CHUNK);
-            let n = (&mut archive)
-                .take(READ_CHUNK as u64)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| StepError::Retryable(format!("reading the archive: {e}")))?;
-            if n == 0 || sealed_tx.send(buf).await.is_err() {
-                return Ok::<(), StepError>(());
-            }
-        }
-    });
-    let decode = tokio::task::spawn_blocking(move || -> Result<Vec<TableLoad>, StepError> {
-        let corrupt = |e: &dyn std::fmt::Display| {
-            data_loss(format!(
-                "export exports/{} is damaged: {e}; nothing was changed",
-                manifest.export_id
-            ))
-        };
-        let mut archive = ArchiveReader::for_manifest(&manifest, &key).map_err(|e| corrupt(&e))?;
-        let tables = manifest.tables.iter().map(|t| t.table.clone()).collect();
-        let mut dump = DumpReader::new(source, target, tables);
-        if !digests {
-            dump = dump.without_digests();
-        }
-        let hand_on = |pieces: Vec<Piece>| {
-            pieces
-                .into_iter()
-                .try_for_each(|p| pieces_tx.blocking_send(p).map_err(|_| ()))
-        };
-        while let Some(sealed) = sealed_rx.blocking_recv() {
-            let plain = archive.write(&sealed).map_err(|e| corrupt(&e))?;
-            let pieces = dump.feed(&plain).map_err(|e| corrupt(&e))?;
-            if hand_on(pieces).is_err() {
-                return Err(StepError::Retryable(STOPPED.into()));
-            }
-        }
-        let tail = archive.finish_checked(&manifest).map_err(|e| corrupt(&e))?;
-        let pieces = dump.feed(&tail).map_err(|e| corrupt(&e))?;
-        if hand_on(pieces).is_err() {
-            return Err(StepError::Retryable(STOPPED.into()));
-        }
-        dump.finish().map_err(|e| corrupt(&e))
-    });
-    let reading = tokio::spawn(async move {
-        let fetched = fetch
-            .await
-            .map_err(|e| StepError::Retryable(format!("archive reader: {e}")))?;
-        let decoded = decode
-            .await
-            .map_err(|e| StepError::Retryable(format!("archive decoder: {e}")))?;
-        // A failed fetch cuts the stream short, which the decoder reports as damage: the
-        // fetch's error is the cause.
-        fetched?;
-        decoded
-    });
-    Ok((pieces_rx, reading))
-}
-
-async fn finished(
-    reading: tokio::task::JoinHandle<Result<Vec<TableLoad>, StepError>>,
-) -> Result<Vec<TableLoad>, StepError> {
-    reading
-        .await
-        .map_err(|e| StepError::Retryable(format!("archive reader: {e}")))?
 }
