@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/deletion.proto",
         "proto/tenantd/v1/audit.proto",
         "proto/tenantd/v1/fleet.proto",
+        "proto/tenantd/v1/backup.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))

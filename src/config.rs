@@ -51,6 +51,40 @@ pub struct Config {
     pub grpc_web: GrpcWebConfig,
     #[serde(default)]
     pub tenant_schema: TenantSchemaConfig,
+    /// Scheduled backups (docs/backups.md).
+    #[serde(default)]
+    pub backups: BackupsConfig,
+}
+
+/// Scheduled backups (docs/backups.md): every replica runs the scheduler; they share the
+/// work without a leader.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsConfig {
+    /// Whether this replica runs the scheduler.
+    #[serde(default = "default_true")]
+    pub scheduler: bool,
+    /// How often the scheduler looks for due slots (under a minute: schedules may fire
+    /// every minute).
+    #[serde(default = "default_backup_tick_seconds")]
+    pub tick_seconds: u64,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        BackupsConfig {
+            scheduler: true,
+            tick_seconds: default_backup_tick_seconds(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_backup_tick_seconds() -> u64 {
+    15
 }
 
 /// The tenant schema: the user's own migrations.
@@ -560,6 +594,12 @@ impl Config {
             }
             crate::sql::Ident::new(c.shared_database.clone())
                 .map_err(|e| ConfigError::Invalid(format!("cluster {}: {e}", c.name)))?;
+        }
+        if !(1..=59).contains(&self.backups.tick_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "backups.tick_seconds must be 1 to 59 (schedules may fire every minute), got {}",
+                self.backups.tick_seconds
+            )));
         }
         if !(1..=3600).contains(&self.credentials.reap_interval_seconds) {
             return Err(ConfigError::Invalid(format!(

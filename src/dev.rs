@@ -92,6 +92,7 @@ pub async fn start(
         metrics: Default::default(),
         grpc_web: Default::default(),
         tenant_schema: Default::default(),
+        backups: Default::default(),
     };
     Ok(DevStack {
         postgres,

@@ -54,6 +54,11 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Policy {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Cloud {
     service: String,
     call: String,
@@ -85,6 +90,10 @@ struct All {
     bytes: Family<Kind, Counter>,
     cloud_seconds: Histograms<Cloud>,
     cloud_errors: Family<Cloud, Counter>,
+    backups_started: Counter,
+    backups_waited: Counter,
+    recovery_point_age: Family<Policy, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drills_failing: Family<Policy, Gauge>,
 }
 
 static ALL: LazyLock<All> = LazyLock::new(|| {
@@ -102,6 +111,10 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         bytes: Family::default(),
         cloud_seconds: Family::new_with_constructor(latency),
         cloud_errors: Family::default(),
+        backups_started: Counter::default(),
+        backups_waited: Counter::default(),
+        recovery_point_age: Family::default(),
+        drills_failing: Family::default(),
     };
     let r = &mut all.registry;
     r.register(
@@ -164,8 +177,36 @@ static ALL: LazyLock<All> = LazyLock::new(|| {
         "KMS or S3 calls that failed, by service and call",
         all.cloud_errors.clone(),
     );
+    r.register(
+        "scheduled_backups_started",
+        "Scheduled backups this replica's scheduler started",
+        all.backups_started.clone(),
+    );
+    r.register(
+        "scheduled_backups_waited",
+        "Ticks of this replica's scheduler that found a due tenant busy with another operation",
+        all.backups_waited.clone(),
+    );
+    r.register(
+        "backup_recovery_point_age_seconds",
+        "Per backup policy, the age of the newest backup of its worst-off tenant (read from \
+         the registry)",
+        all.recovery_point_age.clone(),
+    );
+    r.register(
+        "backup_drills_failing",
+        "Per backup policy, the tenants whose latest restore drill failed (read from the \
+         registry)",
+        all.drills_failing.clone(),
+    );
     all
 });
+
+/// One scheduler tick started `started` backups and found `waited` tenants busy.
+pub fn backups_scheduled(started: u64, waited: u64) {
+    ALL.backups_started.inc_by(started);
+    ALL.backups_waited.inc_by(waited);
+}
 
 /// A gRPC call answered with `code` (a status code name) after `took`.
 pub fn grpc_call(method: &str, code: &str, took: Duration) {
@@ -305,6 +346,36 @@ async fn refresh_operations(registry: &Registry) {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: operation counts unavailable"),
         Err(_) => tracing::warn!("metrics: operation counts took too long"),
+    }
+    let ages = tokio::time::timeout(Duration::from_secs(5), registry.recovery_point_ages());
+    match ages.await {
+        Ok(Ok(ages)) => {
+            ALL.recovery_point_age.clear();
+            for (policy, age) in ages {
+                ALL.recovery_point_age
+                    .get_or_create(&Policy {
+                        policy: policy.to_string(),
+                    })
+                    .set(age);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: recovery point ages unavailable"),
+        Err(_) => tracing::warn!("metrics: recovery point ages took too long"),
+    }
+    let failing = tokio::time::timeout(Duration::from_secs(5), registry.failing_drills());
+    match failing.await {
+        Ok(Ok(failing)) => {
+            ALL.drills_failing.clear();
+            for (policy, n) in failing {
+                ALL.drills_failing
+                    .get_or_create(&Policy {
+                        policy: policy.to_string(),
+                    })
+                    .set(n);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: drill results unavailable"),
+        Err(_) => tracing::warn!("metrics: drill results took too long"),
     }
     *read = Some(std::time::Instant::now());
 }

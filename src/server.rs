@@ -13,6 +13,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::audit::AuditApi;
+use crate::api::backups::BackupApi;
 use crate::api::deletions::DeletionApi;
 use crate::api::exports::ExportApi;
 use crate::api::fleet::FleetApi;
@@ -197,6 +198,7 @@ const SERVICES: &[&str] = &[
     <pb::deletion_service_server::DeletionServiceServer<DeletionApi> as NamedService>::NAME,
     <pb::audit_service_server::AuditServiceServer<AuditApi> as NamedService>::NAME,
     <pb::fleet_service_server::FleetServiceServer<FleetApi> as NamedService>::NAME,
+    <pb::backup_service_server::BackupServiceServer<BackupApi> as NamedService>::NAME,
 ];
 
 /// How often health is checked against the registry, and how long one check may take.
@@ -338,6 +340,14 @@ pub async fn run(
         shutdown.child_token(),
     ));
     let control = Control::new(deps, events);
+    // Scheduled backups: every replica ticks; request ids keep them from doubling up.
+    if config.backups.scheduler {
+        tokio::spawn(crate::scheduler::run(
+            control.clone(),
+            std::time::Duration::from_secs(config.backups.tick_seconds),
+            shutdown.child_token(),
+        ));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // The registry has just been migrated: serving from the start.
@@ -429,7 +439,11 @@ pub async fn run(
                 .max_decoding_message_size(max),
         )
         .add_service(
-            pb::fleet_service_server::FleetServiceServer::new(FleetApi::new(control))
+            pb::fleet_service_server::FleetServiceServer::new(FleetApi::new(control.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::backup_service_server::BackupServiceServer::new(BackupApi::new(control))
                 .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())

@@ -165,6 +165,7 @@ audited_by! {
     pb::CancelOperationRequest => Operation(name);
     pb::ExportTenantRequest => Tenant(tenant), request_id;
     pb::ReadExportRequest => Export(name);
+    pb::DeleteExportRequest => Export(name);
     pb::RestoreTenantRequest => Export(export), request_id;
     pb::DeleteTenantRequest => Tenant(tenant), request_id;
 }

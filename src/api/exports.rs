@@ -99,6 +99,18 @@ impl pb::export_service_server::ExportService for ExportApi {
         .await
     }
 
+    async fn delete_export(
+        &self,
+        request: Request<pb::DeleteExportRequest>,
+    ) -> Result<Response<pb::Export>, Status> {
+        let by = super::audit::caller(&request)?.principal.name;
+        audited(&self.control, request, move |control, r| async move {
+            let id = resource_id("name", &r.name, "exports")?;
+            Ok(control.delete_export(id, &by).await?.into())
+        })
+        .await
+    }
+
     async fn get_signing_key(
         &self,
         _request: Request<pb::GetSigningKeyRequest>,
@@ -109,6 +121,15 @@ impl pb::export_service_server::ExportService for ExportApi {
             key_id: key.key_id,
             algorithm: "ECDSA_SHA_256".into(),
         }))
+    }
+}
+
+impl Outcome for pb::Export {
+    fn detail(&self) -> String {
+        format!("{} removed", self.name)
+    }
+    fn tenant_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.tenant_id).ok()
     }
 }
 
@@ -251,6 +272,8 @@ impl From<ExportView> for pb::Export {
                 ExportState::Complete => pb::ExportState::Complete,
                 ExportState::Failed => pb::ExportState::Failed,
                 ExportState::Deleted => pb::ExportState::Deleted,
+                ExportState::Removing => pb::ExportState::Removing,
+                ExportState::Removed => pb::ExportState::Removed,
             } as i32,
             object_uri: v.object_uri,
             manifest_uri: v.manifest_uri,
@@ -276,6 +299,13 @@ impl From<ExportView> for pb::Export {
             operation: format!("operations/{}", e.operation_id),
             create_time: time(e.created_at),
             complete_time: e.completed_at.map(time).unwrap_or_default(),
+            backup_policy: e
+                .scheduled
+                .map(|(p, _)| format!("backup-policies/{p}"))
+                .unwrap_or_default(),
+            slot_time: e.scheduled.map(|(_, s)| time(s)).unwrap_or_default(),
+            remove_time: e.removed.as_ref().map(|r| time(r.0)).unwrap_or_default(),
+            removed_by: e.removed.map(|r| r.1).unwrap_or_default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! encodes the answer; errors become gRPC statuses in exactly one place (`status`).
 
 pub mod audit;
+pub mod backups;
 pub mod convert;
 pub mod deletions;
 pub mod exports;

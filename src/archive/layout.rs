@@ -43,6 +43,11 @@ impl ExportKeys {
         }
     }
 
+    /// The export's objects: the archive, its manifest and the manifest's signature.
+    pub fn objects(&self) -> [&ObjectKey; 3] {
+        [&self.archive, &self.manifest, &self.signature]
+    }
+
     fn at(prefix: String) -> ExportKeys {
         let prefix = ObjectKey::new(prefix).expect("uuids make valid keys");
         let at = |name: &str| prefix.join(name).expect("valid key");

@@ -71,6 +71,10 @@ pub enum Permission {
     Audit,
     /// Fleet migrations of the tenant schema: start, approve, retry.
     Migrate,
+    /// Setting and deleting backup policies.
+    Backups,
+    /// Placing and clearing legal holds.
+    LegalHold,
 }
 
 impl Role {
@@ -83,7 +87,15 @@ impl Role {
             // and it can end a tenant's logins in an incident, never obtain one.
             Role::Compliance => matches!(
                 p,
-                Read | Resolve | Watch | Export | Delete | Certificates | Audit | RevokeCredentials
+                Read | Resolve
+                    | Watch
+                    | Export
+                    | Delete
+                    | Certificates
+                    | Audit
+                    | RevokeCredentials
+                    | Backups
+                    | LegalHold
             ),
             Role::Viewer => matches!(p, Read | Resolve),
             Role::Application => matches!(p, Resolve | IssueCredentials),
@@ -128,6 +140,7 @@ pub fn access(path: &str) -> Option<Access> {
     const DELETIONS: &str = "tenantd.v1.DeletionService";
     const AUDIT: &str = "tenantd.v1.AuditService";
     const FLEET: &str = "tenantd.v1.FleetService";
+    const BACKUPS: &str = "tenantd.v1.BackupService";
     let permission = match (service, method) {
         ("grpc.health.v1.Health", _) => return Some(Access::Public),
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
@@ -146,6 +159,11 @@ pub fn access(path: &str) -> Option<Access> {
         (EXPORTS, "ExportTenant" | "ReadExport") => Export,
         (EXPORTS, "GetExport" | "ListExports" | "GetSigningKey") => Read,
         (EXPORTS, "RestoreTenant") => Restore,
+        // Removing a backup destroys tenant data, as a deletion does.
+        (EXPORTS, "DeleteExport") => Delete,
+        (BACKUPS, "SetBackupPolicy" | "DeleteBackupPolicy") => Backups,
+        (BACKUPS, "GetBackupPolicy" | "ListBackupPolicies" | "GetBackupStatus") => Read,
+        (BACKUPS, "SetLegalHold" | "ClearLegalHold") => LegalHold,
         (DELETIONS, "DeleteTenant") => Delete,
         (DELETIONS, "GetDeletionCertificate" | "ListDeletionCertificates") => Certificates,
         (AUDIT, "ListAuditEvents" | "VerifyAuditLog") => Audit,

@@ -379,10 +379,10 @@ async fn delete_by_row_id(
 }
 
 /// Names that are the tenant's alone on any cluster: its schema, database and role
-/// (`t_<hex>`), and the staging and replaced schemas of a restore.
+/// (`t_<hex>`), the staging and replaced schemas of a restore, and a restore drill's scratch.
 pub fn own_names(tenant_id: Uuid) -> Vec<Ident> {
     let hex = tenant_id.simple();
-    ["t", "restore", "replaced"]
+    ["t", "restore", "replaced", "drill"]
         .into_iter()
         .map(|prefix| Ident::new(format!("{prefix}_{hex}")).expect("uuid-derived name is valid"))
         .collect()

@@ -1,4 +1,5 @@
-//! A restore's staging container, and the swap that puts it in place of the tenant's data.
+//! A restore's staging container, and the swap that puts it in place of the tenant's data;
+//! and a restore drill's scratch container, which nothing ever swaps in.
 //!
 //! The staging container is schema `restore_<tenant hex>` in the database of the tenant's
 //! container: the cluster's shared database for the pool and schema tiers, the tenant's own
@@ -30,6 +31,15 @@ fn named(prefix: &str, c: &Container) -> Ident {
 pub fn staging(live: &Container) -> Container {
     Container {
         schema: named("restore", live),
+        ..live.clone()
+    }
+}
+
+/// A restore drill's scratch container: schema `drill_<tenant hex>` beside `live`, never
+/// granted to anyone, dropped when the drill ends.
+pub fn scratch(live: &Container) -> Container {
+    Container {
+        schema: named("drill", live),
         ..live.clone()
     }
 }

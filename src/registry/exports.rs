@@ -17,6 +17,10 @@ pub enum ExportState {
     Failed,
     /// The tenant was deleted: objects gone, key pending deletion.
     Deleted,
+    /// DeleteExport or retention is taking the objects away.
+    Removing,
+    /// DeleteExport or retention took the objects away; the row is the tombstone.
+    Removed,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +43,10 @@ pub struct Export {
     pub completed_at: Option<DateTime<Utc>>,
     /// A deleted tenant's final export, kept for handing over (see migration 0004).
     pub handover: bool,
+    /// A scheduled backup: the policy and slot it was taken for (migration 0010).
+    pub scheduled: Option<(Uuid, DateTime<Utc>)>,
+    /// When and by whom the objects were removed (DeleteExport, retention).
+    pub removed: Option<(DateTime<Utc>, String)>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -60,13 +68,17 @@ struct ExportRow {
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
     handover: bool,
+    policy_id: Option<Uuid>,
+    slot: Option<DateTime<Utc>>,
+    removed_at: Option<DateTime<Utc>>,
+    removed_by: Option<String>,
 }
 
 macro_rules! columns {
     () => {
         "id, tenant_id, operation_id, state, tier, schema_version, object_key, manifest_key, \
          key_id, size_bytes, sha256, plaintext_sha256, table_rows, snapshot_at, created_at, \
-         completed_at, handover"
+         completed_at, handover, policy_id, slot, removed_at, removed_by"
     };
 }
 
@@ -80,6 +92,8 @@ impl From<ExportRow> for Export {
                 "complete" => ExportState::Complete,
                 "failed" => ExportState::Failed,
                 "deleted" => ExportState::Deleted,
+                "removing" => ExportState::Removing,
+                "removed" => ExportState::Removed,
                 _ => ExportState::Running,
             },
             tier: r.tier,
@@ -95,6 +109,8 @@ impl From<ExportRow> for Export {
             created_at: r.created_at,
             completed_at: r.completed_at,
             handover: r.handover,
+            scheduled: r.policy_id.zip(r.slot),
+            removed: r.removed_at.zip(r.removed_by),
         }
     }
 }
@@ -108,6 +124,8 @@ pub struct NewExport<'a> {
     pub object_key: &'a str,
     pub manifest_key: &'a str,
     pub handover: bool,
+    /// A scheduled backup's policy and slot.
+    pub scheduled: Option<(Uuid, DateTime<Utc>)>,
 }
 
 /// What a finished export records.
@@ -129,8 +147,8 @@ impl Registry {
     ) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO exports (id, tenant_id, operation_id, state, tier, object_key,
-                                  manifest_key, handover)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                                  manifest_key, handover, policy_id, slot)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
         )
         .bind(e.id)
         .bind(e.tenant_id)
@@ -139,6 +157,8 @@ impl Registry {
         .bind(e.object_key)
         .bind(e.manifest_key)
         .bind(e.handover)
+        .bind(e.scheduled.map(|s| s.0))
+        .bind(e.scheduled.map(|s| s.1))
         .execute(exec)
         .await?;
         Ok(())
@@ -232,7 +252,7 @@ impl Registry {
     ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE exports SET state = 'deleted'
-             WHERE tenant_id = $1 AND state <> 'deleted' AND NOT handover",
+             WHERE tenant_id = $1 AND state NOT IN ('deleted', 'removed') AND NOT handover",
         )
         .bind(tenant_id)
         .execute(exec)

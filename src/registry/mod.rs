@@ -11,6 +11,7 @@
 //! violated, so callers map it to a domain error.
 
 pub mod audit;
+pub mod backups;
 pub mod certificates;
 pub mod clusters;
 pub mod credentials;

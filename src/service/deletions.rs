@@ -2,7 +2,8 @@
 //!
 //! A deletion is refused at once, before any operation exists, for a tenant that is neither
 //! active nor already deleting (a failed deletion is finished by requesting it again), for a
-//! tenant held by another operation, and for a request without a reason or requester.
+//! tenant held by another operation, for a tenant under legal hold (or with a held export),
+//! and for a request without a reason or requester.
 
 use uuid::Uuid;
 
@@ -41,6 +42,9 @@ impl Control {
         request_id: Option<RequestId>,
     ) -> Result<OperationView> {
         let tenant = self.registry().get_tenant(r).await?;
+        // A deletion destroys every export with the tenant's key: none may be under hold.
+        // The deletion's first step checks again, for a hold placed in between.
+        self.ensure_not_held(tenant.id).await?;
         let request = delete::Request {
             reason: d.reason,
             requested_by: d.requested_by,

@@ -3,6 +3,7 @@
 //! in workflows.
 
 mod audit;
+mod backups;
 mod credentials;
 mod deletions;
 mod enqueue;
@@ -13,6 +14,7 @@ mod rollouts;
 mod tenants;
 
 pub use audit::AuditReport;
+pub use backups::{BackupStatus, HoldTarget, PolicyTarget, Started};
 pub use credentials::connection_uri;
 pub use deletions::{CertificateRef, DeletionRequest};
 pub use enqueue::{RequestId, request_hash};
@@ -41,6 +43,11 @@ impl Control {
     }
 
     fn registry(&self) -> &Registry {
+        &self.deps.registry
+    }
+
+    /// The registry, for the background tasks that drive this service (the scheduler).
+    pub fn registry_handle(&self) -> &Registry {
         &self.deps.registry
     }
 

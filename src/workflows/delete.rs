@@ -1,8 +1,9 @@
 //! Verified deletion of one tenant: fence → final_export → inventory → delete_data →
 //! delete_objects → delete_key → verify → certify.
 //!
-//! - `fence` marks the tenant `deleting` (it is never routed again), fences its writes in its
-//!   container and waits out older writers.
+//! - `fence` marks the tenant `deleting` (it is never routed again), refuses to go on if the
+//!   tenant or one of its exports is under legal hold, fences its writes in its container and
+//!   waits out older writers.
 //! - `final_export` (only if requested, for a customer exit) exports the tenant for handing
 //!   over: under `handover/<tenant>/`, its data key sealed by the service key, so it outlives
 //!   the tenant key. It is named in the certificate as outside the deletion.
@@ -257,6 +258,15 @@ async fn fence_step(cx: &StepContext<'_>, state: &State) -> Result<(), StepError
         return Err(StepError::precondition(format!(
             "tenant {} is neither active nor deleting",
             state.tenant_slug
+        )));
+    }
+    // A legal hold placed before the tenant became `deleting` is seen here (one placed
+    // after is refused, since the tenant is no longer active): the deletion stops, and
+    // compensation makes the tenant active again.
+    if let Some(hold) = deps.registry.holds(cx.tenant_id()?).await?.first() {
+        return Err(StepError::precondition(format!(
+            "the tenant cannot be deleted: {}",
+            hold.describe()
         )));
     }
     let tenant = deps

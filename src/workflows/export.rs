@@ -8,6 +8,9 @@
 //!   starts over with a new data key: the object is complete only when the upload completes.
 //! - `sign` writes the manifest and its signature beside the archive.
 //! - `record` marks the export complete; only now does it count as an export.
+//! - `prune`, for a scheduled backup only, applies the tenant's backup policy to its
+//!   scheduled exports ([`crate::backup::retention::prune`]); an export taken on request
+//!   prunes nothing.
 //!
 //! Compensation aborts uploads, deletes the export's objects and marks it `failed`.
 //!
@@ -15,10 +18,12 @@
 //! The writing itself (dump, seal, upload, manifest, record) is [`export_writer`], which a
 //! deletion's final export uses too.
 
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::archive::layout::ExportKeys;
+use crate::backup::{Slot, retention};
 use crate::registry::Registry;
 use crate::registry::exports::NewExport;
 use crate::tenant::TenantRef;
@@ -33,6 +38,7 @@ steps!(pub enum Step {
     Dump => "dump",
     Sign => "sign",
     Record => "record",
+    Prune => "prune",
 });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +52,9 @@ pub struct State {
     /// Set by `dump`.
     #[serde(default)]
     pub dumped: Option<Dumped>,
+    /// A scheduled backup (absent in states stored before schedules existed).
+    #[serde(default)]
+    pub scheduled: Option<Slot>,
 }
 
 impl State {
@@ -55,6 +64,14 @@ impl State {
             key_id: None,
             tenant_slug: None,
             dumped: None,
+            scheduled: None,
+        }
+    }
+
+    pub fn scheduled(export_id: Uuid, scheduled: Slot) -> Self {
+        State {
+            scheduled: Some(scheduled),
+            ..State::new(export_id)
         }
     }
 }
@@ -92,6 +109,7 @@ impl Workflow for Export {
                         object_key: keys.archive.as_str(),
                         manifest_key: keys.manifest.as_str(),
                         handover: false,
+                        scheduled: state.scheduled.map(|s| (s.policy_id, s.slot)),
                     },
                 )
                 .await?;
@@ -126,6 +144,13 @@ impl Workflow for Export {
                 crate::metrics::rows_moved(kind, dumped.tables.iter().map(|t| t.rows).sum());
                 tracing::info!(tenant_id = %tenant_id, export_id = %state.export_id,
                     bytes = dumped.ciphertext.bytes, "export complete");
+            }
+            Step::Prune => {
+                if state.scheduled.is_some() {
+                    let removed = retention::prune(deps, tenant_id, Utc::now()).await?;
+                    tracing::info!(tenant_id = %tenant_id, removed = removed.len(),
+                        "retention applied");
+                }
             }
         }
         Ok(())

@@ -56,7 +56,7 @@ pub enum Wrap<'a> {
 /// Removes an unfinished export: aborts its uploads, deletes its objects, marks it failed.
 pub async fn discard(deps: &Context, keys: &ExportKeys, export_id: Uuid) -> Result<(), StepError> {
     deps.objects.abort_uploads(&keys.prefix).await?;
-    for key in [&keys.archive, &keys.manifest, &keys.signature] {
+    for key in keys.objects() {
         deps.objects.delete(key).await?;
     }
     Registry::fail_export(deps.registry.pool(), export_id).await?;
@@ -163,6 +163,7 @@ pub async fn handover(
     Registry::insert_export(
         deps.registry.pool(),
         &NewExport {
+            scheduled: None,
             id: export_id,
             tenant_id,
             operation_id: cx.operation_id,

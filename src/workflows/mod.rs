@@ -1,8 +1,8 @@
 //! The lifecycle workflows, one file each, dispatched by operation kind through one match.
 //!
 //! Workflows: `provision`, `change_tier`, `export`, `restore`, `delete`, `migrate_fleet`,
-//! `key_backfill`. No workflow imports another; what several of them do lives in pieces of
-//! its own that are not workflows:
+//! `key_backfill`, `drill`. No workflow imports another; what several of them do lives in
+//! pieces of its own that are not workflows:
 //! - `container`: a new container at the fleet's tenant-schema version, and undoing one;
 //! - `export_writer`: dumping, sealing, uploading and recording one export (exports and a
 //!   deletion's final export);
@@ -13,6 +13,7 @@
 pub mod change_tier;
 pub mod container;
 pub mod delete;
+pub mod drill;
 pub mod export;
 pub mod export_reader;
 pub mod export_writer;
@@ -31,6 +32,7 @@ use crate::workflow::engine::{self, Dispatch};
 
 pub use change_tier::ChangeTier;
 pub use delete::Delete;
+pub use drill::Drill;
 pub use export::Export;
 pub use key_backfill::KeyBackfill;
 pub use migrate_fleet::MigrateFleet;
@@ -51,6 +53,7 @@ impl Dispatch for Dispatcher {
             Restore::KIND => engine::drive(&Restore, deps, claimed, shutdown).await,
             Delete::KIND => engine::drive(&Delete, deps, claimed, shutdown).await,
             MigrateFleet::KIND => engine::drive(&MigrateFleet, deps, claimed, shutdown).await,
+            Drill::KIND => engine::drive(&Drill, deps, claimed, shutdown).await,
             other => {
                 // Written by a newer release: leave it for a replica that knows the kind.
                 tracing::error!(kind = other, operation_id = %claimed.id, "unknown operation kind");
@@ -81,7 +84,7 @@ mod tests {
         fn names<W: Workflow>() -> (&'static str, Vec<&'static str>) {
             (W::KIND, W::Step::names())
         }
-        let stored: [(&str, &[&str]); 7] = [
+        let stored: [(&str, &[&str]); 8] = [
             (
                 "provision",
                 &[
@@ -113,7 +116,8 @@ mod tests {
                     "cleanup",
                 ],
             ),
-            ("export", &["prepare", "dump", "sign", "record"]),
+            // `prune` appended by migration 0010, which gives unfinished exports the step.
+            ("export", &["prepare", "dump", "sign", "record", "prune"]),
             ("create_key", &["create_key"]),
             (
                 "restore",
@@ -136,6 +140,10 @@ mod tests {
                 ],
             ),
             ("migrate_fleet", &["plan", "canary", "approve", "rollout"]),
+            (
+                "drill",
+                &["verify", "stage", "load", "index", "check", "cleanup"],
+            ),
         ];
         let ours = [
             names::<Provision>(),
@@ -145,6 +153,7 @@ mod tests {
             names::<Restore>(),
             names::<Delete>(),
             names::<MigrateFleet>(),
+            names::<Drill>(),
         ];
         for ((kind, steps), (our_kind, our_steps)) in stored.iter().zip(&ours) {
             assert_eq!((kind, steps.to_vec()), (our_kind, our_steps.clone()));

@@ -4,6 +4,7 @@
 mod access;
 mod adapters;
 mod audit;
+mod backups;
 mod bad_input;
 mod change_tier;
 mod changes;

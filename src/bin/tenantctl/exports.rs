@@ -1,5 +1,5 @@
 //! Export commands: `export create | list | show | get` (the download, verified and
-//! decrypted), `signing-key`, and `restore`.
+//! decrypted) `| delete`, `signing-key`, and `restore`.
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
@@ -67,6 +67,15 @@ pub enum ExportCommand {
         /// The signing public key (PEM) to trust; without it the server's key is used.
         #[arg(long)]
         public_key: Option<std::path::PathBuf>,
+    },
+    /// Delete an export's objects (archive, manifest, signature); it stays listed as
+    /// removed. Refused for an export under legal hold.
+    Delete {
+        /// exports/<id> or the bare id.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -147,11 +156,16 @@ async fn export_command(
                     .into_inner();
                 for e in &page.exports {
                     println!(
-                        "{:<46} {:<9} {:>12} bytes  snapshot {}",
+                        "{:<46} {:<9} {:>12} bytes  snapshot {}{}",
                         e.name,
                         export_state_name(e.state),
                         e.size_bytes,
-                        e.snapshot_time
+                        e.snapshot_time,
+                        if e.backup_policy.is_empty() {
+                            ""
+                        } else {
+                            "  scheduled"
+                        }
                     );
                 }
                 pages.advance(page.next_page_token);
@@ -170,6 +184,21 @@ async fn export_command(
             out,
             public_key,
         } => download(exports, &name, &out, public_key.as_deref()).await?,
+        ExportCommand::Delete { name, yes } => {
+            if !yes
+                && !crate::confirm(&format!(
+                    "delete the objects of export {name}? this cannot be undone"
+                ))?
+            {
+                bail!("not deleted");
+            }
+            let e = exports
+                .delete_export(pb::DeleteExportRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{} removed at {} ({})", e.name, e.remove_time, e.removed_by);
+        }
     }
     Ok(())
 }
@@ -284,6 +313,12 @@ pub fn print_export(e: &pb::Export) {
         tier_name(e.source_tier)
     );
     println!("key:         {}", e.key_id);
+    if !e.backup_policy.is_empty() {
+        println!("scheduled:   {} slot {}", e.backup_policy, e.slot_time);
+    }
+    if !e.remove_time.is_empty() {
+        println!("removed:     {} ({})", e.remove_time, e.removed_by);
+    }
     for t in &e.tables {
         println!("  {:<20} {:>12} rows", t.table, t.rows);
     }
@@ -294,6 +329,9 @@ fn export_state_name(s: i32) -> &'static str {
         Ok(pb::ExportState::Running) => "running",
         Ok(pb::ExportState::Complete) => "complete",
         Ok(pb::ExportState::Failed) => "failed",
+        Ok(pb::ExportState::Deleted) => "deleted",
+        Ok(pb::ExportState::Removing) => "removing",
+        Ok(pb::ExportState::Removed) => "removed",
         _ => "unknown",
     }
 }

@@ -1,6 +1,7 @@
 //! `tenantctl`: the operator CLI for tenantd.
 
 mod audit;
+mod backups;
 mod certificate;
 mod connect;
 mod credentials;
@@ -11,6 +12,7 @@ mod schema;
 mod tenants;
 
 use audit::AuditCommand;
+use backups::{BackupCommand, HoldCommand};
 use certificate::CertificateCommand;
 use connect::Connection;
 use fleet::FleetCommand;
@@ -21,6 +23,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use tenantd::api::pb;
 use tenantd::api::pb::audit_service_client::AuditServiceClient;
+use tenantd::api::pb::backup_service_client::BackupServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::fleet_service_client::FleetServiceClient;
 use tenantd::api::pb::operation_service_client::OperationServiceClient;
@@ -91,6 +94,13 @@ enum Command {
     /// The tenant schema: every version the registry recorded, with checksums and tenants.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Scheduled backups: policies (per tenant or per plan) and a tenant's backup status.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Legal holds: keep a tenant's exports (or one export) past retention and block their
+    /// deletion.
+    #[command(subcommand)]
+    Hold(HoldCommand),
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -124,6 +134,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit::run(&mut AuditServiceClient::new(channel), cmd).await?,
         Command::Schema(cmd) => schema::run(&mut FleetServiceClient::new(channel), cmd).await?,
+        Command::Backup(cmd) => backups::run(&mut BackupServiceClient::new(channel), cmd).await?,
+        Command::Hold(cmd) => backups::hold(&mut BackupServiceClient::new(channel), cmd).await?,
         Command::Fleet(cmd) => {
             let mut ops = OperationServiceClient::new(channel.clone());
             fleet::run(&mut FleetServiceClient::new(channel), &mut ops, cmd).await?
@@ -153,6 +165,20 @@ impl Pages {
         self.done = next_page_token.is_empty();
         self.next = Some(next_page_token);
     }
+}
+
+/// Asks `question` on the terminal and reads y/N. Never asks when stdin is not a terminal
+/// (scripts pass `--yes` or pipe): the answer is then yes.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 pub fn status(s: tonic::Status) -> anyhow::Error {

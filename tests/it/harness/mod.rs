@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use tenantd::api::pb;
 use tenantd::api::pb::audit_service_client::AuditServiceClient;
+use tenantd::api::pb::backup_service_client::BackupServiceClient;
 use tenantd::api::pb::deletion_service_client::DeletionServiceClient;
 use tenantd::api::pb::export_service_client::ExportServiceClient;
 use tenantd::api::pb::fleet_service_client::FleetServiceClient;
@@ -53,6 +54,7 @@ pub struct TestEnv {
     pub deletions: DeletionServiceClient<AuthChannel>,
     pub audit: AuditServiceClient<AuthChannel>,
     pub fleet: FleetServiceClient<AuthChannel>,
+    pub backups: BackupServiceClient<AuthChannel>,
     pub registry: PgPool,
     shutdown: CancellationToken,
 }
@@ -192,6 +194,7 @@ impl TestEnv {
             deletions: DeletionServiceClient::new(channel.clone()),
             audit: AuditServiceClient::new(channel.clone()),
             fleet: FleetServiceClient::new(channel.clone()),
+            backups: BackupServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel),
             config,
             dir,
@@ -284,6 +287,11 @@ impl TestEnv {
                 dir: Some(EXAMPLE_SCHEMA_DIR.into()),
                 extensions: Vec::new(),
             },
+            // Tests tick the scheduler themselves, with a clock they control (`replica`).
+            backups: tenantd::config::BackupsConfig {
+                scheduler: false,
+                ..Default::default()
+            },
         };
         (config, dir)
     }
@@ -353,6 +361,7 @@ impl TestEnv {
         let channel = as_admin(channel);
         self.audit = AuditServiceClient::new(channel.clone());
         self.fleet = FleetServiceClient::new(channel.clone());
+        self.backups = BackupServiceClient::new(channel.clone());
         self.tenants = TenantServiceClient::new(channel.clone());
         self.exports = ExportServiceClient::new(channel.clone());
         self.deletions = DeletionServiceClient::new(channel.clone());
@@ -466,6 +475,17 @@ impl TestEnv {
         tenantd::server::key_service(&self.config, &self.registry)
             .await
             .unwrap()
+    }
+
+    /// Another replica's control service on this environment's registry, without workers or
+    /// a gRPC server: what a test hands to `tenantd::scheduler::tick` with its own clock.
+    pub async fn replica(&self) -> tenantd::service::Control {
+        let deps = tenantd::server::context(self.config.clone()).await.unwrap();
+        let events = tenantd::registry::events::OperationEvents::start(
+            deps.registry.pool().clone(),
+            self.shutdown.child_token(),
+        );
+        tenantd::service::Control::new(deps, events)
     }
 
     pub async fn objects(&self) -> std::sync::Arc<dyn tenantd::blobs::ObjectStore> {
