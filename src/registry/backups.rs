@@ -271,6 +271,18 @@ impl Registry {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Drops a deleted tenant's own policy (its runs stay, as history).
+    pub async fn drop_tenant_backup_policy<'e>(
+        exec: impl sqlx::PgExecutor<'e>,
+        tenant_id: Uuid,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM backup_policies WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .execute(exec)
+            .await?;
+        Ok(())
+    }
+
     /// The active tenants due for one of `slots` (of runs of `kind`): covered by the slot's
     /// policy (their own, or their plan's when they have none), existing at the slot, and
     /// without a started run for that slot or a later one. One query, whatever the number of

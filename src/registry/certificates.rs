@@ -45,8 +45,9 @@ pub struct NewCertificate<'a> {
 }
 
 impl Registry {
-    /// Stores the certificate, leaves the tenant's tombstone and marks its exports deleted,
-    /// in one transaction. A retried step keeps the certificate issued first.
+    /// Stores the certificate, leaves the tenant's tombstone, marks its exports deleted and
+    /// drops its own backup policy, in one transaction. A retried step keeps the certificate
+    /// issued first.
     pub async fn issue_certificate(&self, c: &NewCertificate<'_>) -> Result<(), Error> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
@@ -68,6 +69,7 @@ impl Registry {
         .await?;
         Registry::tombstone_tenant(&mut *tx, c.tenant_id).await?;
         Registry::delete_exports(&mut *tx, c.tenant_id).await?;
+        Registry::drop_tenant_backup_policy(&mut *tx, c.tenant_id).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -402,7 +402,14 @@ async fn a_deleted_tenants_schedule_stops() {
         let t = tick(&replica, minute(m)).await.unwrap();
         assert!(t.started.is_empty() && t.waiting.is_empty(), "{t:?}");
     }
-    // Its policy can no longer be set either.
+    // Its own policy went with it, and can no longer be set.
+    let listed = env
+        .backups
+        .list_backup_policies(pb::ListBackupPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.policies.is_empty(), "{listed:?}");
     let refused = env
         .backups
         .set_backup_policy(every_minute(tenant_target("gone"), 5))

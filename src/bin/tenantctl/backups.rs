@@ -71,6 +71,10 @@ pub enum PolicyCommand {
         /// Keep the newest backup of each of the last N years.
         #[arg(long, default_value_t = 0)]
         keep_yearly: i32,
+        /// Prove the newest backup restorable on this schedule (cron in UTC): restore it into
+        /// a scratch schema, compare it with its manifest, drop it.
+        #[arg(long, default_value = "")]
+        drill: String,
     },
     /// Show a policy.
     Get {
@@ -152,6 +156,7 @@ async fn policy(client: &mut Client, cmd: PolicyCommand) -> anyhow::Result<()> {
             keep_days,
             keep_monthly,
             keep_yearly,
+            drill,
         } => {
             let p = client
                 .set_backup_policy(pb::SetBackupPolicyRequest {
@@ -161,7 +166,7 @@ async fn policy(client: &mut Client, cmd: PolicyCommand) -> anyhow::Result<()> {
                     keep_days,
                     keep_monthly,
                     keep_yearly,
-                    drill: String::new(),
+                    drill,
                 })
                 .await
                 .map_err(status)?
@@ -283,6 +288,9 @@ fn print_policy(p: &pb::BackupPolicy) {
         p.schedule, p.effective_time
     );
     println!("retention:  {}", keeps(p));
+    if !p.drill.is_empty() {
+        println!("drills:     {} (UTC)", p.drill);
+    }
 }
 
 fn print_status(s: &pb::BackupStatus) {
@@ -312,6 +320,22 @@ fn print_status(s: &pb::BackupStatus) {
             println!(
                 "last slot:        {} -> {}",
                 s.last_slot_time, s.last_operation
+            );
+        }
+    }
+    if !s.next_drill_time.is_empty() {
+        println!("next drill:       {}", s.next_drill_time);
+    }
+    if let Some(d) = &s.last_drill {
+        if d.passed {
+            println!(
+                "last drill:       passed at {} ({})",
+                d.finish_time, d.export
+            );
+        } else {
+            println!(
+                "last drill:       FAILED at {} ({}): {}",
+                d.finish_time, d.operation, d.error
             );
         }
     }
