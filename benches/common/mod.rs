@@ -37,10 +37,20 @@ pub struct Running {
 }
 
 /// Starts the embedded stack under a fresh temporary dir named after `name`, and tenantd.
+#[allow(dead_code)] // the benches that tune nothing
 pub async fn start(name: &str) -> anyhow::Result<Running> {
+    start_tuned(name, |_| {}).await
+}
+
+/// [`start`], with `tune` changing the configuration tenantd starts with.
+pub async fn start_tuned(
+    name: &str,
+    tune: impl FnOnce(&mut tenantd::config::Config),
+) -> anyhow::Result<Running> {
     let state_dir =
         std::env::temp_dir().join(format!("tenantd-bench-{name}-{}", std::process::id()));
     let mut stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
+    tune(&mut stack.config);
     let token = tenantd::auth::new_token();
     stack.config.auth.tokens.push(tenantd::config::TokenConfig {
         name: "bench".into(),
