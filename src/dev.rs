@@ -56,6 +56,7 @@ pub async fn start(
         state_dir: state_dir.clone(),
         port: pg_port,
         ephemeral,
+        ..Default::default()
     };
     let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
         .await

@@ -44,13 +44,21 @@ fn failed(step: &'static str, detail: impl std::fmt::Display) -> EmbeddedError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
     pub state_dir: PathBuf,
     /// 0 picks a free port.
     pub port: u16,
     /// Trade durability for speed (fsync off): for throwaway test clusters only.
     pub ephemeral: bool,
+    /// More server settings (`-c name=value`), e.g. WAL archiving.
+    pub settings: Vec<(String, String)>,
+    /// Listen only on the private socket directory, not on loopback TCP: a side cluster
+    /// restored from a backup, reachable by tenantd alone.
+    pub socket_only: bool,
+    /// The superuser's password when the data directory already has one (a cluster restored
+    /// from a backup keeps its source's roles): nothing is written to the state dir.
+    pub password: Option<String>,
 }
 
 /// A running embedded cluster. Dropping it stops the server.
@@ -58,6 +66,7 @@ pub struct EmbeddedPostgres {
     pub port: u16,
     password: String,
     data_dir: PathBuf,
+    socket_dir: PathBuf,
     pid: i32,
     /// Signalled by the server thread when postgres exits (a Mutex keeps the type Sync).
     exited: std::sync::Mutex<mpsc::Receiver<()>>,
@@ -79,7 +88,10 @@ impl EmbeddedPostgres {
         let server_dir = server_dir(&state_dir, user.is_some())?;
         let data_dir = server_dir.join("pgdata");
         let socket_dir = server_dir.join("socket");
-        let password = superuser_password(&state_dir)?;
+        let password = match &opts.password {
+            Some(p) => p.clone(),
+            None => superuser_password(&state_dir)?,
+        };
         std::fs::create_dir_all(&socket_dir).map_err(|e| failed("create socket dir", e))?;
         chown(&socket_dir, user.as_ref())?;
         if !data_dir.join("PG_VERSION").exists() {
@@ -98,13 +110,21 @@ impl EmbeddedPostgres {
             .arg(port.to_string())
             .arg("-k")
             .arg(&socket_dir)
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(if opts.socket_only {
+                "listen_addresses="
+            } else {
+                "listen_addresses=127.0.0.1"
+            })
             .args(["-c", "max_connections=300"])
             // Tier changes capture a tenant's writes by logical decoding while they copy
             // (dataplane::changes): one slot per move in flight.
             .args(["-c", "wal_level=logical"])
             .args(["-c", "max_replication_slots=32"])
             .args(["-c", "shared_buffers=128MB"]);
+        for (name, value) in &opts.settings {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
         if opts.ephemeral {
             cmd.args(["-c", "fsync=off"])
                 .args(["-c", "synchronous_commit=off"])
@@ -153,6 +173,7 @@ impl EmbeddedPostgres {
         let server = EmbeddedPostgres {
             port,
             password,
+            socket_dir: socket_dir.clone(),
             data_dir: data_dir.clone(),
             pid,
             exited: std::sync::Mutex::new(exit_rx),
@@ -177,11 +198,11 @@ impl EmbeddedPostgres {
                 ));
             }
             // The postmaster writes "ready" as the 8th line of postmaster.pid once it accepts
-            // connections.
+            // connections ("standby" for a restored copy in recovery that accepts reads).
             if let Ok(pidfile) = std::fs::read_to_string(self.data_dir.join("postmaster.pid")) {
                 let lines: Vec<&str> = pidfile.lines().collect();
                 if lines.first() == Some(&self.pid.to_string().as_str())
-                    && lines.get(7).map(|s| s.trim()) == Some("ready")
+                    && matches!(lines.get(7).map(|s| s.trim()), Some("ready" | "standby"))
                 {
                     return Ok(());
                 }
@@ -199,6 +220,25 @@ impl EmbeddedPostgres {
             "postgres://postgres:{}@127.0.0.1:{}/{database}",
             self.password, self.port
         )
+    }
+
+    /// URL for the superuser over the private socket directory.
+    pub fn socket_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{}@localhost:{}/{database}?host={}",
+            self.password,
+            self.port,
+            self.socket_dir.display()
+        )
+    }
+
+    /// The cluster's data directory and private socket directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
     }
 
     /// Fast shutdown: waits up to 30 s for the server to exit.
@@ -292,6 +332,21 @@ fn server_user() -> Result<Option<ServerUser>, EmbeddedError> {
     }
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     Ok(Some(ServerUser { uid, gid }))
+}
+
+/// Runs `cmd` as the user that owns the embedded clusters (`postgres` when this process is
+/// root), as the tools that touch a data directory must (pgBackRest).
+pub fn as_cluster_owner(cmd: &mut Command) -> Result<(), EmbeddedError> {
+    let user = server_user()?;
+    as_server_user(cmd, user.as_ref());
+    Ok(())
+}
+
+/// Makes `path` the embedded clusters' owner's (a directory pgBackRest or a side cluster
+/// writes to).
+pub fn give_to_cluster_owner(path: &Path) -> Result<(), EmbeddedError> {
+    let user = server_user()?;
+    chown(path, user.as_ref())
 }
 
 fn as_server_user(cmd: &mut Command, user: Option<&ServerUser>) {

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod metrics;
 pub mod operation;
 pub mod paging;
+pub mod pitr;
 pub mod registry;
 pub mod rollout;
 pub mod scheduler;

@@ -23,6 +23,7 @@ mod identifiers;
 mod isolation;
 mod online_move;
 mod own_schema;
+mod pitr;
 mod postgres_tls;
 mod provision;
 mod replicas;

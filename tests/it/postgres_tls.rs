@@ -31,6 +31,7 @@ impl TlsCluster {
             state_dir: dir.join("pg"),
             port: 0,
             ephemeral: true,
+            ..Default::default()
         })
         .unwrap();
         let plain = pg.url("postgres");

@@ -24,6 +24,7 @@ pub fn clusters() -> &'static Clusters {
                 state_dir: base.join(name),
                 port: 0,
                 ephemeral: true,
+                ..Default::default()
             })
             .unwrap_or_else(|e| panic!("cannot start test cluster {name}: {e}"))
         };

@@ -1,0 +1,161 @@
+//! Physical backups and WAL archiving, through pgBackRest (docs/pitr.md): the engine that
+//! backs up whole clusters and replays their WAL to any moment. tenantd does not copy
+//! WAL or data files itself; it writes pgBackRest's configuration, runs its commands, reads
+//! its `info`, and starts a restored copy as a private side cluster ([`side`]) from which one
+//! tenant can be taken as it was at that moment.
+//!
+//! - [`pgbackrest`]: the configuration file (one stanza per cluster), `stanza-create`,
+//!   `check`, `backup`, `info` and `restore` to a target time, run as the owner of the data
+//!   directory;
+//! - [`side`]: a cluster restored into a private directory, started on a socket only
+//!   (never on TCP), paused at the target, removed when dropped.
+
+pub mod pgbackrest;
+pub mod side;
+
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PitrError {
+    #[error(
+        "pgbackrest not found on PATH: install the Debian package pgbackrest (scripts/setup does)"
+    )]
+    NotInstalled,
+    #[error("pgbackrest {command} failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("pgbackrest info: {0}")]
+    Info(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("side cluster: {0}")]
+    Side(String),
+    /// The moment asked for is not one the backups and archived WAL can reach.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Makes sure the WAL of every moment up to now is archived, so that a restore to any of
+/// them can get there: a transaction that commits now (recovery to a target time stops at
+/// the first commit after it, and must see one), a switch to a new WAL segment, and a wait
+/// until the archiver has the segment holding both. Needs a superuser's connection.
+pub async fn seal(
+    conn: &mut sqlx::PgConnection,
+    within: std::time::Duration,
+) -> Result<(), PitrError> {
+    let sql = |e: sqlx::Error| PitrError::Io(format!("sealing the WAL: {e}"));
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *conn)
+        .await
+        .map_err(sql)?;
+    let (segment,): (String,) = sqlx::query_as("SELECT pg_walfile_name(pg_switch_wal())")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql)?;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (archived, failed): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql)?;
+        // Segment names sort in WAL order within a timeline.
+        if archived.as_deref().is_some_and(|a| a >= segment.as_str()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(PitrError::Unreachable(format!(
+                "WAL segment {segment} was not archived within {} s (last failed: {})",
+                within.as_secs(),
+                failed.unwrap_or_else(|| "none".into())
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A base backup in the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackup {
+    pub label: String,
+    /// `full`, `diff` or `incr`.
+    pub kind: String,
+    pub started: DateTime<Utc>,
+    /// The backup is consistent from here on: the earliest moment it can restore to.
+    pub stopped: DateTime<Utc>,
+}
+
+/// What the repository holds for one stanza.
+#[derive(Debug, Clone, Default)]
+pub struct Holdings {
+    /// Oldest first.
+    pub backups: Vec<BaseBackup>,
+    /// The oldest and newest WAL segment archived.
+    pub archive: Option<(String, String)>,
+}
+
+impl Holdings {
+    /// The earliest moment a restore can reach: just after the end of the oldest backup
+    /// (pgBackRest records it to the second, and picks a backup that stopped before the
+    /// target).
+    pub fn earliest(&self) -> Option<DateTime<Utc>> {
+        self.backups
+            .first()
+            .map(|b| b.stopped + chrono::TimeDelta::seconds(1))
+    }
+
+    /// Refuses a target before the oldest backup ended or in the future.
+    pub fn reaches(&self, target: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), PitrError> {
+        if target > now {
+            return Err(PitrError::Unreachable(format!(
+                "{} is in the future",
+                target.to_rfc3339()
+            )));
+        }
+        match self.earliest() {
+            None => Err(PitrError::Unreachable(
+                "the cluster has no base backup yet".into(),
+            )),
+            Some(earliest) if target < earliest => Err(PitrError::Unreachable(format!(
+                "{} is before the oldest backup, which reaches back to {}",
+                target.to_rfc3339(),
+                earliest.to_rfc3339()
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_target_must_be_after_the_oldest_backup_and_not_in_the_future() {
+        let at = |h| Utc.with_ymd_and_hms(2026, 12, 1, h, 0, 0).unwrap();
+        let h = Holdings {
+            backups: vec![BaseBackup {
+                label: "20261201-100000F".into(),
+                kind: "full".into(),
+                started: at(9),
+                stopped: at(10),
+            }],
+            archive: None,
+        };
+        assert!(h.reaches(at(11), at(12)).is_ok());
+        assert!(h.reaches(at(10), at(12)).is_err());
+        assert!(
+            h.reaches(at(9), at(12))
+                .unwrap_err()
+                .to_string()
+                .contains("before the oldest")
+        );
+        assert!(
+            h.reaches(at(13), at(12))
+                .unwrap_err()
+                .to_string()
+                .contains("future")
+        );
+        assert!(Holdings::default().reaches(at(11), at(12)).is_err());
+    }
+}
