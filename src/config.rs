@@ -54,6 +54,46 @@ pub struct Config {
     /// Scheduled backups (docs/backups.md).
     #[serde(default)]
     pub backups: BackupsConfig,
+    /// Physical backups and WAL archiving through pgBackRest (docs/pitr.md); off when absent.
+    #[serde(default)]
+    pub pitr: Option<PitrConfig>,
+}
+
+/// `[pitr]`: pgBackRest takes base backups of the clusters listed and archives their WAL
+/// (their `archive_command` must be the one tenantd prints at start).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrConfig {
+    /// The repository: base backups and archived WAL (a local or mounted directory).
+    pub repo_path: PathBuf,
+    /// pgBackRest's configuration, log, lock and spool directories.
+    pub work_dir: PathBuf,
+    /// When to take a full base backup: a 5-field cron expression in UTC.
+    #[serde(default = "default_base_backup_schedule")]
+    pub schedule: String,
+    /// Full backups kept; archived WAL older than the oldest kept backup expires with it.
+    #[serde(default = "default_retention_full")]
+    pub retention_full: u32,
+    /// The clusters backed up, by their `[[clusters]]` name, with their data directory and
+    /// socket directory as pgBackRest on this host sees them.
+    pub clusters: Vec<PitrCluster>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrCluster {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+fn default_base_backup_schedule() -> String {
+    "0 1 * * *".into()
+}
+
+fn default_retention_full() -> u32 {
+    2
 }
 
 /// Scheduled backups (docs/backups.md): every replica runs the scheduler; they share the
@@ -594,6 +634,24 @@ impl Config {
             }
             crate::sql::Ident::new(c.shared_database.clone())
                 .map_err(|e| ConfigError::Invalid(format!("cluster {}: {e}", c.name)))?;
+        }
+        if let Some(pitr) = &self.pitr {
+            crate::backup::Schedule::parse("pitr.schedule", &pitr.schedule)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !(1..=100).contains(&pitr.retention_full) {
+                return Err(ConfigError::Invalid(format!(
+                    "pitr.retention_full must be 1 to 100, got {}",
+                    pitr.retention_full
+                )));
+            }
+            for c in &pitr.clusters {
+                if !self.clusters.iter().any(|k| k.name == c.name) {
+                    return Err(ConfigError::Invalid(format!(
+                        "pitr.clusters names {:?}, which is not a configured cluster",
+                        c.name
+                    )));
+                }
+            }
         }
         if !(1..=59).contains(&self.backups.tick_seconds) {
             return Err(ConfigError::Invalid(format!(

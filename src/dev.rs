@@ -5,12 +5,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ClusterConfig, Config, KeysConfig, ObjectsConfig, WorkflowConfig};
+use crate::config::{
+    ClusterConfig, Config, KeysConfig, ObjectsConfig, PitrCluster, PitrConfig, WorkflowConfig,
+};
 use crate::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 use crate::registry::Registry;
 use crate::sql::Ident;
 
 pub const REGISTRY_DATABASE: &str = "tenantd_registry";
+
+/// The embedded data-plane cluster's name (and its pgBackRest stanza's).
+pub const DEV_CLUSTER: &str = "local";
 
 /// Where `tenantd dev` keeps its admin token, under the state directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -37,12 +42,14 @@ pub struct DevStack {
 }
 
 /// Starts PostgreSQL under `state_dir` (created if missing), creates the registry database and
-/// returns the configuration that runs tenantd against it.
+/// returns the configuration that runs tenantd against it. `pitr`: archive the WAL through
+/// pgBackRest and take base backups (docs/pitr.md), if pgBackRest is installed.
 pub async fn start(
     state_dir: &Path,
     pg_port: u16,
     listen: SocketAddr,
     ephemeral: bool,
+    pitr: bool,
 ) -> Result<DevStack, DevError> {
     std::fs::create_dir_all(state_dir).map_err(|source| DevError::StateDir {
         path: state_dir.to_owned(),
@@ -52,10 +59,36 @@ pub async fn start(
         path: state_dir.to_owned(),
         source,
     })?;
+    // Point-in-time restores from the start: WAL archived through pgBackRest (when it is
+    // installed; scripts/setup installs it), its files where the server user reaches them.
+    let pitr_dir = if pitr && crate::pitr::pgbackrest::installed() {
+        Some(crate::embedded::server_files_dir(&state_dir)?.join("pgbackrest"))
+    } else {
+        if pitr {
+            tracing::warn!(
+                "pgbackrest is not installed: point-in-time restore is off (scripts/setup installs it)"
+            );
+        }
+        None
+    };
+    let settings = match &pitr_dir {
+        Some(dir) => vec![
+            ("archive_mode".to_owned(), "on".to_owned()),
+            (
+                "archive_command".to_owned(),
+                crate::pitr::pgbackrest::archive_command_for(
+                    &dir.join(crate::pitr::pgbackrest::CONFIG_FILE),
+                    DEV_CLUSTER,
+                ),
+            ),
+        ],
+        None => Vec::new(),
+    };
     let opts = EmbeddedOptions {
         state_dir: state_dir.clone(),
         port: pg_port,
         ephemeral,
+        settings,
         ..Default::default()
     };
     let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
@@ -70,7 +103,7 @@ pub async fn start(
         listen,
         registry_url: postgres.url(REGISTRY_DATABASE),
         clusters: vec![ClusterConfig {
-            name: "local".into(),
+            name: DEV_CLUSTER.into(),
             admin_url: postgres.url("postgres"),
             public_host: None,
             public_port: None,
@@ -94,6 +127,18 @@ pub async fn start(
         grpc_web: Default::default(),
         tenant_schema: Default::default(),
         backups: Default::default(),
+        pitr: pitr_dir.map(|dir| PitrConfig {
+            repo_path: dir.join("repo"),
+            work_dir: dir,
+            schedule: "0 1 * * *".into(),
+            retention_full: 2,
+            clusters: vec![PitrCluster {
+                name: DEV_CLUSTER.into(),
+                data_dir: postgres.data_dir().to_owned(),
+                socket_dir: postgres.socket_dir().to_owned(),
+                port: postgres.port,
+            }],
+        }),
     };
     Ok(DevStack {
         postgres,

@@ -334,6 +334,16 @@ fn server_user() -> Result<Option<ServerUser>, EmbeddedError> {
     Ok(Some(ServerUser { uid, gid }))
 }
 
+/// Where a cluster under `state_dir` keeps its server files (the state dir itself, or a
+/// directory under /var/tmp when the server user cannot reach it): the place for files the
+/// server user must reach too, such as pgBackRest's.
+pub fn server_files_dir(state_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let user = server_user()?;
+    std::fs::create_dir_all(state_dir).map_err(|e| failed("create state dir", e))?;
+    let state_dir = std::fs::canonicalize(state_dir).map_err(|e| failed("state dir", e))?;
+    server_dir(&state_dir, user.is_some())
+}
+
 /// Runs `cmd` as the user that owns the embedded clusters (`postgres` when this process is
 /// root), as the tools that touch a data directory must (pgBackRest).
 pub fn as_cluster_owner(cmd: &mut Command) -> Result<(), EmbeddedError> {

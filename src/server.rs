@@ -307,6 +307,44 @@ fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
     Ok(c)
 }
 
+/// Configures pgBackRest for the `[pitr]` clusters and starts their base-backup schedule;
+/// says which `archive_command` each cluster must run. A machine without pgBackRest runs on,
+/// without point-in-time restores, saying so.
+fn start_pitr(
+    pitr: &crate::config::PitrConfig,
+    config: &Config,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) {
+    let pgbackrest = match crate::pitr::configure(pitr, &config.clusters) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "point-in-time restore is off");
+            return;
+        }
+    };
+    for c in &pitr.clusters {
+        tracing::info!(cluster = %c.name, archive_command = %pgbackrest.archive_command(&c.name),
+            "point-in-time restore: WAL archived through pgBackRest");
+    }
+    let Ok(schedule) = crate::backup::Schedule::parse("pitr.schedule", &pitr.schedule) else {
+        return; // refused by Config::validate
+    };
+    let replica = format!(
+        "{}/{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "tenantd".into()),
+        std::process::id()
+    );
+    tokio::spawn(crate::pitr::schedule::run(
+        pgbackrest,
+        registry.clone(),
+        pitr.clusters.iter().map(|c| c.name.clone()).collect(),
+        schedule,
+        replica,
+        shutdown.child_token(),
+    ));
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -340,6 +378,10 @@ pub async fn run(
         shutdown.child_token(),
     ));
     let control = Control::new(deps, events);
+    // Physical backups and WAL archiving through pgBackRest, when configured.
+    if let Some(pitr) = &config.pitr {
+        start_pitr(pitr, &config, &registry, &shutdown);
+    }
     // Scheduled backups: every replica ticks; request ids keep them from doubling up.
     if config.backups.scheduler {
         tokio::spawn(crate::scheduler::run(

@@ -49,7 +49,8 @@ pub async fn start_tuned(
 ) -> anyhow::Result<Running> {
     let state_dir =
         std::env::temp_dir().join(format!("tenantd-bench-{name}-{}", std::process::id()));
-    let mut stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false).await?;
+    let mut stack =
+        tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false, false).await?;
     tune(&mut stack.config);
     let token = tenantd::auth::new_token();
     stack.config.auth.tokens.push(tenantd::config::TokenConfig {

@@ -195,7 +195,7 @@ async fn dev(
         anyhow::bail!("--insecure-no-auth is refused on {listen}: only on a loopback address");
     }
     tracing::info!(state_dir = %state_dir.display(), "starting embedded PostgreSQL");
-    let mut stack = tenantd::dev::start(&state_dir, pg_port, listen, false).await?;
+    let mut stack = tenantd::dev::start(&state_dir, pg_port, listen, false, true).await?;
     stack.config.metrics.listen = metrics_listen;
     stack.config.tenant_schema.dir = tenant_schema;
     let access = if insecure_no_auth {

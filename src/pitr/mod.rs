@@ -8,9 +8,11 @@
 //!   `check`, `backup`, `info` and `restore` to a target time, run as the owner of the data
 //!   directory;
 //! - [`side`]: a cluster restored into a private directory, started on a socket only
-//!   (never on TCP), paused at the target, removed when dropped.
+//!   (never on TCP), paused at the target, removed when dropped;
+//! - [`schedule`]: base backups on the `[pitr]` schedule, on every replica, once per slot.
 
 pub mod pgbackrest;
+pub mod schedule;
 pub mod side;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +34,59 @@ pub enum PitrError {
     /// The moment asked for is not one the backups and archived WAL can reach.
     #[error("{0}")]
     Unreachable(String),
+}
+
+/// pgBackRest for the `[pitr]` clusters: their stanzas, with the superuser password taken
+/// from each cluster's `admin_url` (pgBackRest connects over the cluster's socket).
+pub fn configure(
+    pitr: &crate::config::PitrConfig,
+    clusters: &[crate::config::ClusterConfig],
+) -> Result<pgbackrest::PgBackRest, PitrError> {
+    let stanzas = pitr
+        .clusters
+        .iter()
+        .map(|c| {
+            let admin = clusters
+                .iter()
+                .find(|k| k.name == c.name)
+                .ok_or_else(|| PitrError::Io(format!("no cluster named {:?}", c.name)))?;
+            Ok(pgbackrest::Stanza {
+                name: c.name.clone(),
+                pg_path: c.data_dir.clone(),
+                pg_port: c.port,
+                pg_socket: c.socket_dir.clone(),
+                password: url_password(&admin.admin_url).unwrap_or_default(),
+            })
+        })
+        .collect::<Result<Vec<_>, PitrError>>()?;
+    let repo = pgbackrest::Repository {
+        path: pitr.repo_path.clone(),
+        retention_full: pitr.retention_full,
+    };
+    pgbackrest::PgBackRest::configure(&pitr.work_dir, &repo, stanzas)
+}
+
+/// The password in a `postgres://user:password@host/…` URL, percent-decoded.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = &rest[..rest.rfind('@')?];
+    let encoded = userinfo.split_once(':')?.1;
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&encoded[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Makes sure the WAL of every moment up to now is archived, so that a restore to any of
@@ -129,6 +184,20 @@ impl Holdings {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn passwords_come_from_the_admin_url() {
+        assert_eq!(
+            url_password("postgres://postgres:s3cr%40t@127.0.0.1:5432/postgres").as_deref(),
+            Some("s3cr@t")
+        );
+        assert_eq!(url_password("postgres://postgres@host/db"), None);
+        assert_eq!(
+            url_password("postgres://u:p%2@h/db").as_deref(),
+            Some("p%2"),
+            "a stray % is kept"
+        );
+    }
 
     #[test]
     fn a_target_must_be_after_the_oldest_backup_and_not_in_the_future() {

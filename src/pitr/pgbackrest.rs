@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use super::{BaseBackup, Holdings, PitrError};
 
+/// The configuration file's name in the work directory.
+pub const CONFIG_FILE: &str = "pgbackrest.conf";
+
 /// One cluster pgBackRest backs up: its stanza.
 #[derive(Clone)]
 pub struct Stanza {
@@ -94,7 +97,7 @@ impl PgBackRest {
                 s.pg_socket.display()
             ));
         }
-        let config_file = work_dir.join("pgbackrest.conf");
+        let config_file = work_dir.join(CONFIG_FILE);
         std::fs::write(&config_file, text).map_err(io)?;
         for path in [work_dir, &repo.path] {
             own_tree(path)?;
@@ -114,10 +117,7 @@ impl PgBackRest {
 
     /// The `archive_command` the stanza's cluster must run.
     pub fn archive_command(&self, stanza: &str) -> String {
-        format!(
-            "pgbackrest --config={} --stanza={stanza} archive-push %p",
-            self.config_file.display()
-        )
+        archive_command_for(&self.config_file, stanza)
     }
 
     /// Runs `pgbackrest <command>` for the stanza: its output, or what it printed on failure.
@@ -199,6 +199,20 @@ impl PgBackRest {
         self.run(stanza, "restore", &args).await?;
         Ok(())
     }
+}
+
+/// The `archive_command` for `stanza` with the configuration at `config_file` (known before
+/// the cluster starts: the file is written once it runs).
+pub fn archive_command_for(config_file: &Path, stanza: &str) -> String {
+    format!(
+        "pgbackrest --config={} --stanza={stanza} archive-push %p",
+        config_file.display()
+    )
+}
+
+/// Whether pgBackRest is installed (on PATH).
+pub fn installed() -> bool {
+    which().is_ok()
 }
 
 fn which() -> Result<(), PitrError> {

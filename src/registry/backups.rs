@@ -271,6 +271,45 @@ impl Registry {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Claims the base backup of `cluster` at `slot` for `replica`: true for the one replica
+    /// whose claim is first (migration 0011).
+    pub async fn claim_base_backup(
+        &self,
+        cluster: &str,
+        slot: DateTime<Utc>,
+        replica: &str,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "INSERT INTO base_backups (cluster, slot, started_by) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(cluster)
+        .bind(slot)
+        .bind(replica)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how a claimed base backup ended.
+    pub async fn finish_base_backup(
+        &self,
+        cluster: &str,
+        slot: DateTime<Utc>,
+        error: Option<&str>,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE base_backups SET finished_at = now(), error = $3
+             WHERE cluster = $1 AND slot = $2",
+        )
+        .bind(cluster)
+        .bind(slot)
+        .bind(error)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Drops a deleted tenant's own policy (its runs stay, as history).
     pub async fn drop_tenant_backup_policy<'e>(
         exec: impl sqlx::PgExecutor<'e>,

@@ -2,7 +2,9 @@
 //! test's own with archiving on: a base backup, rows written, a moment T, more rows, and a
 //! copy of the cluster restored at T into a side cluster on a private socket shows the rows
 //! exactly as at T; the side cluster's directory is gone once it is dropped; a moment before
-//! the oldest backup or in the future is refused.
+//! the oldest backup or in the future is refused. And `tenantd serve` with `[pitr]` creates
+//! the stanza, checks archiving and takes a first base backup at start, recorded for the
+//! slot due then so no replica takes it again.
 
 use std::time::Duration;
 
@@ -142,5 +144,90 @@ async fn a_cluster_restored_at_a_moment_holds_the_rows_of_that_moment() {
         held.reaches(now + chrono::TimeDelta::minutes(5), now)
             .is_err()
     );
+    drop(pg);
+}
+
+/// A `base_backups` row: slot, finished_at, error.
+type BaseBackupRow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenantd_with_pitr_takes_a_first_base_backup_at_start() {
+    let dir = std::env::temp_dir().join(format!("tenantd-pitr-{}", uuid::Uuid::new_v4().simple()));
+    let _removed = Removed(dir.clone());
+    let work = dir.join("work");
+    let config_file = work.join(tenantd::pitr::pgbackrest::CONFIG_FILE);
+    // The cluster archives through the configuration tenantd will write at start.
+    let pg = {
+        let (dir, config_file) = (dir.clone(), config_file.clone());
+        tokio::task::spawn_blocking(move || {
+            EmbeddedPostgres::start(&EmbeddedOptions {
+                state_dir: dir.join("cluster"),
+                settings: vec![
+                    ("archive_mode".into(), "on".into()),
+                    (
+                        "archive_command".into(),
+                        tenantd::pitr::pgbackrest::archive_command_for(&config_file, "archived"),
+                    ),
+                ],
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let (mut config, env_dir) = crate::harness::TestEnv::config().await;
+    config.clusters.push(tenantd::config::ClusterConfig {
+        name: "archived".into(),
+        admin_url: pg.url("postgres"),
+        public_host: None,
+        public_port: None,
+        shared_database: "tenants".into(),
+    });
+    let pitr = tenantd::config::PitrConfig {
+        repo_path: dir.join("repo"),
+        work_dir: work.clone(),
+        schedule: "0 1 * * *".into(),
+        retention_full: 2,
+        clusters: vec![tenantd::config::PitrCluster {
+            name: "archived".into(),
+            data_dir: pg.data_dir().to_owned(),
+            socket_dir: pg.socket_dir().to_owned(),
+            port: pg.port,
+        }],
+    };
+    config.pitr = Some(pitr.clone());
+    let env = crate::harness::TestEnv::start_with(config.clone(), env_dir).await;
+
+    // The first backup is recorded against the slot due at start (today's 01:00).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (slot, error) = loop {
+        let row: Option<BaseBackupRow> = sqlx::query_as(
+            "SELECT slot, finished_at, error FROM base_backups WHERE cluster = 'archived'",
+        )
+        .fetch_optional(&env.registry)
+        .await
+        // The in-process server may still be migrating the registry.
+        .unwrap_or(None);
+        if let Some((slot, Some(_), error)) = row {
+            break (slot, error);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first base backup within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(error, None);
+    let schedule = tenantd::backup::Schedule::parse("schedule", "0 1 * * *").unwrap();
+    assert_eq!(Some(slot), schedule.latest_at_or_before(Utc::now()));
+    let pgbackrest = tenantd::pitr::configure(&pitr, &config.clusters).unwrap();
+    let held = pgbackrest.holdings("archived").await.unwrap();
+    assert_eq!(held.backups.len(), 1, "{held:?}");
+    assert!(
+        held.archive.is_some(),
+        "WAL reaches the repository: {held:?}"
+    );
+    drop(env);
     drop(pg);
 }

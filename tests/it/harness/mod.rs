@@ -292,6 +292,7 @@ impl TestEnv {
                 scheduler: false,
                 ..Default::default()
             },
+            pitr: None,
         };
         (config, dir)
     }
