@@ -99,8 +99,19 @@ impl PgBackRest {
         }
         let config_file = work_dir.join(CONFIG_FILE);
         std::fs::write(&config_file, text).map_err(io)?;
-        for path in [work_dir, &repo.path] {
-            own_tree(path)?;
+        // What tenantd made; what pgBackRest writes below is its owner's already (walking a
+        // repository of years of WAL at every start would take long).
+        let made = [
+            work_dir.to_owned(),
+            work_dir.join("log"),
+            work_dir.join("lock"),
+            work_dir.join("spool"),
+            config_file.clone(),
+            repo.path.clone(),
+        ];
+        for path in &made {
+            crate::embedded::give_to_cluster_owner(path)
+                .map_err(|e| PitrError::Io(e.to_string()))?;
         }
         Ok(PgBackRest {
             config_file,
@@ -224,21 +235,6 @@ fn which() -> Result<(), PitrError> {
     } else {
         Err(PitrError::NotInstalled)
     }
-}
-
-/// Gives `path` and everything below it to the data directories' owner.
-fn own_tree(path: &Path) -> Result<(), PitrError> {
-    let give = |p: &Path| {
-        crate::embedded::give_to_cluster_owner(p).map_err(|e| PitrError::Io(e.to_string()))
-    };
-    give(path)?;
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(|e| PitrError::Io(e.to_string()))? {
-            let entry = entry.map_err(|e| PitrError::Io(e.to_string()))?;
-            own_tree(&entry.path())?;
-        }
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]
