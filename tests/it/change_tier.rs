@@ -339,6 +339,7 @@ fn without_writer(mut s: Vec<(String, Vec<String>)>) -> Vec<(String, Vec<String>
 
 #[tokio::test]
 async fn a_concurrent_writer_loses_nothing_and_neighbours_keep_working() {
+    let _one = crate::harness::one_at_a_time().await;
     // Hold the fence a little longer, so the writer is sure to meet it.
     let mut env = TestEnv::spawn("change_tier.before_switch=sleep(300)").await;
     let (t, id, n, nid) = pool_pair(&mut env, "busy", "neighbour").await;

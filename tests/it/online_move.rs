@@ -133,6 +133,7 @@ async fn assert_acked_hold(place: &Place, tenant: Uuid, acked: &Acked) {
 
 #[tokio::test]
 async fn a_writer_changing_copied_rows_throughout_the_move_loses_nothing() {
+    let _one = crate::harness::one_at_a_time().await;
     // Writes land between the slot and the copy, and between the copy and the catch-up.
     let mut env =
         TestEnv::spawn("change_tier.before_copy=sleep(400);change_tier.after_copy=sleep(800)")
@@ -189,6 +190,7 @@ async fn a_writer_changing_copied_rows_throughout_the_move_loses_nothing() {
 
 #[tokio::test]
 async fn cancelling_mid_catch_up_rolls_the_move_back_and_leaves_no_slot() {
+    let _one = crate::harness::one_at_a_time().await;
     // The first catch-up round is held, so the cancellation meets it.
     let mut env = TestEnv::spawn(&format!(
         "{}=sleep(1500)*1",
@@ -222,6 +224,7 @@ async fn cancelling_mid_catch_up_rolls_the_move_back_and_leaves_no_slot() {
 /// fenced move, copied in `tail`.
 #[tokio::test]
 async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
+    let _one = crate::harness::one_at_a_time().await;
     let mut env = TestEnv::spawn("change_tier.after_fence=exit").await;
     let t = env.provision("upgraded-move", pb::Tier::Pool, "main").await;
     let id: Uuid = t.id.parse().unwrap();
@@ -300,6 +303,7 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
 /// and the move ends as it would have, with nothing left behind.
 #[tokio::test]
 async fn a_crash_mid_catch_up_resumes_from_the_slot() {
+    let _one = crate::harness::one_at_a_time().await;
     let mut env = TestEnv::spawn(&format!(
         "change_tier.after_copy=sleep(500);{}=exit*1",
         tenantd::workflows::change_tier::CATCH_UP_ROUND
@@ -335,6 +339,7 @@ async fn a_crash_mid_catch_up_resumes_from_the_slot() {
 /// the tenant stays where it was, writable, and nothing is left behind.
 #[tokio::test]
 async fn a_schema_change_during_the_move_rolls_it_back() {
+    let _one = crate::harness::one_at_a_time().await;
     let mut env = TestEnv::spawn("change_tier.after_copy=sleep(1500)").await;
     let t = env
         .provision("ddl-during-move", pb::Tier::Schema, "main")
@@ -373,6 +378,7 @@ async fn a_schema_change_during_the_move_rolls_it_back() {
 /// why, and still moves every row.
 #[tokio::test]
 async fn a_table_without_a_primary_key_keeps_the_move_fenced_and_it_says_why() {
+    let _one = crate::harness::one_at_a_time().await;
     let (mut config, dir) = TestEnv::config().await;
     let schema = dir.join("schema");
     std::fs::create_dir_all(&schema).unwrap();

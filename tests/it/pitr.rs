@@ -79,6 +79,7 @@ async fn count(url: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_restored_at_a_moment_holds_the_rows_of_that_moment() {
+    let _one = crate::harness::one_at_a_time().await;
     let dir = std::env::temp_dir().join(format!("tenantd-pitr-{}", uuid::Uuid::new_v4().simple()));
     let _removed = Removed(dir.clone());
     let (pg, pgbackrest) = {
@@ -152,6 +153,7 @@ type BaseBackupRow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenantd_with_pitr_takes_a_first_base_backup_at_start() {
+    let _one = crate::harness::one_at_a_time().await;
     let dir = std::env::temp_dir().join(format!("tenantd-pitr-{}", uuid::Uuid::new_v4().simple()));
     let _removed = Removed(dir.clone());
     let work = dir.join("work");

@@ -554,6 +554,16 @@ pub const EU_APPLICATION: &str = "it-application-eu";
 pub const EU_SELECTOR: &str = "region=eu";
 
 /// The bearer token of [`EU_APPLICATION`].
+/// Tests whose outcome depends on keeping pace (an online move catching up with a writer at
+/// full speed) and tests that load the machine in bursts (pgBackRest backing up and
+/// restoring clusters of their own) run one at a time: on two cores, two of them at once can
+/// leave a catch-up behind its writer for longer than the test waits.
+static PACE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    PACE.lock().await
+}
+
 pub fn eu_application_token() -> String {
     format!("tdt_{EU_APPLICATION}-token")
 }
