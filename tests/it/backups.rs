@@ -90,6 +90,16 @@ async fn with_policy(
     (env, replica, tenant, policy)
 }
 
+async fn assert_no_policies(env: &mut TestEnv) {
+    let listed = env
+        .backups
+        .list_backup_policies(pb::ListBackupPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.policies.is_empty(), "{listed:?}");
+}
+
 const CASE: &str = "litigation CASE-7";
 
 fn hold(target: pb::hold_target::Target, reason: &str) -> pb::SetLegalHoldRequest {
@@ -403,13 +413,7 @@ async fn a_deleted_tenants_schedule_stops() {
         assert!(t.started.is_empty() && t.waiting.is_empty(), "{t:?}");
     }
     // Its own policy went with it, and can no longer be set.
-    let listed = env
-        .backups
-        .list_backup_policies(pb::ListBackupPoliciesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.policies.is_empty(), "{listed:?}");
+    assert_no_policies(&mut env).await;
     let refused = env
         .backups
         .set_backup_policy(every_minute(tenant_target("gone"), 5))
@@ -535,13 +539,7 @@ async fn bad_policies_and_holds_are_refused_and_change_nothing() {
             assert_eq!(crate::harness::bad_field(&e), field, "{request:?}");
         }
     }
-    let listed = env
-        .backups
-        .list_backup_policies(pb::ListBackupPoliciesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.policies.is_empty(), "{listed:?}");
+    assert_no_policies(&mut env).await;
     let e = env
         .backups
         .get_backup_policy(pb::GetBackupPolicyRequest {
@@ -581,14 +579,15 @@ async fn bad_policies_and_holds_are_refused_and_change_nothing() {
     assert_eq!(holds, 0);
 }
 
-/// Schemas of a drill's scratch container left beside the tenant's.
-async fn scratch_schemas(place: &crate::harness::Place) -> i64 {
+/// Whether the tenant's drill scratch schema is left beside its container.
+async fn scratch_schemas(place: &crate::harness::Place, tenant: &str) -> i64 {
     let pool = crate::harness::admin(&place.cluster, &place.database).await;
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'drill\\_%'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let tenant: Uuid = tenant.parse().unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(format!("drill_{}", tenant.simple()))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     n
 }
 
@@ -654,7 +653,7 @@ async fn drills_pass_on_a_good_backup_and_fail_naming_a_damaged_one() {
     let last = status(&mut env, "drilled").await.last_drill.unwrap();
     assert!(last.passed, "{last:?}");
     assert_eq!(last.export, good.name);
-    assert_eq!(scratch_schemas(&place).await, 0);
+    assert_eq!(scratch_schemas(&place, &t.id).await, 0);
 
     // The same backup, damaged in the store: the drill fails, naming it.
     let objects = env.objects().await;
@@ -675,7 +674,7 @@ async fn drills_pass_on_a_good_backup_and_fail_naming_a_damaged_one() {
             .contains(good.name.trim_start_matches("exports/")),
         "{last:?}"
     );
-    assert_eq!(scratch_schemas(&place).await, 0);
+    assert_eq!(scratch_schemas(&place, &t.id).await, 0);
 
     // The failure is where an alert can see it.
     let metrics = tenantd::metrics::render(replica.registry_handle()).await;
@@ -693,5 +692,62 @@ async fn drills_pass_on_a_good_backup_and_fail_naming_a_damaged_one() {
     assert_eq!(
         crate::harness::snapshot(&place, t.id.parse().unwrap()).await,
         before
+    );
+}
+
+/// While a drill holds a tenant's restored rows in its scratch schema, the tenant's own
+/// database login (issued as an application gets it) cannot read them: the scratch is
+/// granted to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_own_login_cannot_reach_a_drills_scratch_copy() {
+    let (config, dir) = TestEnv::config().await;
+    // The drill waits before its check, so its scratch copy is there to try.
+    let mut env = TestEnv::spawn_with(config, dir, "drill.before_check=sleep(4000)").await;
+    let t = env.provision("peeked", pb::Tier::Schema, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    crate::harness::fill(&crate::harness::Place::of(&t), id, 50).await;
+    env.backups
+        .set_backup_policy(pb::SetBackupPolicyRequest {
+            target: tenant_target("peeked"),
+            schedule: "0 0 1 1 *".into(),
+            keep_last: 1,
+            drill: "* * * * *".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    crate::export::export(&mut env, "peeked").await;
+    let replica = env.replica().await;
+    let done = tick(&replica, minute(2)).await.unwrap();
+    let (_, _, op) = done.started.first().copied().expect("a drill started");
+    let name = format!("operations/{op}");
+    env.until_step_done(&name, "index").await;
+
+    let scratch = format!("drill_{}", id.simple());
+    let (mut login, _) = crate::harness::AppConnector::new(&env)
+        .connect(id)
+        .await
+        .unwrap();
+    let refused = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{scratch}\".patients"
+    )))
+    .execute(&mut login)
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    let (usage,): (bool,) = sqlx::query_as("SELECT has_schema_privilege($1, 'USAGE')")
+        .bind(&scratch)
+        .fetch_one(&mut login)
+        .await
+        .unwrap();
+    assert!(!usage);
+    // The drill then passes and the scratch is gone.
+    let finished = env.wait(&name).await;
+    assert_eq!(
+        finished.metadata.unwrap().state,
+        pb::OperationState::Succeeded as i32
     );
 }
