@@ -30,6 +30,9 @@ pub struct DumpInfo<'a> {
     pub tenant_slug: &'a str,
     pub export_id: &'a str,
     pub schema_version: i32,
+    /// The moment the data is of, when not the snapshot's start: a copy restored to that
+    /// moment (a point-in-time restore).
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// How far a running dump is, for progress reports: the tables done and the rows of the
@@ -122,10 +125,11 @@ pub async fn dump(
         .await
         .map_err(err)?;
     // The first statement fixes the snapshot; now() is its start.
-    let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
+    let snapshot_at = info.as_of.unwrap_or(now);
     let ddl = super::ddl::read(cluster, &mut tx, &c.schema).await?;
     let tables = &ddl.tables;
 

@@ -156,6 +156,12 @@ impl Cluster {
         })
     }
 
+    /// A cluster outside the configuration, reached at `c.admin_url` with a few
+    /// connections: a side cluster restored from a backup that one tenant is read from.
+    pub fn detached(c: &ClusterConfig, tenant_schema: Arc<TenantSchema>) -> Result<Self, String> {
+        Cluster::new(c, SchemaHandle::new((*tenant_schema).clone()), 4)
+    }
+
     /// The tenant schema containers on this cluster are migrated with.
     pub fn tenant_schema(&self) -> Arc<TenantSchema> {
         self.tenant_schema.current()

@@ -119,6 +119,17 @@ impl PgBackRest {
         })
     }
 
+    /// Whether `name` is one of the stanzas configured.
+    pub fn has_stanza(&self, name: &str) -> bool {
+        self.stanzas.iter().any(|s| s.name == name)
+    }
+
+    /// The superuser password of the stanza's cluster (a restored copy keeps its source's
+    /// roles).
+    pub fn password(&self, stanza: &str) -> Result<&str, PitrError> {
+        Ok(&self.stanza(stanza)?.password)
+    }
+
     fn stanza(&self, name: &str) -> Result<&Stanza, PitrError> {
         self.stanzas
             .iter()

@@ -16,12 +16,21 @@ use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 pub struct SideCluster {
     server: Option<EmbeddedPostgres>,
     dir: PathBuf,
+    /// Stop the server but leave the directory (for a workflow's next step).
+    keep: bool,
+}
+
+/// Where the copy's data directory goes under `dir` (the server user must reach it: see
+/// [`crate::embedded::server_files_dir`]).
+fn data_dir(dir: &Path) -> Result<PathBuf, PitrError> {
+    let server =
+        crate::embedded::server_files_dir(dir).map_err(|e| PitrError::Io(e.to_string()))?;
+    Ok(server.join("pgdata"))
 }
 
 impl SideCluster {
-    /// Restores `stanza` at `target` into `dir` (which must not exist: a leftover of a
-    /// crashed run is removed first), starts it and waits until recovery paused at the
-    /// target. `password` is the source's superuser password (the copy keeps its roles).
+    /// Restores `stanza` at `target` into `dir`, starts it and waits until recovery paused
+    /// at the target: [`SideCluster::fetch`] then [`SideCluster::start`].
     pub async fn restore(
         pgbackrest: &PgBackRest,
         stanza: &str,
@@ -30,30 +39,71 @@ impl SideCluster {
         databases: &[String],
         password: &str,
     ) -> Result<SideCluster, PitrError> {
-        remove(dir)?;
+        let fetched = Self::fetch(pgbackrest, stanza, target, dir, databases).await;
+        if let Err(e) = fetched {
+            let _ = remove(dir).await;
+            return Err(e);
+        }
+        Self::start(dir, password, Vec::new()).await
+    }
+
+    /// Restores the files of `stanza`'s cluster as it was at `target` into `dir`, set to
+    /// pause there (what a crashed attempt left is stopped and removed first).
+    /// `databases`: only these (and the system databases).
+    pub async fn fetch(
+        pgbackrest: &PgBackRest,
+        stanza: &str,
+        target: DateTime<Utc>,
+        dir: &Path,
+        databases: &[String],
+    ) -> Result<(), PitrError> {
+        remove(dir).await?;
         let io = |e: std::io::Error| PitrError::Io(format!("side cluster directory: {e}"));
-        let data = dir.join("pgdata");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let data = data_dir(dir)?;
         std::fs::create_dir_all(&data).map_err(io)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
         for p in [dir, data.as_path()] {
             crate::embedded::give_to_cluster_owner(p).map_err(|e| PitrError::Io(e.to_string()))?;
         }
+        pgbackrest.restore(stanza, target, &data, databases).await
+    }
+
+    /// Starts the copy fetched into `dir` (private socket only, archiving off, hot standby)
+    /// and waits until recovery paused at the target; a copy restarted after a pause replays
+    /// to the same target again. `password`: the source's superuser password (the copy keeps
+    /// its roles). `settings`: more server settings, such as the source's
+    /// `max_connections`, which a hot standby must at least match.
+    pub async fn start(
+        dir: &Path,
+        password: &str,
+        settings: Vec<(String, String)>,
+    ) -> Result<SideCluster, PitrError> {
+        let data = data_dir(dir)?;
+        if !data.join("PG_VERSION").exists() {
+            return Err(PitrError::Side(format!(
+                "{} holds no restored copy",
+                dir.display()
+            )));
+        }
+        stop_leftover(&data).await;
         // Whatever happens next, the directory goes with this value.
         let mut side = SideCluster {
             server: None,
             dir: dir.to_owned(),
+            keep: false,
         };
-        pgbackrest.restore(stanza, target, &data, databases).await?;
+        let mut all = vec![
+            ("archive_mode".to_owned(), "off".to_owned()),
+            ("hot_standby".to_owned(), "on".to_owned()),
+        ];
+        all.extend(settings);
         let opts = EmbeddedOptions {
             state_dir: dir.to_owned(),
             socket_only: true,
             password: Some(password.to_owned()),
-            settings: vec![
-                ("archive_mode".into(), "off".into()),
-                ("hot_standby".into(), "on".into()),
-            ],
+            settings: all,
             ..Default::default()
         };
         let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
@@ -63,6 +113,24 @@ impl SideCluster {
         side.server = Some(server);
         side.wait_paused().await?;
         Ok(side)
+    }
+
+    /// Stops the server and leaves the restored directory for a later start.
+    pub fn stop_and_keep(mut self) {
+        self.keep = true;
+    }
+
+    /// The last transaction replayed: when it committed.
+    pub async fn replayed_to(&self) -> Result<Option<DateTime<Utc>>, PitrError> {
+        use sqlx::Connection;
+        let sql = |e: sqlx::Error| PitrError::Side(e.to_string());
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .map_err(sql)?;
+        sqlx::query_scalar("SELECT pg_last_xact_replay_timestamp()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(sql)
     }
 
     /// The superuser's URL over the private socket.
@@ -125,16 +193,69 @@ impl Drop for SideCluster {
         if let Some(server) = self.server.take() {
             server.stop();
         }
-        if let Err(e) = remove(&self.dir) {
+        if self.keep {
+            return;
+        }
+        if let Err(e) = remove_files(&self.dir) {
             tracing::warn!(error = %e, dir = %self.dir.display(), "side cluster directory left");
         }
     }
 }
 
-fn remove(dir: &Path) -> Result<(), PitrError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(PitrError::Io(format!("removing {}: {e}", dir.display()))),
+/// Removes a side cluster's directory, first stopping a server a crashed process left
+/// running there. Nothing there is fine.
+pub async fn remove(dir: &Path) -> Result<(), PitrError> {
+    if dir.exists() {
+        stop_leftover(&data_dir(dir)?).await;
     }
+    remove_files(dir)
+}
+
+fn remove_files(dir: &Path) -> Result<(), PitrError> {
+    let server = crate::embedded::server_files_dir(dir)
+        .ok()
+        .filter(|s| s != dir);
+    for d in std::iter::once(dir.to_owned()).chain(server) {
+        match std::fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PitrError::Io(format!("removing {}: {e}", d.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Stops a postmaster still running on `data` (its process outlived a crashed tenantd, or
+/// is still shutting down): fast shutdown, then up to 30 s for it to go.
+async fn stop_leftover(data: &Path) {
+    let Some(pid) = leftover_pid(data) else {
+        return;
+    };
+    tracing::info!(pid, data = %data.display(), "stopping a side cluster left running");
+    // SAFETY: kill(2) on a pid checked to be a postgres on this data directory.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leftover_pid(data).is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(pid) = leftover_pid(data) {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGQUIT);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The pid in `data`'s postmaster.pid, if that process is alive and is a postgres started
+/// on `data` (not a pid reused since).
+fn leftover_pid(data: &Path) -> Option<i32> {
+    let pidfile = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = pidfile.lines().next()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains("postgres") && cmdline.contains(&*data.to_string_lossy());
+    ours.then_some(pid)
 }

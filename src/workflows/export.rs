@@ -28,7 +28,7 @@ use crate::registry::Registry;
 use crate::registry::exports::NewExport;
 use crate::tenant::TenantRef;
 use crate::workflow::{StepContext, StepError, Workflow, steps};
-use crate::workflows::export_writer::{self, Dumped, Signed, Wrap};
+use crate::workflows::export_writer::{self, Dumped, Signed, Source, Wrap};
 use crate::workflows::tenant_key;
 
 pub struct Export;
@@ -120,7 +120,9 @@ impl Workflow for Export {
                 let key_id = state.key_id.clone().ok_or_else(|| missing("key"))?;
                 let slug = state.tenant_slug.clone().unwrap_or_default();
                 let wrap = Wrap::Tenant(&key_id);
-                let dumped = export_writer::dump(cx, state.export_id, wrap, &slug, &keys).await?;
+                let source = Source::registered(deps, tenant_id).await?;
+                let dumped =
+                    export_writer::dump(cx, &source, state.export_id, wrap, &slug, &keys).await?;
                 state.dumped = Some(dumped);
             }
             Step::Sign => {

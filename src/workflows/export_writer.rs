@@ -18,12 +18,12 @@ use crate::archive::manifest::{self, Encryption, Manifest, SchemaVersion, TableR
 use crate::archive::{ArchiveWriter, Digest256, aead_stream};
 use crate::blobs::Upload;
 use crate::context::Context;
-use crate::dataplane::{Container, dump};
+use crate::dataplane::{Cluster, Container, dump};
 use crate::keys::{DataKey, context_bytes};
 use crate::operation::ProgressItem;
 use crate::registry::Registry;
 use crate::registry::exports::{CompletedExport, NewExport};
-use crate::tenant::TenantRef;
+use crate::tenant::{TenantRef, Tier};
 use crate::workflow::{StepContext, StepError, failpoint};
 
 /// What the `dump` produced: stored in the export's state until the export is recorded.
@@ -174,7 +174,8 @@ pub async fn handover(
         },
     )
     .await?;
-    let dumped = dump(cx, export_id, Wrap::Service, &tenant.slug, &keys).await?;
+    let source = Source::registered(deps, tenant_id).await?;
+    let dumped = dump(cx, &source, export_id, Wrap::Service, &tenant.slug, &keys).await?;
     let signed = Signed {
         tenant_id,
         export_id,
@@ -209,21 +210,46 @@ pub async fn handover(
     })
 }
 
-/// Streams the tenant's snapshot through the archive writer into a multipart upload of
-/// `keys.archive` (see the export workflow's module doc). A retry first aborts whatever upload
-/// an earlier attempt left, then starts over with a new data key.
+/// Where a dump reads the tenant from.
+pub struct Source<'a> {
+    pub tenant_id: Uuid,
+    pub tier: Tier,
+    pub cluster: &'a Cluster,
+    pub container: Container,
+    pub schema_version: i32,
+    /// The moment the data is of, when not the snapshot's start (a copy restored to it).
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+impl<'a> Source<'a> {
+    /// The tenant where the registry places it, as it is now.
+    pub async fn registered(deps: &'a Context, tenant_id: Uuid) -> Result<Self, StepError> {
+        let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
+        Ok(Source {
+            tenant_id,
+            tier: tenant.tier,
+            cluster: deps.dataplane.cluster(&tenant.placement.cluster)?,
+            container: Container::from_placement(tenant_id, tenant.tier, &tenant.placement)?,
+            schema_version: tenant.schema_version,
+            as_of: None,
+        })
+    }
+}
+
+/// Streams the tenant's snapshot from `source` through the archive writer into a multipart
+/// upload of `keys.archive` (see the export workflow's module doc). A retry first aborts
+/// whatever upload an earlier attempt left, then starts over with a new data key.
 pub async fn dump(
     cx: &StepContext<'_>,
+    source: &Source<'_>,
     export_id: Uuid,
     wrap: Wrap<'_>,
     slug: &str,
     keys: &ExportKeys,
 ) -> Result<Dumped, StepError> {
     let deps = cx.deps;
-    let tenant_id = cx.tenant_id()?;
-    let tenant = deps.registry.get_tenant(&TenantRef::Id(tenant_id)).await?;
-    let cluster = deps.dataplane.cluster(&tenant.placement.cluster)?;
-    let c = Container::from_placement(tenant_id, tenant.tier, &tenant.placement)?;
+    let tenant_id = source.tenant_id;
+    let (cluster, c) = (source.cluster, &source.container);
     // Whatever an earlier attempt uploaded is incomplete and never will be: abort it.
     let stale = deps.objects.abort_uploads(&keys.prefix).await?;
     if stale > 0 {
@@ -251,12 +277,13 @@ pub async fn dump(
     let info = dump::DumpInfo {
         tenant_slug: slug,
         export_id: &export_id.to_string(),
-        schema_version: tenant.schema_version,
+        schema_version: source.schema_version,
+        as_of: source.as_of,
     };
     let piped = pipeline(
         cx,
         cluster,
-        &c,
+        c,
         &info,
         &data_key.plaintext,
         &context_bytes(&context),
@@ -272,8 +299,8 @@ pub async fn dump(
     };
     upload.complete().await?;
     Ok(Dumped {
-        tier: tenant.tier.as_str().to_owned(),
-        schema_version: tenant.schema_version,
+        tier: source.tier.as_str().to_owned(),
+        schema_version: source.schema_version,
         snapshot_at: summary.snapshot_at,
         tables: summary.tables,
         plaintext,
