@@ -17,6 +17,8 @@ pub struct Context {
     pub keys: Arc<dyn KeyService>,
     pub objects: Arc<dyn ObjectStore>,
     pub config: Arc<Config>,
+    /// Point-in-time restores (`[pitr]`, with pgBackRest installed); `None`: off.
+    pub pitr: Option<Arc<crate::pitr::Pitr>>,
 }
 
 impl Context {

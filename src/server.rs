@@ -119,12 +119,24 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
             })
             .await?;
     }
+    let pitr =
+        config
+            .pitr
+            .as_ref()
+            .and_then(|p| match crate::pitr::configure(p, &config.clusters) {
+                Ok(pgbackrest) => Some(Arc::new(crate::pitr::Pitr::new(pgbackrest, &p.work_dir))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "point-in-time restore is off");
+                    None
+                }
+            });
     Ok(Context {
         registry,
         dataplane: Arc::new(dataplane),
         keys,
         objects,
         config: Arc::new(config),
+        pitr,
     })
 }
 
@@ -312,17 +324,14 @@ fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
 /// without point-in-time restores, saying so.
 fn start_pitr(
     pitr: &crate::config::PitrConfig,
-    config: &Config,
+    deps: &Context,
     registry: &Registry,
     shutdown: &CancellationToken,
 ) {
-    let pgbackrest = match crate::pitr::configure(pitr, &config.clusters) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "point-in-time restore is off");
-            return;
-        }
+    let Some(handle) = &deps.pitr else {
+        return; // off, said when the context was made
     };
+    let pgbackrest = handle.pgbackrest.clone();
     for c in &pitr.clusters {
         tracing::info!(cluster = %c.name, archive_command = %pgbackrest.archive_command(&c.name),
             "point-in-time restore: WAL archived through pgBackRest");
@@ -377,11 +386,11 @@ pub async fn run(
         deps.clone(),
         shutdown.child_token(),
     ));
-    let control = Control::new(deps, events);
     // Physical backups and WAL archiving through pgBackRest, when configured.
     if let Some(pitr) = &config.pitr {
-        start_pitr(pitr, &config, &registry, &shutdown);
+        start_pitr(pitr, &deps, &registry, &shutdown);
     }
+    let control = Control::new(deps, events);
     // Scheduled backups: every replica ticks; request ids keep them from doubling up.
     if config.backups.scheduler {
         tokio::spawn(crate::scheduler::run(

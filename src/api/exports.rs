@@ -79,9 +79,18 @@ impl pb::export_service_server::ExportService for ExportApi {
         audited(&self.control, request, move |control, r| async move {
             let restore = RestoreRequest::try_from(&r)?;
             let request_id = RequestId::parse(&r.request_id)?;
-            let op = control
-                .restore_tenant(restore.export_id, restore.target, request_id)
-                .await?;
+            let op = match restore.source {
+                RestoreSource::Export(id) => {
+                    control
+                        .restore_tenant(id, restore.target, request_id)
+                        .await?
+                }
+                RestoreSource::PointInTime { tenant, at } => {
+                    control
+                        .restore_tenant_at(&tenant, at, restore.target, request_id)
+                        .await?
+                }
+            };
             Ok(op.into())
         })
         .await
@@ -191,14 +200,68 @@ impl ExportApi {
 
 /// A validated RestoreTenant request.
 pub struct RestoreRequest {
-    pub export_id: Uuid,
+    pub source: RestoreSource,
     pub target: RestoreTarget,
+}
+
+/// What a restore brings back.
+pub enum RestoreSource {
+    Export(Uuid),
+    /// The tenant's data as it was at a moment.
+    PointInTime {
+        tenant: TenantRef,
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl TryFrom<&pb::RestoreTenantRequest> for RestoreRequest {
     type Error = Error;
     fn try_from(r: &pb::RestoreTenantRequest) -> Result<Self, Error> {
-        let export_id = resource_id("export", &r.export, "exports")?;
+        let source = match (
+            r.export.is_empty(),
+            r.tenant.is_empty(),
+            r.point_in_time.is_empty(),
+        ) {
+            (false, true, true) => {
+                RestoreSource::Export(resource_id("export", &r.export, "exports")?)
+            }
+            (true, false, false) => RestoreSource::PointInTime {
+                tenant: TenantRef::parse("tenant", &r.tenant)?,
+                at: chrono::DateTime::parse_from_rfc3339(&r.point_in_time)
+                    .map_err(|e| {
+                        Error::invalid(
+                            "point_in_time",
+                            format!("{e}: an RFC 3339 time such as 2026-12-01T14:00:00Z"),
+                        )
+                    })?
+                    .to_utc(),
+            },
+            (false, _, _) => {
+                let field = if r.tenant.is_empty() {
+                    "point_in_time"
+                } else {
+                    "tenant"
+                };
+                return Err(Error::invalid(
+                    field,
+                    "restores to a point in time, not from an export: give `export`, or \
+                     `tenant` and `point_in_time`",
+                ));
+            }
+            (true, true, true) => {
+                return Err(Error::invalid(
+                    "export",
+                    "is required (or `tenant` and `point_in_time` for a restore to a point \
+                     in time)",
+                ));
+            }
+            (true, true, false) => {
+                return Err(Error::invalid("tenant", "is required with point_in_time"));
+            }
+            (true, false, true) => {
+                return Err(Error::invalid("point_in_time", "is required with tenant"));
+            }
+        };
         let optional = |field: &str, v: &str| -> Result<Option<String>, Error> {
             Ok(if v.is_empty() {
                 None
@@ -257,7 +320,7 @@ impl TryFrom<&pb::RestoreTenantRequest> for RestoreRequest {
                 ));
             }
         };
-        Ok(RestoreRequest { export_id, target })
+        Ok(RestoreRequest { source, target })
     }
 }
 

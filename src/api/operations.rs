@@ -215,11 +215,11 @@ impl From<restore::State> for pb::Restore {
                 restore::Mode::InPlace => pb::RestoreMode::InPlace,
                 restore::Mode::AsNewTenant => pb::RestoreMode::AsNewTenant,
             } as i32,
-            source_tenant_id: s
-                .manifest
-                .as_ref()
-                .map(|m| m.tenant_id.clone())
-                .unwrap_or_default(),
+            source_tenant_id: match (&s.manifest, &s.point_in_time) {
+                (Some(m), _) => m.tenant_id.clone(),
+                (None, Some(p)) => p.source_tenant.to_string(),
+                (None, None) => String::new(),
+            },
             tier: tier_to(s.tier) as i32,
             cluster: s.cluster.clone(),
             export_schema_version: s.manifest.as_ref().map_or(0, |m| m.schema_version),
@@ -228,6 +228,17 @@ impl From<restore::State> for pb::Restore {
             fence_time: opt_time(s.pause.fenced_at),
             unfence_time: opt_time(s.pause.unfenced_at),
             write_pause_ms: s.pause.duration().map_or(0, |d| d.as_millis() as i64),
+            point_in_time: opt_time(s.point_in_time.as_ref().map(|p| p.at)),
+            base_backup: s
+                .point_in_time
+                .as_ref()
+                .and_then(|p| p.base_backup.clone())
+                .unwrap_or_default(),
+            replayed_to: opt_time(s.point_in_time.as_ref().and_then(|p| p.replayed_to)),
+            needed_bytes: s
+                .point_in_time
+                .as_ref()
+                .map_or(0, |p| p.needed_bytes as i64),
         }
     }
 }

@@ -15,7 +15,10 @@ pub mod pgbackrest;
 pub mod schedule;
 pub mod side;
 
+use std::path::{Path, PathBuf};
+
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PitrError {
@@ -34,6 +37,54 @@ pub enum PitrError {
     /// The moment asked for is not one the backups and archived WAL can reach.
     #[error("{0}")]
     Unreachable(String),
+}
+
+impl From<PitrError> for crate::error::Error {
+    fn from(e: PitrError) -> Self {
+        match e {
+            PitrError::NotInstalled | PitrError::Unreachable(_) => {
+                crate::error::Error::FailedPrecondition {
+                    reason: e.to_string(),
+                    operation: None,
+                }
+            }
+            other => crate::error::Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Point-in-time restores on this replica: pgBackRest for the `[pitr]` clusters and the
+/// work directory side clusters are restored under.
+#[derive(Debug)]
+pub struct Pitr {
+    pub pgbackrest: pgbackrest::PgBackRest,
+    work_dir: PathBuf,
+}
+
+impl Pitr {
+    pub fn new(pgbackrest: pgbackrest::PgBackRest, work_dir: &Path) -> Self {
+        Pitr {
+            pgbackrest,
+            work_dir: work_dir.to_owned(),
+        }
+    }
+
+    /// Whether the cluster's WAL is archived and backed up here.
+    pub fn covers(&self, cluster: &str) -> bool {
+        self.pgbackrest.has_stanza(cluster)
+    }
+
+    /// Where the side cluster of operation `op` lives: derived from the operation, so a
+    /// resumed or compensating worker finds what a crashed one left.
+    pub fn side_dir(&self, op: Uuid) -> PathBuf {
+        self.work_dir.join("side").join(op.simple().to_string())
+    }
+
+    /// The directory side clusters are restored under (its free space is what a restore
+    /// needs).
+    pub fn side_root(&self) -> PathBuf {
+        self.work_dir.join("side")
+    }
 }
 
 /// pgBackRest for the `[pitr]` clusters: their stanzas, with the superuser password taken

@@ -297,4 +297,39 @@ impl Registry {
         tx.commit().await?;
         Ok(())
     }
+
+    /// When the tenant's data first existed: the end of the provisioning (or restore as a
+    /// new tenant) that made it active.
+    pub async fn tenant_active_since(
+        &self,
+        tenant_id: Uuid,
+    ) -> Result<Option<DateTime<Utc>>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(finished_at) FROM operations
+             WHERE tenant_id = $1 AND kind IN ('provision', 'restore') AND state = 'succeeded'",
+        )
+        .bind(tenant_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// The latest tier change of the tenant that did not fail and ended after `at` (or has
+    /// not ended): since then its data lives elsewhere than at `at`.
+    pub async fn tenant_moved_after(
+        &self,
+        tenant_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<(Uuid, Option<DateTime<Utc>>)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, finished_at FROM operations
+             WHERE tenant_id = $1 AND kind = 'change_tier'
+               AND state NOT IN ('failed', 'cancelled')
+               AND (finished_at IS NULL OR finished_at > $2)
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(tenant_id)
+        .bind(at)
+        .fetch_optional(self.pool())
+        .await?)
+    }
 }

@@ -147,6 +147,19 @@ impl Registry {
         row.map(Tenant::try_from).transpose()
     }
 
+    /// The latest deleted tenant that had `slug` (its tombstone).
+    pub async fn find_deleted_slug(&self, slug: &str) -> Result<Option<Tenant>, Error> {
+        let row: Option<TenantRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM tenants WHERE slug = $1 AND state = 'deleted' ORDER BY updated_at DESC LIMIT 1"
+        ))
+        .bind(slug)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(Tenant::try_from).transpose()
+    }
+
     pub async fn get_tenant(&self, r: &TenantRef) -> Result<Tenant, Error> {
         self.find_tenant(r)
             .await?

@@ -6,6 +6,7 @@
 //! operation. The workflow checks all of it again, and the archive itself, before it changes
 //! anything.
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::enqueue::{Enqueue, RequestId, Subject, request_hash};
@@ -15,7 +16,7 @@ use crate::archive::verified::VerifiedExport;
 use crate::error::{Error, Result};
 use crate::keys::KeyState;
 use crate::tenant::{NewTenant, Slug, TenantRef, Tier};
-use crate::workflows::{Restore, restore};
+use crate::workflows::{Restore, point_in_time, restore};
 
 /// The new tenant a restore creates.
 #[derive(Debug, Clone)]
@@ -70,36 +71,84 @@ impl Control {
             reason,
             operation: None,
         })?;
-        let id = match target {
+        let source_tier: Tier = m
+            .source_tier
+            .parse()
+            .map_err(|_| Error::Internal(format!("export source tier {:?}", m.source_tier)))?;
+        let restore = Started {
+            source: export.row.tenant_id,
+            source_tier,
+            export_id,
+            at: None,
+        };
+        let id = self.start_restore(&restore, target, request_id).await?;
+        tracing::info!(export_id = %export_id, operation_id = %id, "restore requested");
+        self.get_operation(id).await
+    }
+
+    /// Starts restoring `tenant`'s data as it was at `at` (docs/pitr.md), in place or as a
+    /// new tenant; idempotent on `request_id`. What cannot be done is refused now, with the
+    /// reason ([`point_in_time::check`]); the operation's first steps check it all again.
+    pub async fn restore_tenant_at(
+        &self,
+        tenant: &TenantRef,
+        at: DateTime<Utc>,
+        target: RestoreTarget,
+        request_id: Option<RequestId>,
+    ) -> Result<OperationView> {
+        let checked = point_in_time::check(&self.deps, tenant, at).await?;
+        let restore = Started {
+            source: checked.tenant.id,
+            source_tier: checked.tenant.tier,
+            // The export the restore's first steps make of the tenant as it was at `at`.
+            export_id: Uuid::new_v4(),
+            at: Some(at),
+        };
+        let id = self.start_restore(&restore, target, request_id).await?;
+        tracing::info!(tenant_id = %checked.tenant.id, at = %at.to_rfc3339(), operation_id = %id,
+            base_backup = %checked.base_backup, "point-in-time restore requested");
+        self.get_operation(id).await
+    }
+
+    /// Enqueues the restore of `r` into `target`.
+    async fn start_restore(
+        &self,
+        r: &Started,
+        target: RestoreTarget,
+        request_id: Option<RequestId>,
+    ) -> Result<Uuid> {
+        let with_time = |state: restore::State| match r.at {
+            Some(at) => state.at(at, r.source),
+            None => state,
+        };
+        // What makes two requests the same: the export (hashed as it always was), or the
+        // tenant and the moment.
+        let what = match r.at {
+            None => serde_json::json!(r.export_id),
+            Some(at) => serde_json::json!({"tenant": r.source, "at": at}),
+        };
+        Ok(match target {
             RestoreTarget::InPlace => {
-                let tenant = self
-                    .registry()
-                    .get_tenant(&TenantRef::Id(export.row.tenant_id))
-                    .await?;
-                let state = restore::State::new(
-                    export_id,
+                let tenant = self.registry().get_tenant(&TenantRef::Id(r.source)).await?;
+                let state = with_time(restore::State::new(
+                    r.export_id,
                     restore::Mode::InPlace,
                     tenant.tier,
                     &tenant.placement.cluster,
-                );
+                ));
                 self.enqueue::<Restore>(Enqueue {
                     subject: Subject::Tenant {
                         tenant: &tenant,
                         check: &|| tenant.ensure_active(),
                     },
                     request_id: request_id.as_ref(),
-                    hash: &request_hash(&("restore", "in_place", export_id)),
+                    hash: &request_hash(&("restore", "in_place", &what)),
                     state: &|_| state.clone(),
                 })
                 .await?
             }
             RestoreTarget::AsNewTenant(n) => {
-                let tier = match n.tier {
-                    Some(t) => t,
-                    None => m.source_tier.parse().map_err(|_| {
-                        Error::Internal(format!("export source tier {:?}", m.source_tier))
-                    })?,
-                };
+                let tier = n.tier.unwrap_or(r.source_tier);
                 let cluster = match &n.cluster {
                     Some(c) => self.known_cluster(c)?,
                     None => self.deps.config.default_cluster().to_owned(),
@@ -107,7 +156,7 @@ impl Control {
                 // Plan and labels follow the data, if the source tenant is still known.
                 let source = self
                     .registry()
-                    .find_tenant(&TenantRef::Id(export.row.tenant_id))
+                    .find_tenant(&TenantRef::Id(r.source))
                     .await?;
                 let new = NewTenant {
                     display_name: n
@@ -120,21 +169,32 @@ impl Control {
                     tier,
                     cluster: Some(cluster.clone()),
                 };
-                let state =
-                    restore::State::new(export_id, restore::Mode::AsNewTenant, tier, &cluster);
+                let state = with_time(restore::State::new(
+                    r.export_id,
+                    restore::Mode::AsNewTenant,
+                    tier,
+                    &cluster,
+                ));
                 self.enqueue::<Restore>(Enqueue {
                     subject: Subject::NewTenant {
                         new: &new,
                         cluster: &cluster,
                     },
                     request_id: request_id.as_ref(),
-                    hash: &request_hash(&("restore", export_id, &new)),
+                    hash: &request_hash(&("restore", &what, &new)),
                     state: &|_| state.clone(),
                 })
                 .await?
             }
-        };
-        tracing::info!(export_id = %export_id, operation_id = %id, "restore requested");
-        self.get_operation(id).await
+        })
     }
+}
+
+/// A restore about to be enqueued: whose data, from which export (made first, for a point
+/// in time).
+struct Started {
+    source: Uuid,
+    source_tier: Tier,
+    export_id: Uuid,
+    at: Option<DateTime<Utc>>,
 }

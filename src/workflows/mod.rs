@@ -19,6 +19,7 @@ pub mod export_reader;
 pub mod export_writer;
 pub mod key_backfill;
 pub mod migrate_fleet;
+pub mod point_in_time;
 pub mod provision;
 pub mod restore;
 pub mod tenant_key;

@@ -1,6 +1,13 @@
 //! Restore one tenant from an export: verify → prepare → stage → load → index → check →
 //! migrate → grant → fence → swap → activate → cleanup.
 //!
+//! A restore to a point in time runs four steps first, which make that export
+//! ([`point_in_time`]): `preflight` (the refusals, and the disk the copy needs),
+//! `fetch_backup` (the cluster's base backup restored into a private side directory),
+//! `replay` (the copy's WAL replayed to the moment, paused there) and `extract` (the tenant
+//! read from the copy into an export as of that moment; the copy removed). For a restore from
+//! an export they do nothing.
+//!
 //! - `verify` touches nothing: the export is complete, its manifest is signed by the service
 //!   key and describes what the registry records, the tenant key unwraps its data key, and the
 //!   whole archive is read once — every chunk authenticated, both sha256 digests compared with
@@ -32,25 +39,32 @@
 //! fence; a new tenant is undone like a failed provisioning. The tenant's data is never
 //! changed before the swap.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::archive::layout::ExportKeys;
 use crate::archive::manifest::Manifest;
 use crate::archive::verified::VerifiedExport;
 use crate::credentials;
 use crate::dataplane::load::TableLoad;
 use crate::dataplane::{Cluster, Container, backend, catalog, deferred, fence, staging};
 use crate::registry::Registry;
+use crate::registry::exports::ExportState;
 use crate::tenant::{TenantRef, Tier};
 use crate::workflow::{StepContext, StepError, Workflow, steps};
 use crate::workflows::container::undo;
-use crate::workflows::export_reader;
+use crate::workflows::point_in_time::{self, PointInTime};
 use crate::workflows::tenant_key;
+use crate::workflows::{export_reader, export_writer};
 
 pub struct Restore;
 
 steps!(pub enum Step {
+    Preflight => "preflight",
+    FetchBackup => "fetch_backup",
+    Replay => "replay",
+    Extract => "extract",
     Verify => "verify",
     Prepare => "prepare",
     Stage => "stage",
@@ -100,6 +114,9 @@ pub struct State {
     /// Set by `activate`.
     #[serde(default)]
     pub schema_version: Option<i32>,
+    /// A restore to a point in time: `export_id` is the export its first steps make.
+    #[serde(default)]
+    pub point_in_time: Option<PointInTime>,
 }
 
 impl State {
@@ -115,7 +132,15 @@ impl State {
             deferred: Vec::new(),
             pause: fence::Pause::default(),
             schema_version: None,
+            point_in_time: None,
         }
+    }
+
+    /// A restore of the data `source_tenant` had at `at`, through export `export_id` (made
+    /// by the restore's first steps).
+    pub fn at(mut self, at: DateTime<Utc>, source_tenant: Uuid) -> Self {
+        self.point_in_time = Some(PointInTime::new(at, source_tenant));
+        self
     }
 
     pub fn rows(&self) -> u64 {
@@ -140,6 +165,17 @@ impl Workflow for Restore {
         let (cluster, live) = deps.dataplane.plan(tenant_id, state.tier, &state.cluster)?;
         let staged = staging::staging(&live);
         match step {
+            Step::Preflight | Step::FetchBackup | Step::Replay | Step::Extract => {
+                let Some(p) = state.point_in_time.as_mut() else {
+                    return Ok(()); // a restore from an export
+                };
+                match step {
+                    Step::Preflight => point_in_time::preflight(cx, p).await?,
+                    Step::FetchBackup => point_in_time::fetch(cx, p).await?,
+                    Step::Replay => point_in_time::replay(cx, p).await?,
+                    _ => point_in_time::extract(cx, p, state.export_id).await?,
+                }
+            }
             Step::Verify => verify(cx, state, cluster, &live).await?,
             Step::Prepare => {
                 if state.mode == Mode::AsNewTenant {
@@ -256,6 +292,9 @@ impl Workflow for Restore {
                 cluster
                     .drop_schema(&staged.database, &staged.schema)
                     .await?;
+                if state.point_in_time.is_some() {
+                    point_in_time::remove_side(deps, cx.operation_id).await?;
+                }
             }
         }
         Ok(())
@@ -267,6 +306,16 @@ impl Workflow for Restore {
                 .dataplane
                 .plan(cx.tenant_id()?, state.tier, &state.cluster)?;
         let staged = staging::staging(&live);
+        if let Some(p) = &state.point_in_time {
+            point_in_time::remove_side(cx.deps, cx.operation_id).await?;
+            // An export the extraction did not finish goes; a finished one stays, listed
+            // with the tenant's exports (restoring from it skips the replay).
+            let unfinished = cx.deps.registry.find_export(state.export_id).await?;
+            if unfinished.is_some_and(|e| e.state == ExportState::Running) {
+                let keys = ExportKeys::new(p.source_tenant, state.export_id);
+                export_writer::discard(cx.deps, &keys, state.export_id).await?;
+            }
+        }
         cluster
             .drop_schema(&staged.database, &staged.schema)
             .await?;

@@ -252,7 +252,7 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
         .stop((main, &src), (main, &dst))
         .await
         .unwrap();
-    for sql in [
+    let previous = [
         "UPDATE operations SET data = data #- '{state,online}', next_step = next_step - 3
          WHERE id = $1",
         "DELETE FROM operation_steps WHERE operation_id = $1
@@ -262,17 +262,9 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
         "UPDATE operation_steps SET idx = CASE WHEN idx - 1000 >= 5 THEN idx - 1003
                                               ELSE idx - 1000 END
          WHERE operation_id = $1",
-    ] {
-        sqlx::query(sql)
-            .bind(op_id)
-            .execute(&env.registry)
-            .await
-            .unwrap();
-    }
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9")
-        .execute(&env.registry)
-        .await
-        .unwrap();
+        "DELETE FROM _sqlx_migrations WHERE version = 9",
+    ];
+    crate::harness::for_id(&env.registry, op_id, &previous).await;
 
     env.restart("").await;
     let op = env.wait(&op.name).await;

@@ -84,19 +84,12 @@ fn sorted(mut rows: Vec<(String, Vec<String>)>) -> Vec<(String, Vec<String>)> {
 
 /// Changes the tenant's data after its export, so a restore has something to undo.
 async fn diverge(place: &Place, tenant: Uuid) {
-    let pool = admin(&place.cluster, &place.database).await;
-    for sql in [
+    let statements = [
         "DELETE FROM S.appointments WHERE tenant_id = $1",
         "UPDATE S.patients SET given_name = 'changed' WHERE tenant_id = $1",
         "INSERT INTO S.audit_events (tenant_id, actor, action, entity) VALUES ($1, 'x', 'y', 'z')",
-    ] {
-        let sql = sql.replace("S.", &format!("\"{}\".", place.schema));
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    ];
+    crate::harness::for_tenant(place, tenant, &statements).await;
 }
 
 /// The application's view: it connects through ResolveTenant with its own credentials,
@@ -696,4 +689,69 @@ async fn a_cancelled_restore_changes_nothing() {
     .unwrap();
     assert_eq!((staging, fenced), (0, 0), "staging dropped, fence lifted");
     app_reads_and_writes(&env, id, 10).await;
+}
+
+/// A restore stored by the previous release, with its twelve steps (stopped after `stage`),
+/// resumes under this build once migration 0012 renumbered it behind the four
+/// point-in-time steps, which it skips.
+#[tokio::test]
+async fn a_restore_stored_with_the_previous_steps_resumes_after_the_upgrade() {
+    let mut env = TestEnv::spawn("").await;
+    let t = env
+        .provision("rst-upgraded", pb::Tier::Schema, "main")
+        .await;
+    let id: Uuid = t.id.parse().unwrap();
+    let place = Place::of(&t);
+    fill(&place, id, 10).await;
+    let exported = sorted(snapshot(&place, id).await);
+    let e = export(&mut env, "rst-upgraded").await;
+    diverge(&place, id).await;
+    env.restart("restore.after_stage=exit").await;
+    env.ready().await;
+    let op = env
+        .exports
+        .restore_tenant(request(&e))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        env.wait_exit(),
+        Some(tenantd::workflow::failpoint::EXIT_CODE)
+    );
+    let op_id: Uuid = op
+        .name
+        .strip_prefix("operations/")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Back to what the previous release stored: twelve steps from verify, no point in time.
+    let previous = [
+        "UPDATE operations SET data = data #- '{state,point_in_time}', next_step = next_step - 4
+         WHERE id = $1",
+        "DELETE FROM operation_steps WHERE operation_id = $1
+           AND name IN ('preflight', 'fetch_backup', 'replay', 'extract')",
+        "UPDATE operation_steps SET idx = idx - 4 WHERE operation_id = $1",
+        "DELETE FROM _sqlx_migrations WHERE version = 12",
+    ];
+    crate::harness::for_id(&env.registry, op_id, &previous).await;
+
+    env.restart("").await;
+    let op = env.wait(&op.name).await;
+    let Some(pb::operation::Result::Tenant(back)) = op.result.clone() else {
+        panic!("the stored restore did not finish: {op:?}");
+    };
+    let names: Vec<&str> = op
+        .metadata
+        .as_ref()
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        <tenantd::workflows::restore::Step as tenantd::workflow::Steps>::names(),
+        "renumbered to this build's steps"
+    );
+    assert_eq!(sorted(snapshot(&Place::of(&back), id).await), exported);
 }

@@ -23,10 +23,15 @@ pub enum Command {
     SigningKey,
     /// Restore a tenant from an export and watch it: in place (the export's tenant, in its
     /// current tier), or with --as-new as a new tenant. The archive is verified end to end
-    /// before anything changes.
+    /// before anything changes. With --to: the tenant's data as it was at that moment, from
+    /// its cluster's physical backups and WAL, while other tenants keep their newer writes.
     Restore {
-        /// exports/<id> or the bare id.
-        export: String,
+        /// exports/<id> or the bare id; with --to, the tenant (id or slug).
+        source: String,
+        /// Restore the tenant named by SOURCE to this moment (RFC 3339, e.g.
+        /// 2026-12-01T14:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
         /// Create a new tenant with this slug instead of replacing the export's tenant.
         #[arg(long = "as-new", value_name = "SLUG")]
         as_new: Option<String>,
@@ -94,7 +99,8 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
             print!("{}", key.public_key_pem);
         }
         Command::Restore {
-            export,
+            source,
+            to,
             as_new,
             tier,
             cluster,
@@ -106,9 +112,15 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
             } else {
                 pb::RestoreMode::InPlace
             };
+            let (export, tenant) = match &to {
+                Some(_) => (String::new(), source),
+                None => (source, String::new()),
+            };
             let op = exports
                 .restore_tenant(pb::RestoreTenantRequest {
                     export,
+                    tenant,
+                    point_in_time: to.unwrap_or_default(),
                     mode: mode as i32,
                     new_slug: as_new.unwrap_or_default(),
                     tier: tier.map_or(0, |t| pb::Tier::from(t) as i32),

@@ -262,6 +262,9 @@ pub fn print_operation(op: &pb::Operation) {
                 r.rows, r.export_schema_version, r.schema_version
             );
         }
+        if !r.point_in_time.is_empty() {
+            print_point_in_time(r, &m.steps);
+        }
         print_pause(&r.fence_time, &r.unfence_time, r.write_pause_ms);
     }
     if let Some(pb::operation_metadata::Details::Deletion(d)) = &m.details {
@@ -301,6 +304,65 @@ pub fn print_operation(op: &pb::Operation) {
 }
 
 /// How long a tenant's writes were fenced (or since when, while they still are).
+/// A restore to a point in time: the moment, what it came from, and its phases with the time
+/// each took so far.
+fn print_point_in_time(r: &pb::Restore, steps: &[pb::Step]) {
+    let replayed = if r.replayed_to.is_empty() {
+        String::new()
+    } else {
+        format!(", last commit replayed {}", r.replayed_to)
+    };
+    let backup = if r.base_backup.is_empty() {
+        "?"
+    } else {
+        &r.base_backup
+    };
+    println!(
+        "to:          {} (base backup {backup}{replayed})",
+        r.point_in_time
+    );
+    // Each phase and the steps it spans.
+    const PHASES: [(&str, &[&str]); 5] = [
+        ("preflight", &["preflight"]),
+        ("fetch backup", &["fetch_backup"]),
+        ("replay WAL", &["replay"]),
+        ("extract", &["extract"]),
+        (
+            "swap",
+            &[
+                "verify", "prepare", "stage", "load", "index", "check", "migrate", "grant",
+                "fence", "swap", "activate", "cleanup",
+            ],
+        ),
+    ];
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let phases: Vec<String> = PHASES
+        .iter()
+        .map(|(phase, names)| {
+            let spanned: Vec<&pb::Step> = steps
+                .iter()
+                .filter(|s| names.contains(&s.name.as_str()))
+                .collect();
+            let start = spanned.iter().filter_map(|s| at(&s.start_time)).min();
+            let end = spanned.iter().filter_map(|s| at(&s.end_time)).max();
+            let all_done = spanned
+                .iter()
+                .all(|s| s.state == pb::StepState::Done as i32);
+            match (start, end) {
+                (Some(a), Some(b)) if all_done => {
+                    format!(
+                        "{phase} {:.1} s",
+                        (b - a).num_milliseconds() as f64 / 1000.0
+                    )
+                }
+                (Some(_), _) => format!("{phase} running"),
+                _ => format!("{phase} pending"),
+            }
+        })
+        .collect();
+    println!("phases:      {}", phases.join(" · "));
+}
+
 fn print_pause(fence_time: &str, unfence_time: &str, pause_ms: i64) {
     if !unfence_time.is_empty() && !fence_time.is_empty() {
         println!("write pause: {pause_ms} ms ({fence_time} -> {unfence_time})");

@@ -46,11 +46,78 @@ pub fn clusters() -> &'static Clusters {
     })
 }
 
+/// Where the `archived` cluster's pgBackRest files go: tenantd writes its configuration
+/// there at start (the same for every test environment), the repository beside it.
+fn archived_base() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("tenantd-it-{}", std::process::id()))
+        .join("archived-pitr")
+}
+
+/// A third cluster, `archived`, that archives its WAL through pgBackRest (docs/pitr.md),
+/// for point-in-time restores; started on first use. Tests using it take
+/// [`super::one_at_a_time`]: they share its stanza.
+pub fn archived() -> &'static EmbeddedPostgres {
+    static ARCHIVED: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    ARCHIVED.get_or_init(|| {
+        clusters();
+        let base = archived_base();
+        let config_file = base
+            .join("work")
+            .join(tenantd::pitr::pgbackrest::CONFIG_FILE);
+        EmbeddedPostgres::start(&archiving(&base.join("cluster"), &config_file, "archived"))
+            .unwrap_or_else(|e| panic!("cannot start the archiving test cluster: {e}"))
+    })
+}
+
+/// A cluster under `state_dir` that archives its WAL through pgBackRest as stanza `stanza`
+/// of the configuration at `config_file` (written later, by tenantd at start).
+pub fn archiving(
+    state_dir: &std::path::Path,
+    config_file: &std::path::Path,
+    stanza: &str,
+) -> EmbeddedOptions {
+    EmbeddedOptions {
+        state_dir: state_dir.to_owned(),
+        settings: vec![
+            ("archive_mode".into(), "on".into()),
+            (
+                "archive_command".into(),
+                tenantd::pitr::pgbackrest::archive_command_for(config_file, stanza),
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+/// `[pitr]` for the `archived` cluster.
+pub fn archived_pitr() -> tenantd::config::PitrConfig {
+    pitr_for(archived(), &archived_base())
+}
+
+/// `[pitr]` for cluster `pg` (named `archived`), its repository and work directory under
+/// `base`.
+pub fn pitr_for(pg: &EmbeddedPostgres, base: &std::path::Path) -> tenantd::config::PitrConfig {
+    tenantd::config::PitrConfig {
+        repo_path: base.join("repo"),
+        work_dir: base.join("work"),
+        schedule: "0 1 * * *".into(),
+        retention_full: 2,
+        clusters: vec![tenantd::config::PitrCluster {
+            name: "archived".into(),
+            data_dir: pg.data_dir().to_owned(),
+            socket_dir: pg.socket_dir().to_owned(),
+            port: pg.port,
+        }],
+    }
+}
+
 pub fn cluster_url(cluster: &str, db: &str) -> String {
     let c = clusters();
     match cluster {
         "main" => c.main.url(db),
         "second" => c.second.url(db),
+        "archived" => archived().url(db),
         other => panic!("no test cluster {other}"),
     }
 }

@@ -297,6 +297,24 @@ impl TestEnv {
         (config, dir)
     }
 
+    /// [`TestEnv::config`] with a third cluster, `archived`, backed up through pgBackRest
+    /// for point-in-time restores (`[pitr]`).
+    pub async fn config_pitr() -> (Config, PathBuf) {
+        let (mut config, dir) = Self::config().await;
+        let pitr = tokio::task::spawn_blocking(clusters::archived_pitr)
+            .await
+            .unwrap();
+        config.clusters.push(ClusterConfig {
+            name: "archived".into(),
+            admin_url: cluster_url("archived", "postgres"),
+            public_host: None,
+            public_port: None,
+            shared_database: "tenants".into(),
+        });
+        config.pitr = Some(pitr);
+        (config, dir)
+    }
+
     /// [`TestEnv::config`] with KMS and S3 on moto: keys under aliases and a bucket of this
     /// environment's own.
     pub async fn config_aws() -> (Config, PathBuf) {
@@ -395,7 +413,12 @@ impl TestEnv {
 
     /// Waits for the operation to finish (up to 60 s) and returns it.
     pub async fn wait(&mut self, name: &str) -> pb::Operation {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_long(name, Duration::from_secs(60)).await
+    }
+
+    /// [`TestEnv::wait`], for operations that take longer than a minute.
+    pub async fn wait_long(&mut self, name: &str, within: Duration) -> pb::Operation {
+        let deadline = Instant::now() + within;
         let mut last = None;
         loop {
             let reply = self
@@ -417,7 +440,8 @@ impl TestEnv {
             // What it was doing (and the last step error) says why it did not finish.
             assert!(
                 Instant::now() < deadline,
-                "operation {name} not done after 60 s: {last:?}"
+                "operation {name} not done after {} s: {last:?}",
+                within.as_secs()
             );
         }
     }

@@ -152,6 +152,30 @@ pub async fn fill(place: &Place, tenant: Uuid, n: i32) {
     }
 }
 
+/// Runs each of `statements` on `place` as the superuser, `S.` standing for its schema and
+/// `$1` for `tenant`.
+pub async fn for_tenant(place: &Place, tenant: Uuid, statements: &[&str]) {
+    let pool = admin(&place.cluster, &place.database).await;
+    for sql in statements {
+        let sql = sql.replace("S.", &format!("\"{}\".", place.schema));
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// Runs each of `statements` on `pool`, `$1` (where it stands) bound to `id`: to store an
+/// operation the way an older release stored it.
+pub async fn for_id(pool: &sqlx::PgPool, id: Uuid, statements: &[&str]) {
+    for sql in statements {
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+        let q = if sql.contains("$1") { q.bind(id) } else { q };
+        q.execute(pool).await.unwrap();
+    }
+}
+
 /// Every row of `tenant` at `place`, per table in catalog order, as sorted text.
 pub async fn snapshot(place: &Place, tenant: Uuid) -> Vec<(String, Vec<String>)> {
     let pool = admin(&place.cluster, &place.database).await;
