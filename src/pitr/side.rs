@@ -94,9 +94,16 @@ impl SideCluster {
             dir: dir.to_owned(),
             keep: false,
         };
+        let hba = own_configuration(dir, &data)?;
         let mut all = vec![
             ("archive_mode".to_owned(), "off".to_owned()),
             ("hot_standby".to_owned(), "on".to_owned()),
+            // Only tenantd, as the superuser over the private socket: no tenant login (the
+            // copy keeps every role of its source) reaches the copy.
+            ("hba_file".to_owned(), hba.display().to_string()),
+            // A socket in a private directory needs no TLS, and the source's certificate
+            // files need not exist here.
+            ("ssl".to_owned(), "off".to_owned()),
         ];
         all.extend(settings);
         let opts = EmbeddedOptions {
@@ -200,6 +207,25 @@ impl Drop for SideCluster {
             tracing::warn!(error = %e, dir = %self.dir.display(), "side cluster directory left");
         }
     }
+}
+
+/// The copy's own access rules (`side_hba.conf` beside its data directory: the superuser
+/// over the socket only), and an empty
+/// `postgresql.conf` when the source kept its configuration outside the data directory
+/// (Debian's /etc/postgresql): settings come from the command line.
+fn own_configuration(dir: &Path, data: &Path) -> Result<PathBuf, PitrError> {
+    let io = |e: std::io::Error| PitrError::Io(format!("side cluster configuration: {e}"));
+    let conf = data.join("postgresql.conf");
+    if !conf.exists() {
+        std::fs::write(&conf, "# side cluster: settings on the command line\n").map_err(io)?;
+        crate::embedded::give_to_cluster_owner(&conf).map_err(|e| PitrError::Io(e.to_string()))?;
+    }
+    // Beside the data directory, where the server user reaches it. `md5` also takes a
+    // SCRAM-hashed password (by SCRAM), for sources still storing md5 hashes.
+    let hba = data.parent().unwrap_or(dir).join("side_hba.conf");
+    std::fs::write(&hba, "local all postgres md5\n").map_err(io)?;
+    crate::embedded::give_to_cluster_owner(&hba).map_err(|e| PitrError::Io(e.to_string()))?;
+    Ok(hba)
 }
 
 /// Removes a side cluster's directory, first stopping a server a crashed process left

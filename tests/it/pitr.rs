@@ -103,7 +103,10 @@ async fn a_cluster_restored_at_a_moment_holds_the_rows_of_that_moment() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let url = pg.url("postgres");
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql("CREATE TABLE visits (id int PRIMARY KEY); INSERT INTO visits SELECT generate_series(1, 100)")
+    sqlx::raw_sql(
+        "CREATE TABLE visits (id int PRIMARY KEY); INSERT INTO visits SELECT generate_series(1, 100);
+         CREATE ROLE tenant_login LOGIN PASSWORD 'tenant-pw'; GRANT SELECT ON visits TO tenant_login",
+    )
         .execute(&mut conn)
         .await
         .unwrap();
@@ -130,6 +133,17 @@ async fn a_cluster_restored_at_a_moment_holds_the_rows_of_that_moment() {
     assert!(
         !side.url("postgres").contains("127.0.0.1"),
         "a side cluster is reached by socket only"
+    );
+    // The copy keeps its source's roles, but only the superuser may log in to it.
+    let as_tenant = side.url("postgres").replacen(
+        &format!("postgres:{}@", password(&url)),
+        "tenant_login:tenant-pw@",
+        1,
+    );
+    let refused = sqlx::PgConnection::connect(&as_tenant).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("pg_hba.conf"),
+        "a tenant login reached the copy: {refused}"
     );
     drop(side);
     assert!(

@@ -328,7 +328,7 @@ fn print_point_in_time(r: &pb::Restore, steps: &[pb::Step]) {
         ("replay WAL", &["replay"]),
         ("extract", &["extract"]),
         (
-            "swap",
+            "verify & swap",
             &[
                 "verify", "prepare", "stage", "load", "index", "check", "migrate", "grant",
                 "fence", "swap", "activate", "cleanup",
