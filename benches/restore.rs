@@ -31,16 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let mut c = running.clients.clone();
     let url = |db: &str| running.stack.postgres.url(db);
 
-    let tenant = c.provision("big", pb::Tier::Schema).await?;
-    let shared = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url("tenants"))
-        .await?;
-    println!("filling: {rows} rows");
-    let schema = c.placement(tenant).await?.schema;
-    common::fill(&shared, &schema, tenant, rows).await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(&shared).await?;
-    let mb = common::tenant_megabytes(&shared, &schema, tenant).await?;
+    let (tenant, _, _, mb) = common::big_schema_tenant(&running, "big", rows).await?;
     let export = c.export(tenant).await?;
 
     // The baseline: the same dump, decrypted, loaded by psql -f into an empty database.

@@ -64,8 +64,13 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PitrConfig {
-    /// The repository: base backups and archived WAL (a local or mounted directory).
-    pub repo_path: PathBuf,
+    /// The repository: base backups and archived WAL in a local or mounted directory; or,
+    /// with `[pitr.s3]`, the path in the bucket (default `/tenantd`).
+    #[serde(default)]
+    pub repo_path: Option<PathBuf>,
+    /// The repository in an S3 bucket instead of a directory.
+    #[serde(default)]
+    pub s3: Option<PitrS3>,
     /// pgBackRest's configuration, log, lock and spool directories.
     pub work_dir: PathBuf,
     /// When to take a full base backup: a 5-field cron expression in UTC.
@@ -77,6 +82,87 @@ pub struct PitrConfig {
     /// The clusters backed up, by their `[[clusters]]` name, with their data directory and
     /// socket directory as pgBackRest on this host sees them.
     pub clusters: Vec<PitrCluster>,
+}
+
+/// `[pitr.s3]`: pgBackRest's repository in an S3 (or S3-compatible) bucket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrS3 {
+    pub bucket: String,
+    pub region: String,
+    /// The endpoint host, e.g. `s3.eu-west-1.amazonaws.com` (default: that of `region`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Default 443.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Path-style URLs (`https://host/bucket/…`), for S3-compatible services; default false
+    /// (virtual-host style, as AWS wants).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Check the endpoint's certificate (default true; `ca_file` for a private CA).
+    #[serde(default = "default_true")]
+    pub verify_tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Where the access key comes from: `auto` (the instance's role, default), `web-id`
+    /// (EKS's web identity) or `shared` (a key in `credentials_file`).
+    #[serde(default = "default_s3_key_type")]
+    pub key_type: String,
+    /// With `key_type = "shared"`: a file in the AWS credentials format (its `[default]`
+    /// profile, or the first), mode 0600. The key is written into pgBackRest's configuration
+    /// (mode 0600, its owner's), since the servers' `archive_command` reads it there.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl PitrConfig {
+    /// A directory (`repo_path`), or a bucket (`[pitr.s3]`, `repo_path` then the path in it).
+    fn validate_repository(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let Some(s3) = &self.s3 else {
+            if self.repo_path.is_none() {
+                return bad("pitr needs repo_path (a directory) or [pitr.s3] (a bucket)".into());
+            }
+            return Ok(());
+        };
+        let name_ok = |v: &str, extra: &str| {
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+        };
+        if !(3..=63).contains(&s3.bucket.len()) || !name_ok(&s3.bucket, ".-") {
+            return bad(format!(
+                "pitr.s3.bucket {:?} is not an S3 bucket name ([a-z0-9.-], 3 to 63)",
+                s3.bucket
+            ));
+        }
+        if !name_ok(&s3.region, "-") {
+            return bad(format!("pitr.s3.region {:?} is not a region", s3.region));
+        }
+        if let Some(e) = &s3.endpoint
+            && !name_ok(&e.to_ascii_lowercase(), ".-")
+        {
+            return bad(format!(
+                "pitr.s3.endpoint {e:?} must be a host name or address (the port goes in \
+                 pitr.s3.port)"
+            ));
+        }
+        match (s3.key_type.as_str(), &s3.credentials_file) {
+            ("auto" | "web-id", None) | ("shared", Some(_)) => Ok(()),
+            ("shared", None) => bad("pitr.s3.key_type \"shared\" needs credentials_file".into()),
+            ("auto" | "web-id", Some(_)) => {
+                bad("pitr.s3.credentials_file is read only with key_type \"shared\"".into())
+            }
+            (other, _) => bad(format!(
+                "pitr.s3.key_type {other:?}: expected \"auto\", \"web-id\" or \"shared\""
+            )),
+        }
+    }
+}
+
+fn default_s3_key_type() -> String {
+    "auto".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -644,6 +730,7 @@ impl Config {
                     pitr.retention_full
                 )));
             }
+            pitr.validate_repository()?;
             for c in &pitr.clusters {
                 if !self.clusters.iter().any(|k| k.name == c.name) {
                     return Err(ConfigError::Invalid(format!(

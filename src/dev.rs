@@ -128,7 +128,8 @@ pub async fn start(
         tenant_schema: Default::default(),
         backups: Default::default(),
         pitr: pitr_dir.map(|dir| PitrConfig {
-            repo_path: dir.join("repo"),
+            repo_path: Some(dir.join("repo")),
+            s3: None,
             work_dir: dir,
             schedule: "0 1 * * *".into(),
             retention_full: 2,

@@ -243,9 +243,18 @@ impl EmbeddedPostgres {
 
     /// Fast shutdown: waits up to 30 s for the server to exit.
     pub fn stop(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// Immediate shutdown (no checkpoint): for a copy whose files are removed next.
+    pub fn stop_now(&self) {
+        self.signal(libc::SIGQUIT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain kill(2) on the pid of our own child.
         unsafe {
-            libc::kill(self.pid, libc::SIGINT);
+            libc::kill(self.pid, signal);
         }
         let _ = self
             .exited

@@ -43,14 +43,24 @@ pub async fn start(name: &str) -> anyhow::Result<Running> {
 }
 
 /// [`start`], with `tune` changing the configuration tenantd starts with.
+#[allow(dead_code)] // the benches that tune
 pub async fn start_tuned(
     name: &str,
     tune: impl FnOnce(&mut tenantd::config::Config),
 ) -> anyhow::Result<Running> {
+    start_with(name, false, tune).await
+}
+
+/// [`start_tuned`]; `pitr`: the embedded cluster archives its WAL through pgBackRest, as
+/// `tenantd dev` does (docs/pitr.md).
+pub async fn start_with(
+    name: &str,
+    pitr: bool,
+    tune: impl FnOnce(&mut tenantd::config::Config),
+) -> anyhow::Result<Running> {
     let state_dir =
         std::env::temp_dir().join(format!("tenantd-bench-{name}-{}", std::process::id()));
-    let mut stack =
-        tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false, false).await?;
+    let mut stack = tenantd::dev::start(&state_dir, 0, "127.0.0.1:0".parse()?, false, pitr).await?;
     tune(&mut stack.config);
     let token = tenantd::auth::new_token();
     stack.config.auth.tokens.push(tenantd::config::TokenConfig {
@@ -229,6 +239,28 @@ impl Running {
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
     }
+}
+
+/// A schema-tier tenant `slug` filled with about `rows` rows and analysed: its id, a pool on
+/// the shared database, its schema and its rows' size in MB.
+#[allow(dead_code)] // used by the benches that restore
+pub async fn big_schema_tenant(
+    running: &Running,
+    slug: &str,
+    rows: i64,
+) -> anyhow::Result<(Uuid, PgPool, String, f64)> {
+    let mut c = running.clients.clone();
+    let tenant = c.provision(slug, pb::Tier::Schema).await?;
+    let shared = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&running.stack.postgres.url("tenants"))
+        .await?;
+    println!("filling: {rows} rows");
+    let schema = c.placement(tenant).await?.schema;
+    fill(&shared, &schema, tenant, rows).await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&shared).await?;
+    let mb = tenant_megabytes(&shared, &schema, tenant).await?;
+    Ok((tenant, shared, schema, mb))
 }
 
 /// Inserts about `rows` rows for `tenant` across the tenant tables in `schema`.

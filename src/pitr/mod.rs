@@ -110,11 +110,79 @@ pub fn configure(
             })
         })
         .collect::<Result<Vec<_>, PitrError>>()?;
+    let s3 = pitr.s3.as_ref().map(s3_repository).transpose()?;
     let repo = pgbackrest::Repository {
-        path: pitr.repo_path.clone(),
+        path: match (&pitr.repo_path, &s3) {
+            (Some(p), _) => p.clone(),
+            (None, Some(_)) => PathBuf::from("/tenantd"),
+            (None, None) => return Err(PitrError::Io("pitr.repo_path is not set".into())),
+        },
         retention_full: pitr.retention_full,
+        s3,
     };
     pgbackrest::PgBackRest::configure(&pitr.work_dir, &repo, stanzas)
+}
+
+fn s3_repository(c: &crate::config::PitrS3) -> Result<pgbackrest::S3Repository, PitrError> {
+    let key = match c.key_type.as_str() {
+        "web-id" => pgbackrest::S3Key::WebId,
+        "shared" => {
+            let file = c
+                .credentials_file
+                .as_ref()
+                .ok_or_else(|| PitrError::Io("pitr.s3.credentials_file is not set".into()))?;
+            let text = crate::secret_file::read(file)
+                .map_err(|e| PitrError::Io(format!("{}: {e}", file.display())))?
+                .ok_or_else(|| PitrError::Io(format!("{} does not exist", file.display())))?;
+            let (key_id, secret) =
+                shared_key(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+                    PitrError::Io(format!(
+                        "{}: no aws_access_key_id and aws_secret_access_key",
+                        file.display()
+                    ))
+                })?;
+            pgbackrest::S3Key::Shared { key_id, secret }
+        }
+        _ => pgbackrest::S3Key::Auto,
+    };
+    Ok(pgbackrest::S3Repository {
+        bucket: c.bucket.clone(),
+        region: c.region.clone(),
+        endpoint: c.endpoint.clone(),
+        port: c.port,
+        path_style: c.path_style,
+        verify_tls: c.verify_tls,
+        ca_file: c.ca_file.clone(),
+        key,
+    })
+}
+
+/// The key in an AWS credentials file: its `[default]` profile, else the first.
+fn shared_key(text: &str) -> Option<(String, String)> {
+    let mut profiles: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            profiles.push((name.trim().to_owned(), None, None));
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if profiles.is_empty() {
+            profiles.push(("default".into(), None, None));
+        }
+        let p = profiles.last_mut()?;
+        match k.trim() {
+            "aws_access_key_id" => p.1 = Some(v.trim().to_owned()),
+            "aws_secret_access_key" => p.2 = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let pick = profiles
+        .iter()
+        .find(|p| p.0 == "default")
+        .or(profiles.first())?;
+    Some((pick.1.clone()?, pick.2.clone()?))
 }
 
 /// The password in a `postgres://user:password@host/…` URL, percent-decoded.
@@ -235,6 +303,16 @@ impl Holdings {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn the_shared_key_comes_from_the_default_profile_else_the_first() {
+        let file = "[ops]\naws_access_key_id = A1\naws_secret_access_key = S1\n\
+                    [default]\naws_access_key_id=A2\naws_secret_access_key=S2\n";
+        assert_eq!(shared_key(file), Some(("A2".into(), "S2".into())));
+        let file = "[ops]\naws_access_key_id = A1\naws_secret_access_key = S1\n";
+        assert_eq!(shared_key(file), Some(("A1".into(), "S1".into())));
+        assert_eq!(shared_key("[x]\naws_access_key_id = A1\n"), None);
+    }
 
     #[test]
     fn passwords_come_from_the_admin_url() {

@@ -42,11 +42,97 @@ impl std::fmt::Debug for Stanza {
 /// Where backups and archived WAL go, and how long they stay.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    /// A local (or mounted) directory.
+    /// A local (or mounted) directory; with `s3`, the path in the bucket.
     pub path: PathBuf,
     /// Full backups kept (pgBackRest's `repo1-retention-full`); WAL older than the oldest
     /// kept backup expires with it.
     pub retention_full: u32,
+    /// The repository is in this bucket.
+    pub s3: Option<S3Repository>,
+}
+
+/// A repository in an S3 (or S3-compatible) bucket.
+#[derive(Clone)]
+pub struct S3Repository {
+    pub bucket: String,
+    pub region: String,
+    /// Default: `s3.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    pub port: Option<u16>,
+    pub path_style: bool,
+    pub verify_tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub key: S3Key,
+}
+
+/// Where pgBackRest's S3 key comes from.
+#[derive(Clone)]
+pub enum S3Key {
+    /// The instance's role.
+    Auto,
+    /// A web identity token (EKS).
+    WebId,
+    Shared {
+        key_id: String,
+        secret: String,
+    },
+}
+
+impl std::fmt::Debug for S3Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("S3Repository")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// pgBackRest's `repo1-*` options.
+    fn options(&self) -> Vec<(&'static str, String)> {
+        let mut o = vec![
+            ("repo1-path", self.path.display().to_string()),
+            (
+                "repo1-retention-full",
+                self.retention_full.max(1).to_string(),
+            ),
+        ];
+        let Some(s3) = &self.s3 else {
+            return o;
+        };
+        o.push(("repo1-type", "s3".into()));
+        o.push(("repo1-s3-bucket", s3.bucket.clone()));
+        o.push(("repo1-s3-region", s3.region.clone()));
+        let endpoint = s3
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("s3.{}.amazonaws.com", s3.region));
+        o.push(("repo1-s3-endpoint", endpoint));
+        if let Some(port) = s3.port {
+            o.push(("repo1-storage-port", port.to_string()));
+        }
+        if s3.path_style {
+            o.push(("repo1-s3-uri-style", "path".into()));
+        }
+        if !s3.verify_tls {
+            o.push(("repo1-storage-verify-tls", "n".into()));
+        }
+        if let Some(ca) = &s3.ca_file {
+            o.push(("repo1-storage-ca-file", ca.display().to_string()));
+        }
+        match &s3.key {
+            S3Key::Auto => o.push(("repo1-s3-key-type", "auto".into())),
+            S3Key::WebId => o.push(("repo1-s3-key-type", "web-id".into())),
+            S3Key::Shared { key_id, secret } => {
+                o.push(("repo1-s3-key-type", "shared".into()));
+                o.push(("repo1-s3-key", key_id.clone()));
+                o.push(("repo1-s3-key-secret", secret.clone()));
+            }
+        }
+        o
+    }
 }
 
 /// pgBackRest for a set of stanzas sharing one repository.
@@ -69,36 +155,55 @@ impl PgBackRest {
         for sub in ["log", "lock", "spool"] {
             std::fs::create_dir_all(work_dir.join(sub)).map_err(io)?;
         }
-        std::fs::create_dir_all(&repo.path).map_err(io)?;
-        let mut text = format!(
-            "# Written by tenantd (docs/pitr.md); changes are overwritten at start.\n\
-             [global]\n\
-             repo1-path={}\n\
-             repo1-retention-full={}\n\
-             log-path={}\n\
-             lock-path={}\n\
-             spool-path={}\n\
-             compress-type=zst\n\
-             start-fast=y\n\
-             log-level-console=warn\n\
-             log-level-file=info\n",
-            repo.path.display(),
-            repo.retention_full.max(1),
-            work_dir.join("log").display(),
-            work_dir.join("lock").display(),
-            work_dir.join("spool").display(),
+        if repo.s3.is_none() {
+            std::fs::create_dir_all(&repo.path).map_err(io)?;
+        }
+        let mut text = String::from(
+            "# Written by tenantd (docs/pitr.md); changes are overwritten at start.\n[global]\n",
         );
+        let global = [
+            ("log-path", work_dir.join("log").display().to_string()),
+            ("lock-path", work_dir.join("lock").display().to_string()),
+            ("spool-path", work_dir.join("spool").display().to_string()),
+            ("compress-type", "zst".into()),
+            ("start-fast", "y".into()),
+            ("log-level-console", "warn".into()),
+            ("log-level-file", "info".into()),
+        ];
+        for (k, v) in repo.options().into_iter().chain(global) {
+            text.push_str(&option_line(k, &v)?);
+        }
         for s in &stanzas {
-            text.push_str(&format!(
-                "\n[{}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
-                s.name,
-                s.pg_path.display(),
-                s.pg_port,
-                s.pg_socket.display()
-            ));
+            if !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(PitrError::Io(format!("stanza name {:?}", s.name)));
+            }
+            text.push_str(&format!("\n[{}]\n", s.name));
+            for (k, v) in [
+                ("pg1-path", s.pg_path.display().to_string()),
+                ("pg1-port", s.pg_port.to_string()),
+                ("pg1-socket-path", s.pg_socket.display().to_string()),
+                ("pg1-user", "postgres".into()),
+            ] {
+                text.push_str(&option_line(k, &v)?);
+            }
         }
         let config_file = work_dir.join(CONFIG_FILE);
-        std::fs::write(&config_file, text).map_err(io)?;
+        let holds_key = repo
+            .s3
+            .as_ref()
+            .is_some_and(|s| matches!(s.key, S3Key::Shared { .. }));
+        if holds_key {
+            // Readable by its owner (the servers' archive_command reads it) only.
+            use std::io::Write;
+            let mut f = crate::secret_file::open_new(&config_file).map_err(io)?;
+            f.write_all(text.as_bytes()).map_err(io)?;
+        } else {
+            std::fs::write(&config_file, text).map_err(io)?;
+        }
         // What tenantd made; what pgBackRest writes below is its owner's already (walking a
         // repository of years of WAL at every start would take long).
         let made = [
@@ -107,9 +212,9 @@ impl PgBackRest {
             work_dir.join("lock"),
             work_dir.join("spool"),
             config_file.clone(),
-            repo.path.clone(),
         ];
-        for path in &made {
+        let repo_dir = repo.s3.is_none().then(|| repo.path.clone());
+        for path in made.iter().chain(repo_dir.as_ref()) {
             crate::embedded::give_to_cluster_owner(path)
                 .map_err(|e| PitrError::Io(e.to_string()))?;
         }
@@ -221,6 +326,17 @@ impl PgBackRest {
         self.run(stanza, "restore", &args).await?;
         Ok(())
     }
+}
+
+/// `key=value` for pgBackRest's configuration; a value that would end the line is refused
+/// (it could smuggle in another option).
+fn option_line(key: &str, value: &str) -> Result<String, PitrError> {
+    if value.contains(['\n', '\r']) {
+        return Err(PitrError::Io(format!(
+            "pgBackRest option {key}: a value must not hold a line break"
+        )));
+    }
+    Ok(format!("{key}={value}\n"))
 }
 
 /// The `archive_command` for `stanza` with the configuration at `config_file` (known before

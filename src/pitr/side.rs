@@ -127,6 +127,11 @@ impl SideCluster {
         self.keep = true;
     }
 
+    /// Whether `dir` holds a copy fetched and not yet removed.
+    pub fn fetched(dir: &Path) -> bool {
+        dir.exists() && data_dir(dir).is_ok_and(|d| d.join("PG_VERSION").exists())
+    }
+
     /// The last transaction replayed: when it committed.
     pub async fn replayed_to(&self) -> Result<Option<DateTime<Utc>>, PitrError> {
         use sqlx::Connection;
@@ -198,7 +203,12 @@ impl SideCluster {
 impl Drop for SideCluster {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.stop();
+            if self.keep {
+                server.stop();
+                return;
+            }
+            // Its files go next: no shutdown checkpoint needed.
+            server.stop_now();
         }
         if self.keep {
             return;

@@ -9,11 +9,12 @@
 //! - [`fetch`] (`fetch_backup`): seals the source's WAL up to now, then restores the files
 //!   of the cluster's newest base backup before T into the operation's side directory
 //!   (`--db-include`: only the database holding the tenant, and the system databases).
-//! - [`replay`]: starts the copy on a private socket, waits until recovery paused at T,
-//!   and stops it, keeping the files.
-//! - [`extract`]: starts it again (it pauses at T again), reads the one tenant from it into
-//!   an export recorded as of T (dumped, sealed under the tenant's key, signed), and removes
-//!   the side cluster.
+//! - [`replay`]: starts the copy on a private socket and waits until recovery paused at T;
+//!   the copy keeps running for `extract` in this process.
+//! - [`extract`]: takes the running copy (or, in another process after a crash or on another
+//!   replica, starts it again: it pauses at T again), reads the one tenant from it into an
+//!   export recorded as of T (dumped, sealed under the tenant's key, signed), and removes the
+//!   side cluster. A replica that does not have the fetched copy fetches it again.
 //!
 //! [`remove_side`] removes what any of them left (compensation, and a crash resumed).
 //! Not a workflow: the restore runs these as its first steps.
@@ -312,13 +313,41 @@ async fn start(cx: &StepContext<'_>, cluster: &Cluster) -> Result<SideCluster, S
         .map_err(Error::from)?)
 }
 
-/// The `replay` step.
+/// Side clusters this process started and keeps running from `replay` to `extract`, by
+/// operation. Only an optimisation: `extract` in another process (after a crash, or on
+/// another replica) starts the copy again, and it replays to the same moment.
+static RUNNING: std::sync::Mutex<Vec<(Uuid, SideCluster)>> = std::sync::Mutex::new(Vec::new());
+
+fn take_running(operation_id: Uuid) -> Option<SideCluster> {
+    let mut running = RUNNING.lock().expect("side clusters lock");
+    let i = running.iter().position(|(id, _)| *id == operation_id)?;
+    Some(running.swap_remove(i).1)
+}
+
+/// The operation's copy as fetched: fetched again if this replica does not have it (the
+/// operation moved here from another replica).
+async fn ensure_fetched(cx: &StepContext<'_>, p: &mut PointInTime) -> Result<(), StepError> {
+    let pitr = pitr(cx.deps)?;
+    if !SideCluster::fetched(&pitr.side_dir(cx.operation_id)) {
+        tracing::info!(operation_id = %cx.operation_id,
+            "the side copy is not on this replica: fetching it again");
+        fetch(cx, p).await?;
+    }
+    Ok(())
+}
+
+/// The `replay` step. The copy is left running for `extract`.
 pub async fn replay(cx: &StepContext<'_>, p: &mut PointInTime) -> Result<(), StepError> {
     let (tenant, _) = source(cx.deps, p).await?;
     let cluster = cx.deps.dataplane.cluster(&tenant.placement.cluster)?;
+    drop(take_running(cx.operation_id));
+    ensure_fetched(cx, p).await?;
     let side = start(cx, cluster).await?;
     p.replayed_to = side.replayed_to().await.map_err(Error::from)?;
-    side.stop_and_keep();
+    RUNNING
+        .lock()
+        .expect("side clusters lock")
+        .push((cx.operation_id, side));
     tracing::info!(operation_id = %cx.operation_id, at = %p.at.to_rfc3339(),
         replayed_to = ?p.replayed_to, "WAL replayed to the target");
     Ok(())
@@ -349,7 +378,14 @@ pub async fn extract(
     // where it was at T.
     check_unmoved(deps, &tenant, p.at).await?;
     let cluster = deps.dataplane.cluster(&tenant.placement.cluster)?;
-    let side = start(cx, cluster).await?;
+    let side = match take_running(cx.operation_id) {
+        Some(side) => side,
+        None => {
+            let mut p = p.clone();
+            ensure_fetched(cx, &mut p).await?;
+            start(cx, cluster).await?
+        }
+    };
     let copy = Cluster::detached(
         &ClusterConfig {
             name: format!("{}-at-{}", cluster.name, p.at.timestamp()),
@@ -424,6 +460,7 @@ async fn check_unmoved(deps: &Context, tenant: &Tenant, at: DateTime<Utc>) -> Re
 
 /// Removes the operation's side cluster, whatever state it was left in.
 pub async fn remove_side(deps: &Context, operation_id: Uuid) -> Result<(), StepError> {
+    drop(take_running(operation_id));
     if let Some(pitr) = deps.pitr.as_deref() {
         side::remove(&pitr.side_dir(operation_id))
             .await

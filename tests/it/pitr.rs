@@ -25,6 +25,7 @@ fn archiving_cluster(dir: &std::path::Path) -> (EmbeddedPostgres, PgBackRest) {
     let repo = Repository {
         path: dir.join("repo"),
         retention_full: 2,
+        s3: None,
     };
     // The configuration names the cluster's data directory and socket, known only once it
     // exists: start it once to lay it out, configure, then start it archiving.
@@ -175,20 +176,8 @@ async fn tenantd_with_pitr_takes_a_first_base_backup_at_start() {
     let _one = crate::harness::one_at_a_time().await;
     let dir = std::env::temp_dir().join(format!("tenantd-pitr-{}", uuid::Uuid::new_v4().simple()));
     let _removed = Removed(dir.clone());
-    let config_file = dir
-        .join("work")
-        .join(tenantd::pitr::pgbackrest::CONFIG_FILE);
-
     // The cluster archives through the configuration tenantd will write at start.
-    let pg = {
-        let (dir, config_file) = (dir.clone(), config_file.clone());
-        tokio::task::spawn_blocking(move || {
-            let opts = crate::harness::archiving(&dir.join("cluster"), &config_file, "archived");
-            EmbeddedPostgres::start(&opts).unwrap()
-        })
-        .await
-        .unwrap()
-    };
+    let (pg, _) = archiving_in(&dir).await;
     let (mut config, env_dir) = crate::harness::TestEnv::config().await;
     config.clusters.push(tenantd::config::ClusterConfig {
         name: "archived".into(),
@@ -623,4 +612,118 @@ async fn a_failed_or_cancelled_restore_to_a_moment_leaves_no_side_cluster() {
             .await
             .unwrap();
     assert_eq!(unfinished, 0);
+}
+
+/// The same with the repository in an S3 bucket (moto over HTTPS): pgBackRest archives the
+/// WAL and takes the base backup there, and a copy restored at T from it holds T's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_backed_up_to_s3_is_restored_at_a_moment() {
+    let _one = crate::harness::one_at_a_time().await;
+    let dir = std::env::temp_dir().join(format!("tenantd-pitr-{}", uuid::Uuid::new_v4().simple()));
+    let _removed = Removed(dir.clone());
+    let endpoint = crate::harness::moto_tls();
+    let bucket = format!("pitr-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let made = std::process::Command::new("curl")
+        .args(["-skf", "-X", "PUT", &format!("{endpoint}/{bucket}")])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "bucket not created: {made:?}");
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let credentials = dir.join("s3-credentials");
+    std::fs::create_dir_all(&dir).unwrap();
+    tenantd::secret_file::create(
+        &credentials,
+        b"[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    let (pg, config_file) = archiving_in(&dir).await;
+    let mut pitr = crate::harness::pitr_for(&pg, &dir);
+    pitr.repo_path = None;
+    pitr.s3 = Some(tenantd::config::PitrS3 {
+        bucket,
+        region: "us-east-1".into(),
+        endpoint: Some("127.0.0.1".into()),
+        port: Some(port),
+        path_style: true,
+        verify_tls: false,
+        ca_file: None,
+        key_type: "shared".into(),
+        credentials_file: Some(credentials),
+    });
+    let clusters = vec![tenantd::config::ClusterConfig {
+        name: "archived".into(),
+        admin_url: pg.url("postgres"),
+        public_host: None,
+        public_port: None,
+        shared_database: "tenants".into(),
+    }];
+    let pgbackrest = tenantd::pitr::configure(&pitr, &clusters).unwrap();
+    let text = std::fs::read_to_string(&config_file).unwrap();
+    assert!(text.contains("repo1-type=s3"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o077,
+        0,
+        "a configuration holding the S3 key is its owner's only"
+    );
+    pgbackrest.ensure_stanza("archived").await.unwrap();
+    pgbackrest.backup("archived", true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let url = pg.url("postgres");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE visits (id int PRIMARY KEY); INSERT INTO visits SELECT generate_series(1, 70)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let t = moment_on(&mut conn).await;
+    sqlx::raw_sql("INSERT INTO visits SELECT generate_series(71, 90)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tenantd::pitr::seal(&mut conn, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let side = SideCluster::restore(
+        &pgbackrest,
+        "archived",
+        t,
+        &dir.join("side"),
+        &[],
+        &password(&url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&side.url("postgres")).await, 70);
+    drop(side);
+    drop(pg);
+}
+
+/// A cluster under `dir` archiving as stanza `archived` through the pgBackRest configuration
+/// tenantd writes (the path returned) under `dir/work`.
+async fn archiving_in(dir: &std::path::Path) -> (EmbeddedPostgres, std::path::PathBuf) {
+    let config_file = dir
+        .join("work")
+        .join(tenantd::pitr::pgbackrest::CONFIG_FILE);
+    let (cluster, file) = (dir.join("cluster"), config_file.clone());
+    let pg = tokio::task::spawn_blocking(move || {
+        EmbeddedPostgres::start(&crate::harness::archiving(&cluster, &file, "archived")).unwrap()
+    })
+    .await
+    .unwrap();
+    (pg, config_file)
+}
+
+/// A moment between two writes on `conn`'s server.
+async fn moment_on(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (t,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    t
 }

@@ -99,7 +99,8 @@ pub fn archived_pitr() -> tenantd::config::PitrConfig {
 /// `base`.
 pub fn pitr_for(pg: &EmbeddedPostgres, base: &std::path::Path) -> tenantd::config::PitrConfig {
     tenantd::config::PitrConfig {
-        repo_path: base.join("repo"),
+        repo_path: Some(base.join("repo")),
+        s3: None,
         work_dir: base.join("work"),
         schedule: "0 1 * * *".into(),
         retention_full: 2,
