@@ -85,9 +85,13 @@ pub async fn context(config: Config) -> Result<Context, ServerError> {
         let cluster = dataplane
             .cluster(config.default_cluster())
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        conventions::check(cluster, &files, &config.tenant_schema.extensions)
+        let advice = conventions::check(cluster, &files, &config.tenant_schema.extensions)
             .await
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        for a in advice {
+            tracing::warn!(lint = a.lint, object = %a.object,
+                "tenant schema advice (not refused): {}", a.detail);
+        }
     }
     // A file that differs from what the registry recorded for its version stops this replica.
     let tenant_schema = Arc::new(

@@ -178,6 +178,15 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 .map(|&(version, tenants)| pb::fleet_schema::VersionCount { version, tenants })
                 .collect(),
             versions,
+            advice: f
+                .advice
+                .iter()
+                .map(|a| pb::fleet_schema::Advice {
+                    lint: a.lint.to_owned(),
+                    object: a.object.clone(),
+                    detail: a.detail.clone(),
+                })
+                .collect(),
         }))
     }
 

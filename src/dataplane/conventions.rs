@@ -21,6 +21,10 @@
 //!   roles, no event triggers, no grants (access is tenantd's), no extension the
 //!   configuration does not allow (`[tenant_schema] extensions`);
 //! - a `SECURITY DEFINER` function sets its `search_path`.
+//!
+//! What the linters users already run would report about the schema's own tables (unindexed
+//! foreign keys, missing primary keys, duplicate indexes, functions without a fixed
+//! `search_path`) is returned as advice, never refused ([`super::advice`]).
 
 use std::collections::BTreeMap;
 
@@ -42,11 +46,13 @@ pub enum ConventionError {
 /// Tries every version of `schema` in a throwaway container on `cluster` (see the module
 /// doc). Nothing is left behind, whatever the outcome. A try cut short by a transient error
 /// (a lost connection, a lock or serialization conflict with another session) is made again.
+/// What the linters users run would report about the schema's own tables and functions comes
+/// back as advice ([`super::advice`]), read after the last version.
 pub async fn check(
     cluster: &Cluster,
     schema: &TenantSchema,
     extensions: &[String],
-) -> Result<(), ConventionError> {
+) -> Result<Vec<super::advice::Advice>, ConventionError> {
     let mut attempt = 1;
     loop {
         match try_once(cluster, schema, extensions).await {
@@ -64,7 +70,7 @@ async fn try_once(
     cluster: &Cluster,
     schema: &TenantSchema,
     extensions: &[String],
-) -> Result<(), ConventionError> {
+) -> Result<Vec<super::advice::Advice>, ConventionError> {
     let err = |e| cluster.err(e);
     // The admin database: it always exists, and the try leaves nothing in it.
     let mut tx = cluster.admin().begin().await.map_err(err)?;
@@ -120,9 +126,10 @@ async fn try_once(
         // What every real container gets after a version, before the next one.
         super::isolation::ensure(cluster, &mut tx, &scratch).await?;
     }
+    let advice = super::advice::read(cluster, &mut tx, &scratch).await?;
     // Dropping the transaction rolls back the scratch schema and everything in it.
     drop(tx);
-    Ok(())
+    Ok(advice)
 }
 
 /// Every object outside `scratch` that no extension owns (and every role, event trigger and

@@ -7,6 +7,7 @@
 //!
 //! Every statement that names an object is built by [`crate::sql`]; tenant values are bound.
 
+pub mod advice;
 pub mod catalog;
 pub mod changes;
 pub mod conventions;

@@ -24,6 +24,8 @@ pub use restores::{NewTenantFromExport, RestoreTarget};
 pub use rollouts::{CanaryRequest, FleetSchema, TargetPage};
 pub use tenants::Route;
 
+use std::sync::Arc;
+
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
@@ -33,13 +35,22 @@ use crate::registry::events::OperationEvents;
 pub struct Control {
     deps: Context,
     events: OperationEvents,
+    /// The tenant schema's advice, by the version it was read at ([`Control::fleet_schema`]).
+    advice: Arc<tokio::sync::Mutex<Option<AdviceAt>>>,
 }
+
+/// Advice read at a tenant-schema version.
+type AdviceAt = (i32, Vec<crate::dataplane::advice::Advice>);
 
 impl Control {
     /// Calls reach the registry through its API pool, apart from the workers'.
     pub fn new(mut deps: Context, events: OperationEvents) -> Self {
         deps.registry = deps.registry.for_api();
-        Control { deps, events }
+        Control {
+            deps,
+            events,
+            advice: Arc::default(),
+        }
     }
 
     fn registry(&self) -> &Registry {

@@ -20,6 +20,8 @@ pub struct FleetSchema {
     pub tenants_by_version: Vec<(i32, i64)>,
     /// Every version of the tenant schema, as the registry holds them.
     pub schema: std::sync::Arc<crate::tenant_schema::TenantSchema>,
+    /// What the linters users run would report about it (at `latest`).
+    pub advice: Vec<crate::dataplane::advice::Advice>,
 }
 
 /// How canaries are asked for, before tenant names are resolved.
@@ -45,8 +47,45 @@ impl Control {
             version: self.registry().schema_version().await?,
             latest: schema.latest(),
             tenants_by_version: self.registry().tenants_by_version().await?,
+            advice: self.schema_advice(&schema).await,
             schema,
         })
+    }
+
+    /// [`crate::dataplane::advice`] for the latest version, tried once per version in this
+    /// process (a throwaway container on the default cluster). Best effort: a try that fails
+    /// is logged and gives none.
+    async fn schema_advice(
+        &self,
+        schema: &crate::tenant_schema::TenantSchema,
+    ) -> Vec<crate::dataplane::advice::Advice> {
+        let mut cached = self.advice.lock().await;
+        if let Some((version, advice)) = cached.as_ref()
+            && *version == schema.latest()
+        {
+            return advice.clone();
+        }
+        let config = &self.deps.config;
+        let tried = match self.deps.dataplane.cluster(config.default_cluster()) {
+            Ok(cluster) => crate::dataplane::conventions::check(
+                cluster,
+                schema,
+                &config.tenant_schema.extensions,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match tried {
+            Ok(advice) => {
+                *cached = Some((schema.latest(), advice.clone()));
+                advice
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tenant schema advice not read");
+                Vec::new()
+            }
+        }
     }
 
     /// Starts a rollout to `plan.target_version` (validated here) with the canaries named.

@@ -179,16 +179,7 @@ pub async fn check(
         .map(|b| b.label.clone())
         .unwrap_or_default();
     let (needed_bytes, free_bytes) = disk(deps, pitr, &tenant).await?;
-    if free_bytes < needed_bytes {
-        return Err(refused(format!(
-            "restoring tenant {} to a point in time needs about {} MiB free under {} for a \
-             copy of its database; {} MiB are free",
-            tenant.slug,
-            needed_bytes >> 20,
-            pitr.side_root().display(),
-            free_bytes >> 20
-        )));
-    }
+    room(&tenant.slug, needed_bytes, free_bytes, &pitr.side_root())?;
     Ok(Checked {
         tenant,
         needed_bytes,
@@ -218,6 +209,20 @@ async fn disk(deps: &Context, pitr: &Pitr, tenant: &Tenant) -> Result<(u64, u64)
         size.max(0) as u64 + size.max(0) as u64 / 10 + HEAD_ROOM,
         free,
     ))
+}
+
+/// Refuses a copy needing more than is free, saying how much each is.
+fn room(slug: &str, needed: u64, free: u64, root: &std::path::Path) -> Result<(), Error> {
+    if free >= needed {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "restoring tenant {slug} to a point in time needs about {} MiB free under {} for a \
+         copy of its database; {} MiB are free",
+        needed.div_ceil(1 << 20),
+        root.display(),
+        free >> 20
+    )))
 }
 
 fn free_bytes(dir: &std::path::Path) -> Result<u64, Error> {
@@ -467,4 +472,30 @@ pub async fn remove_side(deps: &Context, operation_id: Uuid) -> Result<(), StepE
             .map_err(Error::from)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_little_disk_is_refused_saying_how_much_is_needed_and_free() {
+        let root = std::path::Path::new("/var/lib/tenantd/pgbackrest/side");
+        assert!(room("north", 100 << 20, 100 << 20, root).is_ok());
+        let e = room("north", 3 << 30, 512 << 20, root).unwrap_err();
+        let Error::FailedPrecondition { reason, .. } = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(
+            reason,
+            "restoring tenant north to a point in time needs about 3072 MiB free under \
+             /var/lib/tenantd/pgbackrest/side for a copy of its database; 512 MiB are free"
+        );
+    }
+
+    #[test]
+    fn free_space_is_read_from_the_file_system() {
+        assert!(free_bytes(&std::env::temp_dir()).unwrap() > 0);
+        assert!(free_bytes(std::path::Path::new("/no/such/dir")).is_err());
+    }
 }

@@ -329,3 +329,59 @@ async fn a_fence_trigger_dropped_or_disabled_by_hand_is_back_before_a_fence() {
         .await
         .unwrap();
 }
+
+/// What the linters users run would say about a schema's own tables is advice, not a
+/// refusal: an unindexed foreign key, a table without a primary key, two identical indexes and
+/// a function without a fixed search_path are each reported, and the schema is accepted. The
+/// example gets one piece of advice (its appointments' foreign key to patients).
+#[tokio::test]
+async fn what_the_linters_would_report_is_advice_and_nothing_is_refused() {
+    let env = TestEnv::start().await;
+    let dataplane = DataPlane::new(&env.config.clusters, crate::harness::example_schema()).unwrap();
+    let main = dataplane.cluster("main").unwrap();
+    let v2 = "CREATE TABLE beds (tenant_id uuid NOT NULL, id bigint NOT NULL, ward_id bigint,
+                                 PRIMARY KEY (tenant_id, id),
+                                 FOREIGN KEY (tenant_id, ward_id) REFERENCES wards (tenant_id, id));
+              CREATE TABLE readings (tenant_id uuid NOT NULL, value numeric);
+              CREATE INDEX readings_a ON readings (tenant_id, value);
+              CREATE INDEX readings_b ON readings (tenant_id, value);
+              CREATE FUNCTION bed_count() RETURNS bigint LANGUAGE sql
+                  AS 'SELECT count(*) FROM beds';
+              CREATE FUNCTION ward_count() RETURNS bigint LANGUAGE sql
+                  SET search_path = pg_catalog, pg_temp AS 'SELECT 1::bigint';";
+    let advice = conventions::check(main, &schema(&[base(), v2.to_owned()]), &[])
+        .await
+        .expect("advice is not a refusal");
+    let got: Vec<(&str, &str)> = advice.iter().map(|a| (a.lint, a.object.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("unindexed_foreign_keys", "beds"),
+            ("no_primary_key", "readings"),
+            ("duplicate_index", "readings"),
+            ("function_search_path_mutable", "bed_count"),
+        ],
+        "{advice:#?}"
+    );
+    assert!(
+        advice[0].detail.contains("tenant_id, ward_id"),
+        "{advice:?}"
+    );
+    assert!(
+        advice[2].detail.contains("readings_a, readings_b"),
+        "{advice:?}"
+    );
+
+    let example = conventions::check(main, &TenantSchema::example(), &[])
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = example
+        .iter()
+        .map(|a| (a.lint, a.object.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [("unindexed_foreign_keys", "appointments")],
+        "{example:#?}"
+    );
+}

@@ -21,6 +21,7 @@ mod harness;
 mod idempotency;
 mod identifiers;
 mod isolation;
+mod lints;
 mod online_move;
 mod own_schema;
 mod pitr;

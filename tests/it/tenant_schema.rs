@@ -137,6 +137,34 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
         v4.starts_with('*') && v4.contains(" 1  "),
         "one tenant at v4: {v4}"
     );
+    // The canary's policies are in the form an earlier build wrote (as a container of that
+    // build has them): the rollout is what brings them to the current form.
+    let old = tenantd::dataplane::isolation::PREVIOUS_POLICY_USING;
+    let earlier = format!(
+        "DO $$ DECLARE t text; BEGIN
+             FOR t IN SELECT tablename FROM pg_policies
+                      WHERE schemaname = '{schema}' AND policyname = 'tenant_isolation'
+                        AND cmd = 'ALL' LOOP
+                 EXECUTE format('ALTER POLICY tenant_isolation ON %I.%I USING ({old}) \
+                                 WITH CHECK ({old})', '{schema}', t);
+             END LOOP;
+         END $$",
+        schema = Place::of(&t).schema,
+        old = old.replace('\'', "''"),
+    );
+    let canary_db = admin(&Place::of(&t).cluster, &Place::of(&t).database).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(earlier))
+        .execute(&canary_db)
+        .await
+        .unwrap();
+    let (earlier_form,): (String,) = sqlx::query_as(
+        "SELECT qual FROM pg_policies WHERE schemaname = $1 AND tablename = 'patients'",
+    )
+    .bind(Place::of(&t).schema)
+    .fetch_one(&canary_db)
+    .await
+    .unwrap();
+    assert_ne!(earlier_form, crate::harness::POLICY_DEPARSED);
     // A rollout brings its canary there. (Only the canary: the test clusters' shared pool
     // belongs to every test, which know version 4 only.)
     let op = env
@@ -218,6 +246,22 @@ async fn a_changed_version_is_refused_by_name_and_a_new_version_reaches_a_tenant
     assert_eq!(
         secured,
         (true, true, crate::harness::POLICY_DEPARSED.to_owned(), true)
+    );
+    // Every table's policy, the earlier form included, is in the current form now.
+    let forms: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tablename::text, qual FROM pg_policies
+         WHERE schemaname = $1 AND policyname = 'tenant_isolation' ORDER BY 1",
+    )
+    .bind(&place.schema)
+    .fetch_all(&canary_db)
+    .await
+    .unwrap();
+    assert!(forms.len() > 5, "{forms:?}");
+    assert!(
+        forms
+            .iter()
+            .all(|(_, q)| q == crate::harness::POLICY_DEPARSED),
+        "{forms:#?}"
     );
     env.ops
         .cancel_operation(pb::CancelOperationRequest { name: op.name })

@@ -43,6 +43,12 @@ pub async fn run(
                     println!("  {:>7}  {:>7}  {seed:<44}  {}", "", "", v.seed_sha256);
                 }
             }
+            if !f.advice.is_empty() {
+                println!("advice (what database linters would report; nothing is refused):");
+                for a in &f.advice {
+                    println!("  {} {}: {}", a.lint, a.object, a.detail);
+                }
+            }
         }
     }
     Ok(())
