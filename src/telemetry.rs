@@ -45,7 +45,11 @@ pub fn init(json: bool) -> Result<Telemetry, TelemetryError> {
             .with_span_list(false)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        // Colour only for a person at a terminal: redirected logs stay plain text.
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed()
     };
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
     let provider = if endpoint.is_empty() {

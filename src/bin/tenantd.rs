@@ -217,12 +217,15 @@ async fn dev(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let password_file = stack.state_dir.join("superuser.password");
     println!(
-        "tenantd dev: gRPC on {listen}; PostgreSQL on 127.0.0.1:{} (state in {}).\n\
+        "tenantd dev: gRPC on {listen}; PostgreSQL on 127.0.0.1:{port} (state in {}).\n\
          Access: {access}\n\
+         psql as the superuser: PGPASSWORD=\"$(cat {})\" psql -h 127.0.0.1 -p {port} -U postgres tenants\n\
          Try: tenantctl create acme-health --tier pool",
-        stack.postgres.port,
-        stack.state_dir.display()
+        stack.state_dir.display(),
+        password_file.display(),
+        port = stack.postgres.port,
     );
     let result = tenantd::server::run(stack.config.clone(), listener, shutdown).await;
     tokio::task::spawn_blocking(move || drop(stack)).await?;

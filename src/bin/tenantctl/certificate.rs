@@ -108,10 +108,10 @@ pub fn verify(file: &std::path::Path, public_key: &std::path::Path) -> anyhow::R
         c.request.requested_by, c.request.requested_at, c.request.reason, c.request.ticket
     );
     println!(
-        "deleted:     {} rows in {} tables; {} containers or roles dropped",
+        "deleted:     {} rows in {}; {} dropped",
         e.rows_deleted.iter().map(|t| t.rows).sum::<u64>(),
-        e.rows_deleted.len(),
-        e.dropped.len()
+        crate::counted(e.rows_deleted.len(), "table", "tables"),
+        crate::counted(e.dropped.len(), "container or role", "containers or roles")
     );
     println!(
         "objects:     {} ({} bytes) under {}, keys sha256 {}",
@@ -122,13 +122,12 @@ pub fn verify(file: &std::path::Path, public_key: &std::path::Path) -> anyhow::R
         e.key.key_id, e.key.state, e.key.deletion_date
     );
     println!(
-        "verified:    at {} (completed {}): {} tables, {} catalog checks, {} objects listed, \
-         key {}",
+        "verified:    at {} (completed {}): {}, {}, {} listed, key {}",
         v.verified_at,
         c.completed_at,
-        v.tables.len(),
-        v.catalog.len(),
-        v.objects.objects_listed,
+        crate::counted(v.tables.len(), "table", "tables"),
+        crate::counted(v.catalog.len(), "catalog check", "catalog checks"),
+        crate::counted(v.objects.objects_listed as usize, "object", "objects"),
         v.key.state
     );
     for s in &c.scope {

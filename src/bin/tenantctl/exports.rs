@@ -44,6 +44,9 @@ pub enum Command {
         /// With --as-new: the display name (default: the slug).
         #[arg(long, default_value = "", requires = "as_new")]
         display_name: String,
+        /// In place: do not ask for confirmation (asked only on a terminal).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         start: Start,
     },
@@ -105,8 +108,21 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
             tier,
             cluster,
             display_name,
+            yes,
             start,
         } => {
+            let replaced = match &to {
+                Some(t) => format!("tenant {source}'s data with its data as at {t}"),
+                None => format!("the data of the tenant {source} was taken of with it"),
+            };
+            if as_new.is_none()
+                && !yes
+                && !crate::confirm(&format!(
+                    "replace all of {replaced}? writes made since are lost"
+                ))?
+            {
+                bail!("not restored");
+            }
             let mode = if as_new.is_some() {
                 pb::RestoreMode::AsNewTenant
             } else {

@@ -74,7 +74,7 @@ pub struct Start {
 enum Command {
     #[command(flatten)]
     Tenants(tenants::Command),
-    /// Operations: get, list, watch, wait, cancel.
+    /// Operations: get, list, watch, cancel.
     #[command(subcommand)]
     Operation(OperationCommand),
     #[command(flatten)]
@@ -169,6 +169,11 @@ impl Pages {
 
 /// Asks `question` on the terminal and reads y/N. Never asks when stdin is not a terminal
 /// (scripts pass `--yes` or pipe): the answer is then yes.
+/// "1 table", "3 tables".
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {

@@ -17,18 +17,27 @@ use crate::tenants::{print_tenant, tier_name};
 
 #[derive(Subcommand)]
 pub enum OperationCommand {
+    /// Show an operation: every step with its state, start, duration and attempts, and what
+    /// the operation did.
     Get {
+        /// operations/<id> or the bare id.
         name: String,
     },
+    /// List operations, oldest first.
     List {
+        /// Only this tenant's (id or slug).
         #[arg(long, default_value = "")]
         tenant: String,
     },
     /// Follow an operation with a progress bar until it is done.
     Watch {
+        /// operations/<id> or the bare id.
         name: String,
     },
+    /// Ask an operation to stop: honoured at its next step boundary before its point of no
+    /// return; what it did is undone.
     Cancel {
+        /// operations/<id> or the bare id.
         name: String,
     },
 }
@@ -199,11 +208,11 @@ pub fn print_operation(op: &pb::Operation) {
             })
             .unwrap_or_default();
         let retry = if s.attempts > 1 {
-            format!(" ({} attempts)", s.attempts)
+            format!(", {} attempts", s.attempts)
         } else {
             String::new()
         };
-        println!("  {:<18} {state}{retry}", s.name);
+        println!("  {:<18} {state:<11}{}{retry}", s.name, step_times(s));
     }
     if let Some(pb::operation_metadata::Details::TierChange(t)) = &m.details {
         println!(
@@ -217,8 +226,10 @@ pub fn print_operation(op: &pb::Operation) {
             println!("copy:        while the tenant wrote (online)");
             if t.catch_up_rounds > 0 {
                 println!(
-                    "catch-up:    {} rounds, {} changes applied, {} bytes behind after the last",
-                    t.catch_up_rounds, t.catch_up_changes, t.lag_bytes
+                    "catch-up:    {}, {} applied, {} bytes behind after the last",
+                    crate::counted(t.catch_up_rounds as usize, "round", "rounds"),
+                    crate::counted(t.catch_up_changes as usize, "change", "changes"),
+                    t.lag_bytes
                 );
                 for r in &t.recent_rounds {
                     println!(
@@ -242,6 +253,16 @@ pub fn print_operation(op: &pb::Operation) {
         }
         if t.rows_copied > 0 {
             println!("rows copied: {} (verified)", t.rows_copied);
+            // Per table, as the copy reported them.
+            let copied = m
+                .steps
+                .iter()
+                .find(|s| matches!(s.name.as_str(), "copy" | "tail") && !s.items.is_empty());
+            if let Some(copy) = copied {
+                for i in &copy.items {
+                    println!("  {:<28} {:>12} rows", i.name, i.done);
+                }
+            }
         }
         print_pause(&t.fence_time, &t.unfence_time, t.write_pause_ms);
     }
@@ -280,7 +301,7 @@ pub fn print_operation(op: &pb::Operation) {
         }
         if !d.key_id.is_empty() {
             println!(
-                "key:         {} destroyed on {}",
+                "key:         {} scheduled for destruction on {}",
                 d.key_id, d.key_deletion_time
             );
         }
@@ -304,6 +325,21 @@ pub fn print_operation(op: &pb::Operation) {
 }
 
 /// How long a tenant's writes were fenced (or since when, while they still are).
+/// When a step started and how long it took (or runs so far): "started 16:42:53.540Z,
+/// 1.21 s".
+fn step_times(s: &pb::Step) -> String {
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    match (at(&s.start_time), at(&s.end_time)) {
+        (Some(a), Some(b)) => format!(
+            "started {}, {:.2} s",
+            a.format("%H:%M:%S%.3fZ"),
+            (b - a).num_milliseconds() as f64 / 1000.0
+        ),
+        (Some(a), None) => format!("started {}", a.format("%H:%M:%S%.3fZ")),
+        _ => String::new(),
+    }
+}
+
 /// A restore to a point in time: the moment, what it came from, and its phases with the time
 /// each took so far.
 fn print_point_in_time(r: &pb::Restore, steps: &[pb::Step]) {

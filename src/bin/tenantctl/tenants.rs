@@ -82,6 +82,9 @@ pub enum Command {
         /// Where to write the signed certificate.
         #[arg(long)]
         certificate_out: Option<std::path::PathBuf>,
+        /// Do not ask for confirmation (asked only on a terminal).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         start: Start,
     },
@@ -200,8 +203,17 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
             final_export,
             key_pending_days,
             certificate_out,
+            yes,
             start,
         } => {
+            if !yes
+                && !crate::confirm(&format!(
+                    "delete tenant {tenant} everywhere: its rows, its container, its objects \
+                     and its key (its exports become unreadable)? this cannot be undone"
+                ))?
+            {
+                anyhow::bail!("not deleted");
+            }
             let op = DeletionServiceClient::new(channel)
                 .delete_tenant(pb::DeleteTenantRequest {
                     tenant,
