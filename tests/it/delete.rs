@@ -174,6 +174,8 @@ async fn deletes_every_tier_everywhere_with_a_certificate_that_verifies_offline(
         // The tombstone: no tenant data, never routed; the slug is free again.
         let tomb = env.tenant(&t.id).await;
         assert_eq!(tomb.state, pb::TenantState::Deleted as i32);
+        // By its slug too (as ListTenants shows it), until the slug is taken again.
+        assert_eq!(env.tenant(slug).await.id, t.id);
         assert_eq!((tomb.display_name.as_str(), tomb.plan.as_str()), ("", ""));
         assert!(tomb.labels.is_empty());
         let refused = env
@@ -194,6 +196,7 @@ async fn deletes_every_tier_everywhere_with_a_certificate_that_verifies_offline(
         );
         let again = env.provision(slug, pb::Tier::Pool, "main").await;
         assert_ne!(again.id, t.id);
+        assert_eq!(env.tenant(slug).await.id, again.id, "the live tenant wins");
 
         // The certificate, fetched by id and by the old id, is the same document; tenantctl
         // verifies it offline, and one changed byte fails it.
