@@ -152,17 +152,21 @@ pub async fn watch(
         .await
         .map_err(status)?
         .into_inner();
-    let bar = ProgressBar::new(1);
+    // Drawn from the first update on, with the operation's own number of steps.
+    let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.enable_steady_tick(Duration::from_millis(120));
     let mut last = None;
     while let Some(op) = stream.message().await.map_err(status)? {
         let m = op.metadata.clone().unwrap_or_default();
         bar.set_length(m.steps.len() as u64);
+        if last.is_none() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
         let done = m
             .steps
             .iter()
@@ -175,6 +179,8 @@ pub async fn watch(
             .find(|s| s.state == pb::StepState::Running as i32);
         bar.set_message(match running {
             Some(s) => step_message(s),
+            // Every step done, the operation not yet marked so.
+            None if done == m.steps.len() && !op.done => "finishing".to_owned(),
             None => op_state_name(m.state).to_owned(),
         });
         last = Some(op);
