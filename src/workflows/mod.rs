@@ -121,10 +121,26 @@ mod tests {
             ("export", &["prepare", "dump", "sign", "record", "prune"]),
             ("create_key", &["create_key"]),
             (
+                // Changed once, by migration 0012, which renumbers restores stored with the
+                // twelve steps from `verify` before point-in-time restores.
                 "restore",
                 &[
-                    "verify", "prepare", "stage", "load", "index", "check", "migrate", "grant",
-                    "fence", "swap", "activate", "cleanup",
+                    "preflight",
+                    "fetch_backup",
+                    "replay",
+                    "extract",
+                    "verify",
+                    "prepare",
+                    "stage",
+                    "load",
+                    "index",
+                    "check",
+                    "migrate",
+                    "grant",
+                    "fence",
+                    "swap",
+                    "activate",
+                    "cleanup",
                 ],
             ),
             (
