@@ -18,11 +18,17 @@ use crate::{Pages, Start, TierArg, parse_label, status};
 pub enum Command {
     /// Provision a tenant and watch the operation until it is done.
     Create {
+        /// The tenant's name in URLs and commands: a lowercase letter, then lowercase
+        /// letters, digits and '-'.
         slug: String,
+        /// Where its rows live: shared pool tables, a schema of its own, or a database of
+        /// its own.
         #[arg(long, value_enum)]
         tier: TierArg,
+        /// A name for people (default: the slug).
         #[arg(long, default_value = "")]
         display_name: String,
+        /// The billing plan; a backup policy may be set per plan.
         #[arg(long, default_value = "")]
         plan: String,
         /// key=value, repeatable.
@@ -39,6 +45,7 @@ pub enum Command {
     ChangeTier {
         /// Tenant id or slug.
         tenant: String,
+        /// The tier to move to.
         #[arg(long, value_enum)]
         tier: TierArg,
         /// Cluster to move to (default: the tenant's current cluster).
@@ -47,17 +54,25 @@ pub enum Command {
         #[command(flatten)]
         start: Start,
     },
-    /// Show a tenant (by id or slug).
-    Get { tenant: String },
-    /// List tenants.
+    /// Show a tenant (by id or slug; a deleted tenant's slug shows its tombstone).
+    Get {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// List tenants, deleted ones included.
     List {
+        /// Only this tier's.
         #[arg(long, value_enum)]
         tier: Option<TierArg>,
+        /// Tenants per request (all pages are printed).
         #[arg(long, default_value_t = 50)]
         page_size: i32,
     },
     /// Show how an application connects to a tenant.
-    Resolve { tenant: String },
+    Resolve {
+        /// Tenant id or slug.
+        tenant: String,
+    },
     /// Delete a tenant everywhere and watch it; the result is a signed deletion certificate
     /// (written to --certificate-out). A failed deletion leaves the tenant deleting: run the
     /// same command again to finish it.
