@@ -13,6 +13,7 @@ pub enum AuditCommand {
     /// A tenant's audit entries, oldest first (no tenant: entries about no tenant, such as
     /// refused calls).
     List {
+        /// Tenant id or slug.
         tenant: Option<String>,
         /// Entries per page; every page is printed.
         #[arg(long, default_value_t = 200)]
@@ -21,6 +22,7 @@ pub enum AuditCommand {
     /// Recompute the hash chains (every chain, or one tenant's) and name each entry altered
     /// or removed. Exits non-zero if any is.
     Verify {
+        /// Only this tenant's chain (id or slug).
         #[arg(long)]
         tenant: Option<String>,
     },

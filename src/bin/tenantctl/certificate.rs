@@ -15,7 +15,9 @@ pub enum CertificateCommand {
     /// Fetch a certificate (deletion-certificates/<id>, or the deleted tenant's id or slug)
     /// and write its signed document to FILE (or stdout).
     Get {
+        /// deletion-certificates/<id>, or the deleted tenant's id or slug.
         name: String,
+        /// Where to write the signed document (default: stdout).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
@@ -25,7 +27,9 @@ pub enum CertificateCommand {
     /// from `tenantctl signing-key`). Exits non-zero unless the document is intact and
     /// signed by that key.
     Verify {
+        /// The certificate document (from `certificate get` or `delete --certificate-out`).
         file: std::path::PathBuf,
+        /// The signing public key (PEM) to trust.
         #[arg(long)]
         public_key: std::path::PathBuf,
     },

@@ -32,6 +32,7 @@ pub enum Command {
         /// The psql to run.
         #[arg(long, default_value = "psql")]
         psql: String,
+        /// Arguments for psql, after `--` (e.g. -- -c 'SELECT 1').
         #[arg(last = true)]
         psql_args: Vec<String>,
     },

@@ -62,14 +62,22 @@ pub enum ExportCommand {
         start: Start,
     },
     /// List a tenant's exports.
-    List { tenant: String },
+    List {
+        /// Tenant id or slug.
+        tenant: String,
+    },
     /// Show an export.
-    Show { name: String },
+    Show {
+        /// exports/<id> or the bare id.
+        name: String,
+    },
     /// Download an export: verify the manifest's signature, the archive's checksums, decrypt,
     /// and write the SQL (restore it with `psql -f`). Nothing is written unless all checks
     /// pass.
     Get {
+        /// exports/<id> or the bare id.
         name: String,
+        /// Where to write the SQL (mode 0600).
         #[arg(long)]
         out: std::path::PathBuf,
         /// The signing public key (PEM) to trust; without it the server's key is used.

@@ -53,19 +53,26 @@ pub enum FleetCommand {
         no_wait: bool,
     },
     /// Let a rollout waiting after its canaries go on, and follow it.
-    Resume { operation: String },
+    Resume {
+        /// The rollout: operations/<id> or the bare id.
+        operation: String,
+    },
     /// A rollout's progress and its targets (all, or those in one state).
     Status {
+        /// The rollout: operations/<id> or the bare id.
         operation: String,
         /// pending, running, done, failed or skipped.
         #[arg(long)]
         state: Option<String>,
+        /// Targets per request (all pages are printed).
         #[arg(long, default_value_t = 200)]
         page_size: i32,
     },
     /// Migrate one failed or skipped target again (tenant id or slug, or pool:<cluster>).
     Retry {
+        /// The rollout: operations/<id> or the bare id.
         operation: String,
+        /// The target: tenant id or slug, or pool:<cluster>.
         target: String,
         #[arg(long, default_value = "")]
         request_id: String,
