@@ -261,9 +261,33 @@ async fn insert_staged(
         &cols,
     )
     .push(") OVERRIDING SYSTEM VALUE SELECT ");
-    let stmt = column_list(stmt, &cols)
-        .push(" FROM ")
-        .qualified(&staged.schema, table);
+    let stmt = column_list(stmt, &cols).push(" FROM ");
+    // A type the schema defines (an enum, a domain, a composite) exists twice: in the pool
+    // and in the staging schema, and the two do not cast into each other. Such rows go
+    // through each value's text form, by column name, into the pool's types.
+    let own_types: bool = sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM pg_attribute l JOIN pg_attribute s ON s.attname = l.attname
+             WHERE l.attrelid = (quote_ident($1) || '.' || quote_ident($3))::regclass
+               AND s.attrelid = (quote_ident($2) || '.' || quote_ident($3))::regclass
+               AND l.attnum > 0 AND NOT l.attisdropped AND NOT s.attisdropped
+               AND l.atttypid <> s.atttypid)",
+    )
+    .bind(live.schema.as_str())
+    .bind(staged.schema.as_str())
+    .bind(table.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| cluster.err(e))?;
+    let stmt = if own_types {
+        stmt.push("(SELECT (json_populate_record(NULL::")
+            .qualified(&live.schema, table)
+            .push(", to_json(s))).* FROM ")
+            .qualified(&staged.schema, table)
+            .push(" s) r")
+    } else {
+        stmt.qualified(&staged.schema, table)
+    };
     sqlx::query(stmt.into_sql())
         .execute(&mut *tx)
         .await

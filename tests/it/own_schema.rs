@@ -17,7 +17,7 @@ use crate::harness::{AppConnector, Place, TestEnv, admin, footprint, snapshot};
 
 pub const LAB_SCHEMA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab");
 
-async fn lab_env() -> TestEnv {
+pub(crate) async fn lab_env() -> TestEnv {
     let (mut config, dir) = TestEnv::config().await;
     config.tenant_schema.dir = Some(LAB_SCHEMA_DIR.into());
     let shared = format!("lab_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -29,7 +29,7 @@ async fn lab_env() -> TestEnv {
 
 /// Runs `sql` (each `;`-separated statement, `S.` naming the container) as the superuser,
 /// binding the tenant as $1 and `n` as $2 where used.
-async fn run(place: &Place, tenant: Uuid, n: i32, sql: &str) {
+pub(crate) async fn run(place: &Place, tenant: Uuid, n: i32, sql: &str) {
     let pool = admin(&place.cluster, &place.database).await;
     let sql = sql.replace("S.", &format!("\"{}\".", place.schema));
     for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
@@ -43,7 +43,7 @@ async fn run(place: &Place, tenant: Uuid, n: i32, sql: &str) {
 
 /// Rows in every table at version 1: a lab network, specimens with every kind of value
 /// (NULLs, quotes, tabs, newlines, non-ASCII), results in every partition.
-async fn fill(place: &Place, tenant: Uuid, n: i32) {
+pub(crate) async fn fill(place: &Place, tenant: Uuid, n: i32) {
     run(
         place,
         tenant,

@@ -230,6 +230,12 @@ async fn tenantd_with_pitr_takes_a_first_base_backup_at_start() {
 async fn pitr_env(failpoints: &str) -> TestEnv {
     let (config, dir) = TestEnv::config_pitr().await;
     let env = TestEnv::spawn_with(config, dir, failpoints).await;
+    base_backup_taken(&env).await;
+    env
+}
+
+/// Waits until `env`'s tenantd took its base backup of the `archived` cluster at start.
+async fn base_backup_taken(env: &TestEnv) {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         let done: Option<(Option<String>,)> = sqlx::query_as(
@@ -250,7 +256,6 @@ async fn pitr_env(failpoints: &str) -> TestEnv {
     }
     // pgBackRest records a backup's end to the second: moments to restore to come after.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    env
 }
 
 /// The archived cluster's clock now (the moment a test restores to).
@@ -726,4 +731,52 @@ async fn moment_on(conn: &mut sqlx::PgConnection) -> DateTime<Utc> {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     t
+}
+
+/// A tenant schema nobody here wrote (`examples/lab`: an enum, a domain, identity keys, a
+/// partitioned table…), in the pool and in a database of its own, restored to a moment after
+/// its results were deleted: every table as at the moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_nobody_here_wrote_is_restored_to_a_moment() {
+    let _one = crate::harness::one_at_a_time().await;
+    let (mut config, dir) = TestEnv::config_pitr().await;
+    config.tenant_schema.dir = Some(crate::own_schema::LAB_SCHEMA_DIR.into());
+    let shared = format!("lab_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    for c in &mut config.clusters {
+        c.shared_database = shared.clone();
+    }
+    let mut env = TestEnv::spawn_with(config, dir, "").await;
+    base_backup_taken(&env).await;
+    // At the lab's version 1, which its fill writes.
+    crate::rollout::pin_fleet(&mut env, 1).await;
+    let mut tenants = Vec::new();
+    for (slug, tier) in [
+        ("pitr-lab-pool", pb::Tier::Pool),
+        ("pitr-lab-db", pb::Tier::Database),
+    ] {
+        let t = env.provision(slug, tier, "archived").await;
+        let id: Uuid = t.id.parse().unwrap();
+        crate::own_schema::fill(&Place::of(&t), id, 12).await;
+        tenants.push((t, id));
+    }
+    let mut as_at_t = Vec::new();
+    for (t, id) in &tenants {
+        as_at_t.push(sorted(snapshot(&Place::of(t), *id).await));
+    }
+    let t_moment = moment().await;
+    for (t, id) in &tenants {
+        let damage = "DELETE FROM S.results WHERE tenant_id = $1;
+                      UPDATE S.specimens SET volume_ml = 0 WHERE tenant_id = $1";
+        crate::own_schema::run(&Place::of(t), *id, 0, damage).await;
+    }
+    for ((t, id), expected) in tenants.iter().zip(&as_at_t) {
+        let (_, back) = restored(&mut env, at(&t.slug, t_moment)).await;
+        assert_eq!(
+            &sorted(snapshot(&Place::of(&back), *id).await),
+            expected,
+            "{} as at T",
+            t.slug
+        );
+    }
+    no_side_cluster_left(&env);
 }
