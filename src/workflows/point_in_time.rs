@@ -261,7 +261,7 @@ pub async fn preflight(cx: &StepContext<'_>, p: &mut PointInTime) -> Result<(), 
 }
 
 /// The `fetch_backup` step.
-pub async fn fetch(cx: &StepContext<'_>, p: &mut PointInTime) -> Result<(), StepError> {
+pub async fn fetch(cx: &StepContext<'_>, p: &PointInTime) -> Result<(), StepError> {
     let deps = cx.deps;
     let pitr = pitr(deps)?;
     let (tenant, c) = source(deps, p).await?;
@@ -331,7 +331,7 @@ fn take_running(operation_id: Uuid) -> Option<SideCluster> {
 
 /// The operation's copy as fetched: fetched again if this replica does not have it (the
 /// operation moved here from another replica).
-async fn ensure_fetched(cx: &StepContext<'_>, p: &mut PointInTime) -> Result<(), StepError> {
+async fn ensure_fetched(cx: &StepContext<'_>, p: &PointInTime) -> Result<(), StepError> {
     let pitr = pitr(cx.deps)?;
     if !SideCluster::fetched(&pitr.side_dir(cx.operation_id)) {
         tracing::info!(operation_id = %cx.operation_id,
@@ -386,8 +386,7 @@ pub async fn extract(
     let side = match take_running(cx.operation_id) {
         Some(side) => side,
         None => {
-            let mut p = p.clone();
-            ensure_fetched(cx, &mut p).await?;
+            ensure_fetched(cx, p).await?;
             start(cx, cluster).await?
         }
     };
