@@ -272,3 +272,37 @@ async fn the_schema_advice_is_served_and_printed() {
         "{out}"
     );
 }
+
+/// The same over a schema nobody here wrote (`examples/lab`): what tenantd adds to its tables
+/// (forced RLS, the policy, the fence) draws no WARN or ERROR either; INFO findings about
+/// the lab's own tables are the schema owner's, and GetFleetSchema reports them as advice.
+#[tokio::test]
+async fn a_schema_nobody_here_wrote_passes_the_lints_too() {
+    let mut env = crate::own_schema::lab_env().await;
+    for (slug, tier) in [
+        ("lint-lab-pool", pb::Tier::Pool),
+        ("lint-lab-schema", pb::Tier::Schema),
+        ("lint-lab-db", pb::Tier::Database),
+    ] {
+        let t = env.provision(slug, tier, "main").await;
+        let role = t.placement.as_ref().unwrap().role.clone();
+        let found = lint(&Place::of(&t), &role).await;
+        let serious: Vec<&Finding> = found.iter().filter(|f| f.1 != "INFO").collect();
+        assert!(serious.is_empty(), "{slug}: splinter reports {serious:#?}");
+        let advice = env
+            .fleet
+            .get_fleet_schema(pb::GetFleetSchemaRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .advice;
+        for (lint, _, object, _) in found.iter().filter(|f| f.1 == "INFO") {
+            assert!(
+                advice
+                    .iter()
+                    .any(|a| &a.lint == lint && &a.object == object),
+                "{slug}: INFO {lint} on {object} is not in the schema's advice: {advice:?}"
+            );
+        }
+    }
+}
