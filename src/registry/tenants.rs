@@ -147,17 +147,27 @@ impl Registry {
         row.map(Tenant::try_from).transpose()
     }
 
-    /// The latest deleted tenant that had `slug` (its tombstone).
-    pub async fn find_deleted_slug(&self, slug: &str) -> Result<Option<Tenant>, Error> {
-        let row: Option<TenantRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM tenants WHERE slug = $1 AND state = 'deleted' ORDER BY updated_at DESC LIMIT 1"
-        ))
-        .bind(slug)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(Tenant::try_from).transpose()
+    /// A tenant by id, or by slug: the live tenant with it, else the latest deleted one that
+    /// had it (its tombstone, as ListTenants shows it). NOT_FOUND if neither.
+    pub async fn get_tenant_or_tombstone(&self, r: &TenantRef) -> Result<Tenant, Error> {
+        if let Some(t) = self.find_tenant(r).await? {
+            return Ok(t);
+        }
+        if let TenantRef::Slug(slug) = r {
+            let row: Option<TenantRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM tenants WHERE slug = $1 AND state = 'deleted'
+                 ORDER BY updated_at DESC LIMIT 1"
+            ))
+            .bind(slug.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(row) = row {
+                return Tenant::try_from(row);
+            }
+        }
+        Err(Error::not_found("tenant", r.to_string()))
     }
 
     pub async fn get_tenant(&self, r: &TenantRef) -> Result<Tenant, Error> {

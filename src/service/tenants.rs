@@ -92,15 +92,7 @@ impl Control {
     /// A tenant by id, or by slug: the live tenant with it, else the latest deleted one that
     /// had it (its tombstone, as ListTenants shows it).
     pub async fn get_tenant(&self, r: &TenantRef) -> Result<Tenant> {
-        if let Some(t) = self.registry().find_tenant(r).await? {
-            return Ok(t);
-        }
-        if let TenantRef::Slug(slug) = r
-            && let Some(t) = self.registry().find_deleted_slug(slug.as_str()).await?
-        {
-            return Ok(t);
-        }
-        Err(Error::not_found("tenant", r.to_string()))
+        self.registry().get_tenant_or_tombstone(r).await
     }
 
     pub async fn list_tenants(

@@ -111,17 +111,8 @@ pub async fn check(
     tenant: &TenantRef,
     at: DateTime<Utc>,
 ) -> Result<Checked, Error> {
-    let found = deps.registry.find_tenant(tenant).await?;
-    let tenant = match (found, tenant) {
-        (Some(t), _) => t,
-        // A deleted tenant is reached by id; by its slug, its tombstone answers here.
-        (None, TenantRef::Slug(slug)) => deps
-            .registry
-            .find_deleted_slug(slug.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("tenant", slug.as_str()))?,
-        (None, r) => return Err(Error::not_found("tenant", r.to_string())),
-    };
+    // A deleted tenant answers by its old slug too, so that the refusal below names why.
+    let tenant = deps.registry.get_tenant_or_tombstone(tenant).await?;
     if matches!(tenant.state, TenantState::Deleted | TenantState::Deleting) {
         return Err(refused(format!(
             "tenant {} is {}: its deletion certificate promises that no restore brings its \
@@ -148,18 +139,7 @@ pub async fn check(
             since.to_rfc3339()
         )));
     }
-    if let Some((op, ended)) = deps.registry.tenant_moved_after(tenant.id, at).await? {
-        let when = ended.map_or_else(
-            || "is still moving".to_owned(),
-            |e| format!("moved at {}", e.to_rfc3339()),
-        );
-        return Err(refused(format!(
-            "tenant {} changed tier after {} (operations/{op}; it {when}): restore it to a \
-             moment after the move",
-            tenant.slug,
-            at.to_rfc3339()
-        )));
-    }
+    unmoved(deps, &tenant, at).await?;
     let pitr = pitr(deps)?;
     let cluster = &tenant.placement.cluster;
     if !pitr.covers(cluster) {
@@ -381,7 +361,7 @@ pub async fn extract(
     let (tenant, c) = source(deps, p).await?;
     // The operation does not hold a source it restores as a new tenant: it must still be
     // where it was at T.
-    check_unmoved(deps, &tenant, p.at).await?;
+    unmoved(deps, &tenant, p.at).await?;
     let cluster = deps.dataplane.cluster(&tenant.placement.cluster)?;
     let side = match take_running(cx.operation_id) {
         Some(side) => side,
@@ -451,15 +431,21 @@ pub async fn extract(
     Ok(())
 }
 
-async fn check_unmoved(deps: &Context, tenant: &Tenant, at: DateTime<Utc>) -> Result<(), Error> {
-    if let Some((op, _)) = deps.registry.tenant_moved_after(tenant.id, at).await? {
-        return Err(refused(format!(
-            "tenant {} changed tier after {} (operations/{op})",
-            tenant.slug,
-            at.to_rfc3339()
-        )));
-    }
-    Ok(())
+/// Refuses a tenant that changed tier after `at`: its data was elsewhere then.
+async fn unmoved(deps: &Context, tenant: &Tenant, at: DateTime<Utc>) -> Result<(), Error> {
+    let Some((op, ended)) = deps.registry.tenant_moved_after(tenant.id, at).await? else {
+        return Ok(());
+    };
+    let when = ended.map_or_else(
+        || "is still moving".to_owned(),
+        |e| format!("moved at {}", e.to_rfc3339()),
+    );
+    Err(refused(format!(
+        "tenant {} changed tier after {} (operations/{op}; it {when}): restore it to a \
+         moment after the move",
+        tenant.slug,
+        at.to_rfc3339()
+    )))
 }
 
 /// Removes the operation's side cluster, whatever state it was left in.
