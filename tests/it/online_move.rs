@@ -236,12 +236,7 @@ async fn a_move_stored_with_the_previous_steps_resumes_after_the_upgrade() {
         Some(tenantd::workflow::failpoint::EXIT_CODE)
     );
     // Back to what the previous release stored: no capture, no `online`, eight steps.
-    let op_id: Uuid = op
-        .name
-        .strip_prefix("operations/")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let op_id = crate::harness::operation_id(&op);
     let plane =
         tenantd::dataplane::DataPlane::new(&env.config.clusters, crate::harness::example_schema())
             .unwrap();

@@ -718,12 +718,7 @@ async fn a_restore_stored_with_the_previous_steps_resumes_after_the_upgrade() {
         env.wait_exit(),
         Some(tenantd::workflow::failpoint::EXIT_CODE)
     );
-    let op_id: Uuid = op
-        .name
-        .strip_prefix("operations/")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let op_id = crate::harness::operation_id(&op);
     // Back to what the previous release stored: twelve steps from verify, no point in time.
     let previous = [
         "UPDATE operations SET data = data #- '{state,point_in_time}', next_step = next_step - 4

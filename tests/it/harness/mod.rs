@@ -584,6 +584,14 @@ pub const EU_SELECTOR: &str = "region=eu";
 /// leave a catch-up behind its writer for longer than the test waits.
 static PACE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The id in an operation's name (`operations/<uuid>`).
+pub fn operation_id(op: &pb::Operation) -> Uuid {
+    op.name
+        .strip_prefix("operations/")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not an operation name: {}", op.name))
+}
+
 pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     PACE.lock().await
 }
