@@ -17,7 +17,7 @@ use tenantd::pitr::pgbackrest::{PgBackRest, Repository, Stanza};
 use tenantd::pitr::side::SideCluster;
 use uuid::Uuid;
 
-use crate::harness::{Place, TestEnv, admin, fill, for_tenant, snapshot};
+use crate::harness::{Place, TestEnv, fill, for_tenant, snapshot};
 use crate::restore::renamed;
 
 /// A cluster archiving through pgBackRest into a repository under `dir`.
@@ -111,12 +111,7 @@ async fn a_cluster_restored_at_a_moment_holds_the_rows_of_that_moment() {
         .execute(&mut conn)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (t,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = moment_on(&mut conn).await;
     sqlx::raw_sql("INSERT INTO visits SELECT generate_series(101, 150)")
         .execute(&mut conn)
         .await
@@ -260,14 +255,8 @@ async fn base_backup_taken(env: &TestEnv) {
 
 /// The archived cluster's clock now (the moment a test restores to).
 async fn moment() -> DateTime<Utc> {
-    let pool = admin("archived", "postgres").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (t,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    t
+    let mut conn = crate::harness::admin_conn("archived", "postgres").await;
+    moment_on(&mut conn).await
 }
 
 fn at(tenant: &str, t: DateTime<Utc>) -> pb::RestoreTenantRequest {
