@@ -100,6 +100,13 @@ pub fn is_integrity_violation(e: &sqlx::Error) -> bool {
     )
 }
 
+/// True when a statement writing many rows at once met a row it conflicts with that applying
+/// the same rows one at a time, in their order, may not: a unique or exclusion violation
+/// (23505, 23P01), or one key written twice by an `ON CONFLICT DO UPDATE` (21000).
+pub fn is_set_conflict(e: &sqlx::Error) -> bool {
+    classify(e) == Class::UniqueViolation || matches!(code(e).as_deref(), Some("23P01" | "21000"))
+}
+
 /// True when `e` says the object to create exists already, or that a racing creator inserted
 /// the same catalog row first (23505 on a catalog index): creation converged.
 pub fn is_already_created(e: &sqlx::Error) -> bool {

@@ -238,6 +238,24 @@ impl Capture {
         Ok(())
     }
 
+    /// The tables with rows the catch-up wrote on the target that nobody marked verified
+    /// since.
+    pub async fn tables_unverified(
+        &self,
+        cluster: &Cluster,
+        dst: &Container,
+    ) -> Result<Vec<String>, DataPlaneError> {
+        let (schema, tracking) = self.tracking();
+        let stmt = Statement::new("SELECT DISTINCT tbl FROM ")
+            .qualified(&schema, &tracking)
+            .push(" WHERE NOT verified");
+        let tables: Vec<(String,)> = sqlx::query_as(stmt.into_sql())
+            .fetch_all(&cluster.database(&dst.database))
+            .await
+            .map_err(|e| cluster.err(e))?;
+        Ok(tables.into_iter().map(|(t,)| t).collect())
+    }
+
     /// Up to `limit` keys (the text forms of the key columns) of rows of `table` the
     /// catch-up wrote on the target and nobody marked verified since, after `after` in key
     /// order.
@@ -324,6 +342,7 @@ impl Capture {
             .map_err(derr)?;
         let mut applied_to: Option<u64> = None;
         let mut touched: HashMap<String, Vec<String>> = HashMap::new();
+        let mut pending: Vec<(String, Write)> = Vec::new();
         for (data,) in &rows {
             match parse(data)? {
                 Message::Relation(r) => {
@@ -362,12 +381,19 @@ impl Capture {
                     for key in target.keys_of(rel, &change)? {
                         touched.entry(rel.name.clone()).or_default().push(key);
                     }
-                    for (stmt, literals) in target.statements(rel, &change)? {
-                        let mut q = sqlx::query(stmt.into_sql());
-                        for l in literals {
-                            q = q.bind(l);
+                    match target.apply(rel, &change)? {
+                        Apply::Writes(writes) => {
+                            pending.extend(writes.into_iter().map(|w| (rel.name.clone(), w)));
                         }
-                        q.execute(&mut *dst_tx).await.map_err(derr)?;
+                        Apply::Partial(stmt, literals) => {
+                            // It merges with the row as it is: everything before it first.
+                            flush(&mut dst_tx, dst_cluster, &targets, &mut pending).await?;
+                            let mut q = sqlx::query(stmt.into_sql());
+                            for l in literals {
+                                q = q.bind(l);
+                            }
+                            q.execute(&mut *dst_tx).await.map_err(derr)?;
+                        }
                     }
                     round.changes += 1;
                 }
@@ -379,6 +405,7 @@ impl Capture {
                 Message::Other => {}
             }
         }
+        flush(&mut dst_tx, dst_cluster, &targets, &mut pending).await?;
         // The keys written, in the same transaction as the rows.
         let (schema, tracking) = self.tracking();
         for (table, keys) in touched {
@@ -744,7 +771,22 @@ impl Target {
         self.columns.iter().filter(|(_, g)| !g).map(|(c, _)| c)
     }
 
-    fn upsert(&self) -> Statement {
+    /// `(SELECT $1::text::"schema"."table" AS alias OFFSET 0) AS x`, or with `many` one row
+    /// per element of the text array `$1`. `OFFSET 0` keeps the planner from inlining the
+    /// literal into every `(x.alias).column`, which would parse it once per column.
+    fn rows_from(&self, s: Statement, alias: &'static str, many: bool) -> Statement {
+        let s = s.push("(SELECT ");
+        if many {
+            self.row(s, "u.lit", alias)
+                .push(" FROM unnest($1::text[]) AS u(lit) OFFSET 0) AS x")
+        } else {
+            self.row(s, "$1", alias).push(" OFFSET 0) AS x")
+        }
+    }
+
+    /// Inserts the row literal `$1` (with `many`, each of the array `$1`), or updates the
+    /// row with its key.
+    fn upsert(&self, many: bool) -> Statement {
         let mut s = Statement::new("INSERT INTO ")
             .qualified(&self.schema, &self.table)
             .push(" (");
@@ -756,8 +798,8 @@ impl Target {
             s = if i > 0 { s.push(", ") } else { s }.push("(x.r).").ident(c);
         }
         s = self
-            .row(s.push(" FROM (SELECT "), "$1", "r")
-            .push(") AS x ON CONFLICT (");
+            .rows_from(s.push(" FROM "), "r", many)
+            .push(" ON CONFLICT (");
         for (i, c) in self.key.iter().enumerate() {
             s = if i > 0 { s.push(", ") } else { s }.ident(c);
         }
@@ -788,11 +830,12 @@ impl Target {
         s
     }
 
-    fn delete(&self) -> Statement {
+    /// Deletes the row with the key literal `$1` (with `many`, each of the array `$1`).
+    fn delete(&self, many: bool) -> Statement {
         let s = Statement::new("DELETE FROM ")
             .qualified(&self.schema, &self.table)
-            .push(" AS t USING (SELECT ");
-        self.by_key(self.row(s, "$1", "k").push(") AS x"))
+            .push(" AS t USING ");
+        self.by_key(self.rows_from(s, "k", many))
     }
 
     /// Sets only `columns` (an update that left TOASTed values out as unchanged).
@@ -807,7 +850,7 @@ impl Target {
                 .ident(c);
         }
         s = self.row(s.push(" FROM (SELECT "), "$1", "r").push(", ");
-        self.by_key(self.row(s, "$2", "k").push(") AS x"))
+        self.by_key(self.row(s, "$2", "k").push(" OFFSET 0) AS x"))
     }
 
     /// The literal of this table's row type holding `tuple`'s values (by column name), NULL
@@ -882,15 +925,15 @@ impl Target {
         })
     }
 
-    /// The statements (with their literals) that apply `change` here.
-    fn statements(
-        &self,
-        rel: &Relation,
-        change: &Change,
-    ) -> Result<Vec<(Statement, Vec<String>)>, DataPlaneError> {
+    /// How `change` applies here: as rows put or removed by key, or (an update that left
+    /// TOASTed values out as unchanged) as a statement setting only what it carries.
+    fn apply(&self, rel: &Relation, change: &Change) -> Result<Apply, DataPlaneError> {
         Ok(match change {
             Change::Insert { new, .. } => match self.literal(rel, new) {
-                Some(row) => vec![(self.upsert(), vec![row])],
+                Some(row) => Apply::Writes(vec![Write::Put {
+                    key: self.key_literal(rel, new)?,
+                    row,
+                }]),
                 None => {
                     return Err(DataPlaneError::Invariant(
                         "an insert with an unchanged value".into(),
@@ -901,8 +944,11 @@ impl Target {
                 let key = self.key_literal(rel, old.as_deref().unwrap_or(new))?;
                 let new_key = self.key_literal(rel, new)?;
                 match self.literal(rel, new) {
-                    Some(row) if key == new_key => vec![(self.upsert(), vec![row])],
-                    Some(row) => vec![(self.delete(), vec![key]), (self.upsert(), vec![row])],
+                    Some(row) if key == new_key => Apply::Writes(vec![Write::Put { key, row }]),
+                    Some(row) => Apply::Writes(vec![
+                        Write::Remove { key },
+                        Write::Put { key: new_key, row },
+                    ]),
                     None => {
                         // Unchanged TOASTed values: set only what the change carries.
                         let changed: Vec<&Ident> = self
@@ -915,13 +961,145 @@ impl Target {
                             })
                             .collect();
                         let row = self.fields(rel, new);
-                        vec![(self.update(&changed), vec![row, key])]
+                        Apply::Partial(self.update(&changed), vec![row, key])
                     }
                 }
             }
-            Change::Delete { old, .. } => vec![(self.delete(), vec![self.key_literal(rel, old)?])],
+            Change::Delete { old, .. } => Apply::Writes(vec![Write::Remove {
+                key: self.key_literal(rel, old)?,
+            }]),
         })
     }
+}
+
+/// How one captured change applies to its target table.
+enum Apply {
+    Writes(Vec<Write>),
+    Partial(Statement, Vec<String>),
+}
+
+/// A row put (upserted) or removed, by the literal of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    Put { key: String, row: String },
+    Remove { key: String },
+}
+
+impl Write {
+    fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Remove { key } => key,
+        }
+    }
+}
+
+/// What `pending` (table, write; in commit order) leaves behind, per table in the order the
+/// tables first appear: for each key only its last write, the keys removed, then the rows
+/// put. Applying that in any order gives what applying `pending` one by one gives, with
+/// foreign keys and triggers off (`session_replication_role = replica`), except where two
+/// rows meet on a unique constraint other than the key: [`flush`] then applies one by one.
+fn net(pending: &[(String, Write)]) -> Vec<(&str, Vec<&str>, Vec<&str>)> {
+    let mut tables: Vec<(&str, Vec<&Write>, HashMap<&str, usize>)> = Vec::new();
+    for (table, w) in pending {
+        let t = match tables.iter().position(|(name, ..)| name == table) {
+            Some(t) => t,
+            None => {
+                tables.push((table, Vec::new(), HashMap::new()));
+                tables.len() - 1
+            }
+        };
+        let (_, last, at) = &mut tables[t];
+        match at.get(w.key()) {
+            Some(&i) => last[i] = w,
+            None => {
+                at.insert(w.key(), last.len());
+                last.push(w);
+            }
+        }
+    }
+    tables
+        .into_iter()
+        .map(|(table, last, _)| {
+            let mut removed = Vec::new();
+            let mut put = Vec::new();
+            for w in last {
+                match w {
+                    Write::Remove { key } => removed.push(key.as_str()),
+                    Write::Put { row, .. } => put.push(row.as_str()),
+                }
+            }
+            (table, removed, put)
+        })
+        .collect()
+}
+
+/// Applies `pending` in `tx` and empties it: one statement per table for the keys removed
+/// and one for the rows put ([`net`]), which costs a round trip per table rather than per
+/// change; if those meet a conflict that order may cause, they are rolled back (to a
+/// savepoint) and the writes applied one by one in commit order.
+async fn flush(
+    tx: &mut sqlx::PgConnection,
+    cluster: &Cluster,
+    targets: &HashMap<String, Target>,
+    pending: &mut Vec<(String, Write)>,
+) -> Result<(), DataPlaneError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let err = |e| cluster.err(e);
+    sqlx::raw_sql("SAVEPOINT tenantd_apply")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    let mut batched = Ok(());
+    for (table, removed, put) in net(pending) {
+        let target = &targets[table];
+        for (stmt, literals) in [(target.delete(true), removed), (target.upsert(true), put)] {
+            if literals.is_empty() {
+                continue;
+            }
+            batched = sqlx::query(stmt.into_sql())
+                .bind(literals)
+                .execute(&mut *tx)
+                .await
+                .map(|_| ());
+            if batched.is_err() {
+                break;
+            }
+        }
+        if batched.is_err() {
+            break;
+        }
+    }
+    match batched {
+        Ok(()) => {}
+        Err(e) if crate::sqlstate::is_set_conflict(&e) => {
+            tracing::debug!(error = %e, "applying the captured writes one by one");
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT tenantd_apply")
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            for (table, w) in pending.iter() {
+                let target = &targets[table];
+                let (stmt, literal) = match w {
+                    Write::Put { row, .. } => (target.upsert(false), row),
+                    Write::Remove { key } => (target.delete(false), key),
+                };
+                sqlx::query(stmt.into_sql())
+                    .bind(literal)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        Err(e) => return Err(err(e)),
+    }
+    sqlx::raw_sql("RELEASE SAVEPOINT tenantd_apply")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    pending.clear();
+    Ok(())
 }
 
 /// A field of a composite literal: double-quoted, `"` and `\` escaped (an empty field is
@@ -1172,6 +1350,40 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_last_write_to_a_key_decides_per_table() {
+        let put = |t: &str, k: &str, r: &str| {
+            (
+                t.to_owned(),
+                Write::Put {
+                    key: k.into(),
+                    row: r.into(),
+                },
+            )
+        };
+        let remove = |t: &str, k: &str| (t.to_owned(), Write::Remove { key: k.into() });
+        let pending = vec![
+            put("patients", "(1)", "(1,a)"),
+            put("visits", "(9)", "(9,x)"),
+            put("patients", "(1)", "(1,b)"),
+            put("patients", "(2)", "(2,c)"),
+            remove("patients", "(2)"),
+            // A key changed: the old one removed, the new one put.
+            remove("visits", "(9)"),
+            put("visits", "(10)", "(10,x)"),
+            remove("patients", "(3)"),
+            put("patients", "(3)", "(3,d)"),
+        ];
+        assert_eq!(
+            net(&pending),
+            vec![
+                ("patients", vec!["(2)"], vec!["(1,b)", "(3,d)"]),
+                ("visits", vec!["(9)"], vec!["(10,x)"]),
+            ]
+        );
+        assert!(net(&[]).is_empty());
     }
 
     #[test]

@@ -67,6 +67,18 @@ async fn captured_changes_bring_a_copy_taken_while_writing_level_with_the_source
     // Written after the copy, also to rows it copied; and the neighbour writes too.
     write(&shared, a, "after").await;
     write(&shared, b, "neighbour").await;
+    // Two patients swap record numbers through a third: applied as the net effect per key,
+    // the first new number would meet the other row still holding it (the unique
+    // (tenant_id, mrn)); the catch-up then applies those writes one by one.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "UPDATE pool.patients SET mrn = 'swap' WHERE tenant_id = '$1' AND mrn = 'mrn-3';
+         UPDATE pool.patients SET mrn = 'mrn-3' WHERE tenant_id = '$1' AND mrn = 'mrn-4';
+         UPDATE pool.patients SET mrn = 'mrn-4' WHERE tenant_id = '$1' AND mrn = 'swap';"
+            .replace("$1", &a.to_string()),
+    ))
+    .execute(&shared)
+    .await
+    .unwrap();
 
     // Catch up to where the source is now, in rounds of at most 100 changes.
     let upto = capture.position(main, &src).await.unwrap();
