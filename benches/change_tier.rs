@@ -14,6 +14,10 @@
 //!   ≤ 2.0);
 //! - the largest size's pause against the smallest's (goal ≤ 1.5).
 //!
+//! Each size then moves back database → schema with the online copy paced
+//! (`copy_mb_per_s`, `TENANTD_BENCH_PACE_MB`, default 8): the neighbours' p99 against the
+//! longer copy.
+//!
 //! Run: `cargo bench --bench change_tier`
 
 mod common;
@@ -51,6 +55,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let sizes = sizes();
+    // The paced move's bound, MB/s (`TENANTD_BENCH_PACE_MB`).
+    let pace: u32 = std::env::var("TENANTD_BENCH_PACE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let mut neighbours = Vec::new();
     for i in 0..NEIGHBOURS {
         neighbours.push(
@@ -86,9 +95,11 @@ async fn main() -> anyhow::Result<()> {
         // The moving tenant itself writes throughout, through an issued login that follows
         // the routing, as its application would.
         let writer = TenantWriter::start(bench.clients.clone(), big, (rows / 10).max(1));
-        for (tier, scratch_db) in [
-            (pb::Tier::Schema, "tenants"),
-            (pb::Tier::Database, "bench_psql"),
+        // Then back, the copy paced: what sparing the neighbours costs the move.
+        for (tier, scratch_db, pace) in [
+            (pb::Tier::Schema, "tenants", 0),
+            (pb::Tier::Database, "bench_psql", 0),
+            (pb::Tier::Schema, "tenants", pace),
         ] {
             let placed = bench.clients.placement(big).await?;
             let mb = common::tenant_megabytes(&shared, &placed.schema, big).await?;
@@ -99,12 +110,15 @@ async fn main() -> anyhow::Result<()> {
             let before = (Utc::now() - chrono::Duration::seconds(2), Utc::now());
             let from = placed.schema.clone();
             writer.reset();
-            let op = bench.clients.change_tier(big, tier).await?;
+            let op = bench.clients.change_tier_paced(big, tier, pace).await?;
             let written = writer.report();
             // The neighbours' load keeps running through the second after the cleanup started.
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let mut r = Report::new(&from, tier, (rows, mb), psql, &op, &load, before)?;
             r.writer = Some(written);
+            if pace > 0 {
+                r.name = format!("database -> schema, paced at {pace} MB/s");
+            }
             report.push(r);
         }
         writer.stop.cancel();

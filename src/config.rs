@@ -513,6 +513,10 @@ pub struct WorkflowConfig {
     /// apply gets its move rolled back after this.
     #[serde(default = "default_catch_up_ms")]
     pub catch_up_ms: u64,
+    /// What an online tier change reads from its source at most, MB (10⁶ bytes) a second,
+    /// unless the request says; 0: unbounded (docs/tier-changes.md, "Pacing").
+    #[serde(default)]
+    pub copy_mb_per_s: u32,
 }
 
 impl Default for WorkflowConfig {
@@ -526,6 +530,7 @@ impl Default for WorkflowConfig {
             poll_ms: default_poll_ms(),
             fence_wait_ms: default_fence_wait_ms(),
             catch_up_ms: default_catch_up_ms(),
+            copy_mb_per_s: 0,
         }
     }
 }

@@ -199,11 +199,22 @@ impl Clients {
         tenant: Uuid,
         tier: pb::Tier,
     ) -> anyhow::Result<pb::Operation> {
+        self.change_tier_paced(tenant, tier, 0).await
+    }
+
+    /// As [`Self::change_tier`], the online copy reading at most `mb_per_s` (0: unbounded).
+    pub async fn change_tier_paced(
+        &mut self,
+        tenant: Uuid,
+        tier: pb::Tier,
+        mb_per_s: u32,
+    ) -> anyhow::Result<pb::Operation> {
         let op = self
             .tenants
             .change_tier(pb::ChangeTierRequest {
                 tenant: tenant.to_string(),
                 tier: tier as i32,
+                copy_mb_per_s: mb_per_s,
                 ..Default::default()
             })
             .await?

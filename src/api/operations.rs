@@ -178,6 +178,7 @@ impl From<change_tier::State> for pb::TierChange {
             }),
             peak_retained_wal_bytes: s.online.as_ref().map_or(0, |o| o.peak_retained_bytes),
             verified_ahead_rows: s.online.as_ref().map_or(0, |o| o.verified_ahead as i64),
+            copy_mb_per_s: s.copy_mb_per_s,
         }
     }
 }

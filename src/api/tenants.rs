@@ -82,7 +82,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
             let request_id = RequestId::parse(&r.request_id)?;
             let c = TierChangeRequest::try_from(&r)?;
             let op = control
-                .change_tier(&c.tenant, c.tier, c.cluster, request_id)
+                .change_tier(&c.tenant, c.side(), c.copy_mb_per_s, request_id)
                 .await?;
             Ok(op.into())
         })
@@ -287,6 +287,15 @@ pub struct TierChangeRequest {
     pub tenant: TenantRef,
     pub tier: Tier,
     pub cluster: Option<String>,
+    /// 0: the service's default.
+    pub copy_mb_per_s: u32,
+}
+
+impl TierChangeRequest {
+    /// The tier and, if named, the cluster to move to.
+    pub fn side(&self) -> (Tier, Option<String>) {
+        (self.tier, self.cluster.clone())
+    }
 }
 
 impl TryFrom<&pb::ChangeTierRequest> for TierChangeRequest {
@@ -300,6 +309,7 @@ impl TryFrom<&pb::ChangeTierRequest> for TierChangeRequest {
             } else {
                 Some(tenant::text_field("cluster", &r.cluster, true)?)
             },
+            copy_mb_per_s: r.copy_mb_per_s,
         })
     }
 }

@@ -142,17 +142,59 @@ async fn at_snapshot(
     Ok(())
 }
 
+/// A bound on the rate an online copy reads from its source, shared by the tables copied at
+/// once. The tenant writes throughout an online move, so a longer copy costs it nothing, and
+/// the tenants sharing either cluster keep more of its disk and CPU (docs/tier-changes.md,
+/// "Pacing"). A fenced copy is never paced.
+#[derive(Debug, Default)]
+pub struct Pace {
+    bytes_per_second: Option<u64>,
+    /// When the bytes admitted so far are due: no credit builds up while the copy is slower.
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Pace {
+    /// As fast as both ends go.
+    pub fn unbounded() -> Pace {
+        Pace::default()
+    }
+
+    /// At most `mb` × 10⁶ bytes a second; 0: unbounded.
+    pub fn megabytes_per_second(mb: u32) -> Pace {
+        Pace {
+            bytes_per_second: (mb > 0).then_some(u64::from(mb) * 1_000_000),
+            next: Default::default(),
+        }
+    }
+
+    /// When `bytes` more, admitted at `now`, are due; `None` if unbounded.
+    fn due(&self, now: std::time::Instant, bytes: usize) -> Option<std::time::Instant> {
+        let rate = self.bytes_per_second?;
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let from = next.map_or(now, |n| n.max(now));
+        let due = from + std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+        *next = Some(due);
+        Some(due)
+    }
+
+    /// Counts `bytes` as read and waits until reading them keeps to the rate.
+    pub async fn admit(&self, bytes: usize) {
+        if let Some(due) = self.due(std::time::Instant::now(), bytes) {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
 /// Copies the rows of `src.tenant_id` in `table` from `src` into `dst`; returns the number of
 /// rows written. The target table should hold none of the tenant's rows yet (a retry after a
 /// failure starts by emptying it, see [`super::erasure::delete_rows`]). `streamed` counts the rows
 /// passed on so far, for progress reports while a large table is copied.
 pub async fn copy_table(
-    src_cluster: &Cluster,
-    src: &Container,
-    dst_cluster: &Cluster,
-    dst: &Container,
+    (src_cluster, src): (&Cluster, &Container),
+    (dst_cluster, dst): (&Cluster, &Container),
     table: &Ident,
     writes: Writes<'_>,
+    pace: &Pace,
     streamed: &AtomicU64,
 ) -> Result<u64, DataPlaneError> {
     let mut src_conn = src_cluster
@@ -214,9 +256,11 @@ pub async fn copy_table(
         };
         counter.feed(&chunk);
         streamed.store(base + counter.tuples, Ordering::Relaxed);
+        let len = chunk.len();
         if let Err(e) = sink.send(chunk).await {
             return Err(dst_cluster.err(e));
         }
+        pace.admit(len).await;
     }
     drop(source);
     let rows = sink.finish().await.map_err(|e| dst_cluster.err(e))?;
@@ -461,6 +505,20 @@ impl TupleCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pace_spaces_the_bytes_and_builds_no_credit_while_idle() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let pace = Pace::megabytes_per_second(5);
+        assert_eq!(pace.due(t0, 10_000_000), Some(t0 + s(2)));
+        // Two tables copied at once share the rate.
+        assert_eq!(pace.due(t0, 5_000_000), Some(t0 + s(3)));
+        // After a pause (a slow table) the rate starts again from now, not with a burst.
+        assert_eq!(pace.due(t0 + s(10), 5_000_000), Some(t0 + s(11)));
+        assert_eq!(Pace::unbounded().due(t0, 1 << 30), None);
+        assert_eq!(Pace::megabytes_per_second(0).due(t0, 1 << 30), None);
+    }
 
     fn stream(tuples: &[&[Option<&[u8]>]]) -> Vec<u8> {
         let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();

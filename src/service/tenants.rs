@@ -49,11 +49,12 @@ impl Control {
     /// Starts moving the tenant to `tier` on `cluster` (default: where it is). Idempotent on
     /// the request id like [`Self::create_tenant`]; a retry finds its operation even after the
     /// move is done.
+    /// `copy_mb_per_s` bounds the online copy's reads (0: `[workflow] copy_mb_per_s`).
     pub async fn change_tier(
         &self,
         r: &TenantRef,
-        tier: Tier,
-        cluster: Option<String>,
+        (tier, cluster): (Tier, Option<String>),
+        copy_mb_per_s: u32,
         request_id: Option<RequestId>,
     ) -> Result<OperationView> {
         let tenant = self.registry().get_tenant(r).await?;
@@ -62,6 +63,10 @@ impl Control {
             None => tenant.placement.cluster.clone(),
         };
         let target = change_tier::Side { tier, cluster };
+        let pace = match copy_mb_per_s {
+            0 => self.deps.config.workflow.copy_mb_per_s,
+            mb => mb,
+        };
         let check = || {
             tenant.ensure_active()?;
             if tenant.tier == target.tier && tenant.placement.cluster == target.cluster {
@@ -82,8 +87,13 @@ impl Control {
                     check: &check,
                 },
                 request_id: request_id.as_ref(),
-                hash: &request_hash(&(tenant.id, &target)),
-                state: &|_| change_tier::State::new(target.clone()),
+                // Without a pace, as requests were hashed before it existed: a retry across
+                // an upgrade still finds its operation.
+                hash: &match copy_mb_per_s {
+                    0 => request_hash(&(tenant.id, &target)),
+                    mb => request_hash(&(tenant.id, &target, mb)),
+                },
+                state: &|_| change_tier::State::new(target.clone(), pace),
             })
             .await?;
         self.get_operation(id).await

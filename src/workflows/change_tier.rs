@@ -129,6 +129,10 @@ pub struct State {
     /// the copy is in (none for a pool target, or a move stored before this existed).
     #[serde(default)]
     pub deferred: Vec<deferred::Deferred>,
+    /// The online copy's bound on what it reads from the source, MB/s (0: unbounded;
+    /// [`copy::Pace`]): the request's, else `[workflow] copy_mb_per_s`.
+    #[serde(default)]
+    pub copy_mb_per_s: u32,
 }
 
 /// An online move's catch-up, as far as it got.
@@ -191,9 +195,10 @@ impl Online {
 }
 
 impl State {
-    pub fn new(target: Side) -> Self {
+    pub fn new(target: Side, copy_mb_per_s: u32) -> Self {
         State {
             target,
+            copy_mb_per_s,
             source: None,
             schema_version: None,
             pause: fence::Pause::default(),
@@ -317,7 +322,7 @@ impl Workflow for ChangeTier {
                     let writes = Writes::Continue {
                         snapshot: &snapshot.id,
                     };
-                    copy_tables(cx, &e, writes, &state.deferred).await?;
+                    copy_tables(cx, &e, writes, &state.deferred, state.copy_mb_per_s).await?;
                     if failpoint::armed(CORRUPT_TARGET) {
                         corrupt(e.dst_cluster, &e.dst).await?;
                     }
@@ -344,7 +349,7 @@ impl Workflow for ChangeTier {
                 let e = both_ends(state)?;
                 match state.online.as_mut() {
                     Some(online) => tail(cx, &e, online).await?,
-                    None => copy_tables(cx, &e, Writes::Stopped, &state.deferred).await?,
+                    None => copy_tables(cx, &e, Writes::Stopped, &state.deferred, 0).await?,
                 }
                 let mut dst = e
                     .dst_cluster
@@ -744,6 +749,7 @@ async fn copy_tables(
     e: &Ends<'_>,
     writes: Writes<'_>,
     deferred: &[deferred::Deferred],
+    copy_mb_per_s: u32,
 ) -> Result<(), StepError> {
     let tables = tables_of(e).await?;
     if backend(e.dst.tier).shares_tables() {
@@ -786,17 +792,20 @@ async fn copy_tables(
         [order, Vec::new()]
     };
     let streamed: Vec<AtomicU64> = tables.iter().map(|_| AtomicU64::new(0)).collect();
+    let pace = match writes {
+        Writes::Continue { .. } => copy::Pace::megabytes_per_second(copy_mb_per_s),
+        Writes::Stopped => copy::Pace::unbounded(),
+    };
     let lane = |lane: Vec<usize>| {
-        let (tables, streamed) = (&tables, &streamed);
+        let (tables, streamed, pace) = (&tables, &streamed, &pace);
         async move {
             for i in lane {
                 let copied = copy::copy_table(
-                    e.src_cluster,
-                    &e.src,
-                    e.dst_cluster,
-                    &e.dst,
+                    (e.src_cluster, &e.src),
+                    (e.dst_cluster, &e.dst),
                     &tables[i],
                     writes,
+                    pace,
                     &streamed[i],
                 )
                 .await?;
@@ -1017,10 +1026,9 @@ async fn verify_written(cx: &StepContext<'_>, e: &Ends<'_>) -> Result<u64, StepE
     let capture = capture(cx);
     let mut compared = 0;
     // Only tables with rows left to compare: the others need no lookup inside the fence.
-    let (tables, unverified) = tokio::try_join!(
-        tables_of(e),
-        async { Ok(capture.tables_unverified(e.dst_cluster, &e.dst).await?) },
-    )?;
+    let (tables, unverified) = tokio::try_join!(tables_of(e), async {
+        Ok(capture.tables_unverified(e.dst_cluster, &e.dst).await?)
+    },)?;
     for table in tables
         .into_iter()
         .filter(|t| unverified.iter().any(|u| u == t.as_str()))

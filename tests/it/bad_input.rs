@@ -258,6 +258,7 @@ async fn invalid_tier_changes_name_the_field_and_change_nothing() {
     let mut env = TestEnv::start().await;
     let t = env.provision("steady", pb::Tier::Pool, "").await;
     let ask = |tenant: &str, tier: i32, cluster: &str, request_id: &str| pb::ChangeTierRequest {
+        copy_mb_per_s: 0,
         tenant: tenant.into(),
         tier,
         cluster: cluster.into(),

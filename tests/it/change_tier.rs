@@ -31,6 +31,7 @@ pub(crate) async fn request(
             tier: tier as i32,
             cluster: cluster.into(),
             request_id: String::new(),
+            copy_mb_per_s: 0,
         })
         .await
         .expect("change tier accepted")
@@ -516,6 +517,7 @@ async fn a_second_operation_during_a_move_is_refused_naming_it() {
     let mut env = TestEnv::spawn("change_tier.before_copy=sleep(1500)").await;
     let t = env.provision("one-at-a-time", pb::Tier::Pool, "main").await;
     let ask = |request_id: &str| pb::ChangeTierRequest {
+        copy_mb_per_s: 0,
         tenant: t.slug.clone(),
         tier: pb::Tier::Schema as i32,
         cluster: String::new(),

@@ -68,6 +68,7 @@ async fn two_hundred_callers_flooding_refused_and_streaming_calls_do_not_stall_a
             tier: pb::Tier::Schema as i32,
             cluster: "main".into(),
             request_id: String::new(),
+            copy_mb_per_s: 0,
         })
         .await
         .unwrap()

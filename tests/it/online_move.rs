@@ -416,3 +416,88 @@ async fn a_table_without_a_primary_key_keeps_the_move_fenced_and_it_says_why() {
     assert_eq!(logged, ["seen", "seen"]);
     assert_no_capture_left(&env).await;
 }
+
+/// How long `step` of `op` took.
+fn step_took(op: &pb::Operation, step: &str) -> Duration {
+    let m = op.metadata.as_ref().expect("metadata");
+    let s = m.steps.iter().find(|s| s.name == step).expect("the step");
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("a time");
+    (at(&s.end_time) - at(&s.start_time))
+        .to_std()
+        .expect("ends after it starts")
+}
+
+#[tokio::test]
+async fn a_paced_copy_keeps_to_its_pace_and_the_move_reports_it() {
+    let _one = crate::harness::one_at_a_time().await;
+    let (mut config, dir) = TestEnv::config().await;
+    // The service's default pace, for requests that name none.
+    config.workflow.copy_mb_per_s = 1;
+    let mut env = TestEnv::start_with(config, dir).await;
+    let t = env.provision("gently", pb::Tier::Pool, "main").await;
+    let id: Uuid = t.id.parse().unwrap();
+    fill(&Place::of(&t), id, 1500).await;
+    // What the copy reads, at least: the tenant's rows as stored.
+    let place = Place::of(&t);
+    let admin = crate::harness::admin(&place.cluster, &place.database).await;
+    let mut bytes = 0i64;
+    for table in [
+        "patients",
+        "encounters",
+        "observations",
+        "clinical_notes",
+        "appointments",
+        "audit_events",
+    ] {
+        let sql = format!(
+            "SELECT coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM pool.{table} t \
+             WHERE tenant_id = $1"
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        bytes += n;
+    }
+    assert!(bytes > 300_000, "{bytes} bytes to copy");
+    let before = snapshot(&place, id).await;
+
+    let op = request(&mut env, &t.id, pb::Tier::Schema, "main").await;
+    let op = env.wait(&op.name).await;
+    let d = details(&op);
+    assert!(d.online, "{d:?}");
+    assert_eq!(d.copy_mb_per_s, 1, "the service's default applied: {d:?}");
+    let floor = Duration::from_secs_f64(bytes as f64 / 1e6);
+    let took = step_took(&op, "copy");
+    assert!(
+        took >= floor,
+        "at 1 MB/s, {bytes} bytes take at least {floor:?}; the copy took {took:?}"
+    );
+    let moved = match &op.result {
+        Some(pb::operation::Result::Tenant(moved)) => moved.clone(),
+        other => panic!("the paced move failed: {other:?}"),
+    };
+    assert_eq!(snapshot(&Place::of(&moved), id).await, before, "same rows");
+
+    // A request's own pace wins; the same request id with another pace is another request.
+    let ask = |pace: u32| pb::ChangeTierRequest {
+        tenant: t.id.clone(),
+        tier: pb::Tier::Database as i32,
+        cluster: "second".into(),
+        request_id: "upgrade-7".into(),
+        copy_mb_per_s: pace,
+    };
+    let op = env
+        .tenants
+        .change_tier(ask(200))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = env.tenants.change_tier(ask(100)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let op = env.wait(&op.name).await;
+    assert_eq!(details(&op).copy_mb_per_s, 200);
+    assert!(matches!(op.result, Some(pb::operation::Result::Tenant(_))));
+    assert_no_capture_left(&env).await;
+}

@@ -408,6 +408,7 @@ async fn a_tenant_moved_during_a_rollout_catches_up_with_the_fleet() {
             tier: pb::Tier::Database as i32,
             cluster: "second".into(),
             request_id: String::new(),
+            copy_mb_per_s: 0,
         })
         .await
         .unwrap()

@@ -327,6 +327,7 @@ async fn an_example_container_keeps_its_own_fence_and_an_older_builds_fence_is_l
             tier: pb::Tier::Database as i32,
             cluster: "second".into(),
             request_id: String::new(),
+            copy_mb_per_s: 0,
         })
         .await
         .unwrap()

@@ -229,7 +229,10 @@ pub fn print_operation(op: &pb::Operation) {
             t.target_cluster
         );
         if t.online {
-            println!("copy:        while the tenant wrote (online)");
+            match t.copy_mb_per_s {
+                0 => println!("copy:        while the tenant wrote (online)"),
+                mb => println!("copy:        while the tenant wrote (online), paced at {mb} MB/s"),
+            }
             if t.catch_up_rounds > 0 {
                 println!(
                     "catch-up:    {}, {} applied, {} bytes behind after the last",

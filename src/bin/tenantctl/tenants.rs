@@ -51,6 +51,11 @@ pub enum Command {
         /// Cluster to move to (default: the tenant's current cluster).
         #[arg(long, default_value = "")]
         cluster: String,
+        /// Read at most this many MB a second from the source while the tenant keeps
+        /// writing, to spare the tenants sharing the cluster (default: the service's
+        /// `[workflow] copy_mb_per_s`, unbounded unless set).
+        #[arg(long, value_name = "MB_PER_S", default_value_t = 0)]
+        pace: u32,
         #[command(flatten)]
         start: Start,
     },
@@ -137,6 +142,7 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
             tenant,
             tier,
             cluster,
+            pace,
             start,
         } => {
             let op = tenants
@@ -145,6 +151,7 @@ pub async fn run(channel: AuthChannel, cmd: Command) -> anyhow::Result<()> {
                     tier: pb::Tier::from(tier) as i32,
                     cluster,
                     request_id: start.request_id,
+                    copy_mb_per_s: pace,
                 })
                 .await
                 .map_err(status)?

@@ -245,6 +245,7 @@ impl TestEnv {
                 poll_ms: 100,
                 fence_wait_ms: 5_000,
                 catch_up_ms: 60_000,
+                copy_mb_per_s: 0,
             },
             keys: KeysConfig::Local {
                 master_key_file: dir.join("master.key"),

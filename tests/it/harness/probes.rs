@@ -324,12 +324,11 @@ pub async fn copy_stopped(
 ) -> u64 {
     use tenantd::dataplane::copy::{Writes, copy_table};
     copy_table(
-        from.0,
-        from.1,
-        to.0,
-        to.1,
+        from,
+        to,
         table,
         Writes::Stopped,
+        &tenantd::dataplane::copy::Pace::unbounded(),
         &Default::default(),
     )
     .await
