@@ -631,19 +631,12 @@ pub async fn unavailable(
             unkeyed.join(", ")
         )));
     }
-    let may_set: Result<(bool,), _> = sqlx::query_as(
-        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-             OR has_parameter_privilege('session_replication_role', 'SET')",
-    )
-    .fetch_one(dst_cluster.admin())
-    .await;
-    Ok(match may_set {
-        Ok((true,)) => None,
-        _ => Some(format!(
+    Ok((!dst_cluster.may_skip_triggers().await).then(|| {
+        format!(
             "the admin role of cluster {} may not set session_replication_role",
             dst_cluster.name
-        )),
-    })
+        )
+    }))
 }
 
 /// Slots (cluster-wide) and publications (in the databases that hold tenant data) of moves

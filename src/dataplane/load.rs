@@ -319,10 +319,26 @@ impl DumpReader {
     }
 }
 
-/// Empties the tenant tables of a staging container (a retried load starts over).
+/// Empties the tenant tables of the container loaded into (a retried load starts over): a
+/// staging container's are truncated; in shared tables (a new pool tenant loaded in place)
+/// only the tenant's own rows are deleted, children first.
 pub async fn truncate(cluster: &Cluster, c: &Container) -> Result<(), DataPlaneError> {
     let db = cluster.database(&c.database);
     let tables = super::tables::tenant_tables(cluster, &db, &c.schema).await?;
+    if c.shares_tables() {
+        for table in tables.iter().rev() {
+            super::erasure::delete_rows(
+                cluster,
+                &c.database,
+                &c.schema,
+                table,
+                c.tenant_id,
+                super::erasure::BACKGROUND,
+            )
+            .await?;
+        }
+        return Ok(());
+    }
     if tables.is_empty() {
         return Ok(());
     }
@@ -412,7 +428,12 @@ pub async fn load(
     Ok(())
 }
 
-/// One loading connection: COPY blocks as the dispatcher opens and closes them.
+/// One loading connection: COPY blocks as the dispatcher opens and closes them, in one
+/// transaction. Into shared tables (a new pool tenant) it runs as a replica
+/// (`session_replication_role`), as a tier change's copy does: the two lanes load a child
+/// table's rows while the other may not have committed their parents yet, so the foreign
+/// keys are checked afterwards, for the tenant's rows ([`super::references`]); the pool's
+/// triggers (its write fence included) do not fire for rows restored as they were exported.
 async fn lane(
     cluster: &Cluster,
     c: &Container,
@@ -422,6 +443,13 @@ async fn lane(
     // No settings to pin: the dump's values are unambiguous input (ISO dates, explicit UTC
     // offsets, full-precision floats).
     let mut conn = cluster.database(&c.database).acquire().await.map_err(err)?;
+    let mut conn = sqlx::Connection::begin(&mut *conn).await.map_err(err)?;
+    if c.shares_tables() {
+        sqlx::raw_sql("SET LOCAL session_replication_role = replica")
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+    }
     while let Some(piece) = pieces.recv().await {
         let Piece::Begin { table, columns } = piece else {
             return Err(DataPlaneError::Invariant(
@@ -452,11 +480,13 @@ async fn lane(
         }
         sink.finish().await.map_err(err)?;
     }
+    conn.commit().await.map_err(err)?;
     Ok(LaneEnd::Done)
 }
 
 /// The digest of `table` in `c` as stored: its rows read back by `COPY … TO STDOUT` (text,
-/// with the dump's output settings), `columns` in the dump's order.
+/// with the dump's output settings), `columns` in the dump's order; in shared tables, the
+/// tenant's rows.
 pub async fn read_back(
     cluster: &Cluster,
     c: &Container,
@@ -465,10 +495,15 @@ pub async fn read_back(
 ) -> Result<RowDigest, DataPlaneError> {
     let err = |e| cluster.err(e);
     let mut tx = pinned_transaction(cluster, &c.database).await?;
-    let stmt = column_list(Statement::new("COPY (SELECT "), columns)
+    let mut stmt = column_list(Statement::new("COPY (SELECT "), columns)
         .push(" FROM ")
-        .qualified(&c.schema, table)
-        .push(") TO STDOUT");
+        .qualified(&c.schema, table);
+    if c.shares_tables() {
+        stmt = stmt
+            .push(" WHERE tenant_id = ")
+            .literal(&c.tenant_id.to_string())?;
+    }
+    let stmt = stmt.push(") TO STDOUT");
     let mut digest = RowDigest::default();
     let mut carry: Vec<u8> = Vec::new();
     let mut stream = tx.copy_out_raw(stmt.as_str()).await.map_err(err)?;

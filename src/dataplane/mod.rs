@@ -22,6 +22,7 @@ pub mod isolation;
 pub mod load;
 pub mod logins;
 pub mod pool;
+pub mod references;
 pub mod roles;
 pub mod schema;
 pub mod staging;
@@ -166,6 +167,31 @@ impl Cluster {
     /// The tenant schema containers on this cluster are migrated with.
     pub fn tenant_schema(&self) -> Arc<TenantSchema> {
         self.tenant_schema.current()
+    }
+
+    /// Whether the admin role may set `session_replication_role` (a superuser, or `GRANT SET
+    /// ON PARAMETER`), which loads rows as a replica would: without firing triggers, foreign
+    /// keys included. False also when asking fails.
+    pub async fn may_skip_triggers(&self) -> bool {
+        let may: Result<(bool,), _> = sqlx::query_as(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                 OR has_parameter_privilege('session_replication_role', 'SET')",
+        )
+        .fetch_one(&self.admin)
+        .await;
+        matches!(may, Ok((true,)))
+    }
+
+    /// Whether the admin role is exempt from row-level security (a superuser, or BYPASSRLS):
+    /// `COPY … FROM` into a table with forced row security (the pool's) needs it. False also
+    /// when asking fails.
+    pub async fn bypasses_row_security(&self) -> bool {
+        let may: Result<(bool,), _> = sqlx::query_as(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&self.admin)
+        .await;
+        matches!(may, Ok((true,)))
     }
 
     /// Pool on the admin URL's database, for cluster-wide statements.
@@ -531,6 +557,12 @@ pub struct Container {
 }
 
 impl Container {
+    /// Whether other tenants' rows share this container's tables: the pool itself, not a
+    /// container beside it (a restore's staging schema, a drill's scratch) of a pool tenant.
+    pub fn shares_tables(&self) -> bool {
+        backend(self.tier).shares_tables() && self.schema == pool::schema()
+    }
+
     /// The container a tenant of `tier` gets on `cluster`. Names derive from the tenant id.
     pub fn plan(tenant_id: Uuid, tier: Tier, cluster: &Cluster) -> Container {
         let own = ContainerNames::for_tenant(tenant_id).own;

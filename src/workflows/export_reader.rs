@@ -137,10 +137,10 @@ pub async fn load(
     };
     // A failed load closes the queue, which stops the reader; a damaged archive ends the
     // queue early, which fails the load: report the cause, not the consequence.
-    let tables = match (loaded, finished(reading).await) {
-        (Err(e), Err(StepError::Retryable(m))) if m == STOPPED => return Err(e.into()),
+    let tables = match (loaded.map_err(refused_rows), finished(reading).await) {
+        (Err(e), Err(StepError::Retryable(m))) if m == STOPPED => return Err(e),
         (_, Err(e)) => return Err(e),
-        (Err(e), Ok(_)) => return Err(e.into()),
+        (Err(e), Ok(_)) => return Err(e),
         (Ok(()), Ok(tables)) => tables,
     };
     let shape = |t: &TableLoad| (t.table.clone(), t.columns.clone(), t.rows);
@@ -152,6 +152,19 @@ pub async fn load(
     let items = progress.lock().expect("progress").clone();
     cx.progress(&items).await?;
     Ok(tables)
+}
+
+/// A row the tables refused while loading (a duplicate of the pool's own key, a check) is not
+/// the data that was exported: DATA_LOSS; other errors as they are.
+fn refused_rows(e: DataPlaneError) -> StepError {
+    match e {
+        DataPlaneError::Sql { source, .. } if crate::sqlstate::is_integrity_violation(&source) => {
+            data_loss(format!(
+                "the restored data breaks a constraint: {source}; nothing was changed"
+            ))
+        }
+        other => other.into(),
+    }
 }
 
 /// Builds `deferred` (keys, indexes, foreign keys) on `into` after a load of `loaded`. A
@@ -166,16 +179,9 @@ pub async fn rebuild(
         let t = loaded.iter().find(|t| t.table == table);
         t.map_or(0, |t| t.rows)
     };
-    match deferred::rebuild(cluster, into, deferred, rows).await {
-        Err(DataPlaneError::Sql { source, .. })
-            if crate::sqlstate::is_integrity_violation(&source) =>
-        {
-            Err(data_loss(format!(
-                "the restored data breaks a constraint: {source}; nothing was changed"
-            )))
-        }
-        other => Ok(other?),
-    }
+    deferred::rebuild(cluster, into, deferred, rows)
+        .await
+        .map_err(refused_rows)
 }
 
 /// Reads every table of `into` back (two tables at a time) and compares its row count and

@@ -38,6 +38,16 @@
 //! Compensation (any failure before the swap) drops the staging schema and lifts the live
 //! fence; a new tenant is undone like a failed provisioning. The tenant's data is never
 //! changed before the swap.
+//!
+//! A **new pool tenant** whose export is at the pool's version needs no staging copy: no one
+//! can see its rows before `activate`, and there are none to replace. `stage` then records
+//! `direct`, and `load` writes the rows straight into the pool's tables (as a replica: no
+//! triggers, foreign keys checked by `index` for the tenant's rows,
+//! [`crate::dataplane::references`]); `check` reads them back there, `migrate` and the
+//! staging fence have nothing to do, and `swap` only moves the pool's sequences past them.
+//! The shared tables' indexes are maintained as the rows arrive, on both loading
+//! connections, instead of once by a single `INSERT … SELECT` in the swap. Compensation
+//! deletes what was loaded (the tenant's rows, as when a failed provisioning is undone).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,7 +58,9 @@ use crate::archive::manifest::Manifest;
 use crate::archive::verified::VerifiedExport;
 use crate::credentials;
 use crate::dataplane::load::TableLoad;
-use crate::dataplane::{Cluster, Container, backend, catalog, deferred, fence, staging};
+use crate::dataplane::{
+    Cluster, Container, backend, catalog, deferred, fence, references, staging, tables,
+};
 use crate::registry::Registry;
 use crate::registry::exports::ExportState;
 use crate::tenant::{TenantRef, Tier};
@@ -117,6 +129,10 @@ pub struct State {
     /// A restore to a point in time: `export_id` is the export its first steps make.
     #[serde(default)]
     pub point_in_time: Option<PointInTime>,
+    /// Set by `stage`: a new pool tenant whose export is at the pool's version is loaded
+    /// straight into the pool's tables, with no staging copy (see the module doc).
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl State {
@@ -133,6 +149,7 @@ impl State {
             pause: fence::Pause::default(),
             schema_version: None,
             point_in_time: None,
+            direct: false,
         }
     }
 
@@ -164,6 +181,8 @@ impl Workflow for Restore {
         let tenant_id = cx.tenant_id()?;
         let (cluster, live) = deps.dataplane.plan(tenant_id, state.tier, &state.cluster)?;
         let staged = staging::staging(&live);
+        // Where the rows are loaded and checked: the staging copy, or the pool itself.
+        let into = if state.direct { &live } else { &staged };
         match step {
             Step::Preflight | Step::FetchBackup | Step::Replay | Step::Extract => {
                 let Some(p) = state.point_in_time.as_mut() else {
@@ -203,12 +222,29 @@ impl Workflow for Restore {
                     .manifest
                     .as_ref()
                     .ok_or_else(|| StepError::missing("manifest"))?;
-                state.deferred = staging::create(cluster, &staged, m.schema_version).await?;
+                state.direct = state.mode == Mode::AsNewTenant
+                    && live.shares_tables()
+                    && Some(m.schema_version) == state.target_version
+                    && direct_load_possible(cluster, &live).await?;
+                if !state.direct {
+                    state.deferred = staging::create(cluster, &staged, m.schema_version).await?;
+                }
             }
             Step::Load => {
                 state.expected =
-                    export_reader::load(cx, state.export_id, cluster, &staged, &state.expected)
+                    export_reader::load(cx, state.export_id, cluster, into, &state.expected)
                         .await?;
+            }
+            Step::Index if state.direct => {
+                let refs = references::of(cluster, &live).await?;
+                let broken = references::dangling(cluster, &live, &refs).await?;
+                if !broken.is_empty() {
+                    return Err(export_reader::data_loss(format!(
+                        "the restored data breaks a constraint: rows of foreign key {} name \
+                         rows that do not exist; nothing was changed",
+                        broken.join(", ")
+                    )));
+                }
             }
             Step::Index => {
                 // Staged pool rows are inserted into the pool's own indexes by the swap: their
@@ -227,7 +263,9 @@ impl Workflow for Restore {
                     .collect();
                 export_reader::rebuild(cluster, &staged, &needed, &state.expected).await?;
             }
-            Step::Check => export_reader::check(cluster, &staged, &state.expected).await?,
+            Step::Check => export_reader::check(cluster, into, &state.expected).await?,
+            // Loaded at the pool's version, which no rollout moves while a restore runs.
+            Step::Migrate if state.direct => {}
             Step::Migrate => {
                 let version = state
                     .target_version
@@ -235,6 +273,7 @@ impl Workflow for Restore {
                 let db = cluster.database(&staged.database);
                 catalog::migrate(cluster, &db, &staged.schema, version).await?;
             }
+            Step::Grant if state.direct => credentials::grant(cluster, &live).await?,
             Step::Grant => {
                 fence::fence(cluster, &staged, cx.operation_id).await?;
                 if live.tier == Tier::Pool {
@@ -250,6 +289,16 @@ impl Workflow for Restore {
                     fence::wait_for_writers(cluster, &live, deps.config.workflow.fence_wait())
                         .await?;
                 }
+            }
+            Step::Swap if state.direct => {
+                // The rows are in place: the pool's sequences move past their values.
+                let db = cluster.database(&live.database);
+                let mut conn = db.acquire().await.map_err(|e| cluster.err(e))?;
+                let tables = tables::tenant_tables(cluster, &mut *conn, &live.schema).await?;
+                tables::advance_sequences(cluster, &mut conn, &live.schema, &tables).await?;
+                crate::metrics::rows_moved(<Restore as Workflow>::KIND, state.rows());
+                tracing::info!(tenant_id = %tenant_id, export_id = %state.export_id,
+                    rows = state.rows(), "restored rows loaded into the pool");
             }
             Step::Swap => {
                 let rows = |table: &str| {
@@ -328,6 +377,20 @@ impl Workflow for Restore {
 }
 
 pub use super::export_reader::known_schema;
+
+/// Whether a new tenant's rows can be loaded straight into the pool's tables: the admin
+/// may `COPY` into them past their forced row security and with the per-row triggers off,
+/// and every foreign key among them is one [`references::dangling`] can check afterwards
+/// (MATCH SIMPLE).
+async fn direct_load_possible(cluster: &Cluster, pool: &Container) -> Result<bool, StepError> {
+    if !cluster.bypasses_row_security().await || !cluster.may_skip_triggers().await {
+        return Ok(false);
+    }
+    Ok(references::of(cluster, pool)
+        .await?
+        .iter()
+        .all(|r| r.simple))
+}
 
 /// The `verify` step (see the module doc).
 async fn verify(

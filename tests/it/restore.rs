@@ -513,6 +513,15 @@ async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
     .await
     .unwrap();
     assert_eq!(indexes, 3, "migration 3 ran on the restored copy");
+    // As a new pool tenant, the older export goes through a staging copy migrated to the
+    // pool's version (only an export at the pool's version loads straight into it).
+    let copy = restored(&mut env, as_new(&e, "rst-old-pool", pb::Tier::Pool, "main")).await;
+    let copy_id: Uuid = copy.id.parse().unwrap();
+    assert!(copy.schema_version > e.schema_version, "{copy:?}");
+    assert_eq!(
+        sorted(snapshot(&Place::of(&copy), copy_id).await),
+        renamed(&exported, id, copy_id)
+    );
 
     // A manifest claiming a future version, signed by the service key: refused at once.
     let keys = tenantd::archive::layout::ExportKeys::new(
@@ -582,8 +591,10 @@ async fn reseal(env: &TestEnv, e: &pb::Export, edit: impl Fn(&str) -> String) {
 }
 
 /// A validly signed export whose rows are wrong is still refused: a row of another tenant
-/// in `verify`, a duplicate key when the keys are built again in `index`. DATA_LOSS, and the
-/// tenant's data is as it was.
+/// in `verify`; a duplicate key when the keys are built again in `index` (or, loaded
+/// straight into the pool as a new tenant, by the pool's own key in `load`); a row naming a
+/// parent that is not there in `index`. DATA_LOSS, the tenant's data is as it was, and a new
+/// tenant leaves no row behind.
 #[tokio::test]
 async fn signed_exports_with_bad_rows_are_refused_with_nothing_changed() {
     let mut env = TestEnv::start().await;
@@ -625,26 +636,60 @@ async fn signed_exports_with_bad_rows_are_refused_with_nothing_changed() {
     for key in [&keys.archive, &keys.manifest, &keys.signature] {
         originals.push((key.clone(), objects.get(key).await.unwrap()));
     }
-    for (edit, step) in [
-        (&foreign as &dyn Fn(&str) -> String, "verify"),
-        (&duplicate, "index"),
+    // The first patient gets another id: its encounters, notes and appointments name none.
+    let orphans = |sql: &str| {
+        let (at, rows) = patients(sql);
+        let moved = rows[0]
+            .split('\t')
+            .find(|f| f.parse::<Uuid>().is_ok_and(|u| u != id))
+            .expect("the patient's id")
+            .to_owned();
+        let row = rows[0].replacen(&moved, &Uuid::new_v4().to_string(), 1);
+        format!("{}{}{}", &sql[..at], row, &sql[at + rows[0].len()..])
+    };
+    let mut attempt = 0;
+    for (edit, in_place_step, as_new_step) in [
+        (&foreign as &dyn Fn(&str) -> String, "verify", "verify"),
+        (&duplicate, "index", "load"),
+        (&orphans, "index", "index"),
     ] {
         for (key, bytes) in &originals {
             objects.put(key, bytes).await.unwrap();
         }
         reseal(&env, &e, edit).await;
-        let op = restore(&mut env, request(&e)).await;
-        let Some(pb::operation::Result::Error(err)) = op.result else {
-            panic!("bad rows were restored: {op:?}");
-        };
-        assert_eq!(err.code, tonic::Code::DataLoss as i32, "{err:?}");
-        assert_eq!(err.step, step, "{err:?}");
-        assert!(
-            err.message.contains("nothing was changed"),
-            "{}",
-            err.message
-        );
-        assert_eq!(snapshot(&place, id).await, current);
+        attempt += 1;
+        let new_slug = format!("rst-badrows-{attempt}");
+        for (r, step) in [
+            (request(&e), in_place_step),
+            (as_new(&e, &new_slug, pb::Tier::Pool, "main"), as_new_step),
+        ] {
+            let op = restore(&mut env, r).await;
+            let Some(pb::operation::Result::Error(err)) = &op.result else {
+                panic!("bad rows were restored: {op:?}");
+            };
+            assert_eq!(err.code, tonic::Code::DataLoss as i32, "{err:?}");
+            assert_eq!(err.step, step, "{err:?}");
+            assert!(
+                err.message.contains("nothing was changed"),
+                "{}",
+                err.message
+            );
+            assert_eq!(snapshot(&place, id).await, current);
+            let tenant: Uuid = op.metadata.as_ref().unwrap().tenant_id.parse().unwrap();
+            if tenant != id {
+                assert_eq!(
+                    env.tenant(&tenant.to_string()).await.state,
+                    pb::TenantState::Failed as i32
+                );
+                assert!(
+                    snapshot(&place, tenant)
+                        .await
+                        .iter()
+                        .all(|(_, rows)| rows.is_empty()),
+                    "the failed new tenant left rows in the pool"
+                );
+            }
+        }
     }
 }
 
