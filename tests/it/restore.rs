@@ -518,10 +518,22 @@ async fn older_exports_are_migrated_forward_and_newer_ones_refused() {
     let copy = restored(&mut env, as_new(&e, "rst-old-pool", pb::Tier::Pool, "main")).await;
     let copy_id: Uuid = copy.id.parse().unwrap();
     assert!(copy.schema_version > e.schema_version, "{copy:?}");
-    assert_eq!(
-        sorted(snapshot(&Place::of(&copy), copy_id).await),
-        renamed(&exported, id, copy_id)
-    );
+    // Row for row; the pool (shared with other tests) may be at a version whose migrations
+    // added columns, which the migrated rows hold after the exported ones.
+    let got = sorted(snapshot(&Place::of(&copy), copy_id).await);
+    let want = renamed(&exported, id, copy_id);
+    assert_eq!(got.len(), want.len());
+    for ((table, got), (_, want)) in got.iter().zip(&want) {
+        assert_eq!(got.len(), want.len(), "{table}");
+        for row in want {
+            let fields = row.strip_suffix(')').expect("a row literal");
+            assert!(
+                got.iter()
+                    .any(|g| g == row || g.starts_with(&format!("{fields},"))),
+                "{table}: {row} not restored"
+            );
+        }
+    }
 
     // A manifest claiming a future version, signed by the service key: refused at once.
     let keys = tenantd::archive::layout::ExportKeys::new(
