@@ -53,6 +53,9 @@ async fn open_streams(metrics: u16) -> f64 {
 /// refusal is on record in an intact audit log, and the streams end with their clients.
 #[tokio::test]
 async fn two_hundred_callers_flooding_refused_and_streaming_calls_do_not_stall_a_move() {
+    // It loads the machine itself (200 callers), and measures whether the administrator is
+    // answered: not beside the tests that load it in bursts (pgBackRest restores).
+    let _one = crate::harness::one_at_a_time().await;
     let (mut config, dir) = TestEnv::config().await;
     let metrics = free_port();
     config.metrics.listen = Some(format!("127.0.0.1:{metrics}").parse().unwrap());

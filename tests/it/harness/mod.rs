@@ -581,8 +581,9 @@ pub const EU_SELECTOR: &str = "region=eu";
 /// The bearer token of [`EU_APPLICATION`].
 /// Tests whose outcome depends on keeping pace (an online move catching up with a writer at
 /// full speed) and tests that load the machine in bursts (pgBackRest backing up and
-/// restoring clusters of their own) run one at a time: on two cores, two of them at once can
-/// leave a catch-up behind its writer for longer than the test waits.
+/// restoring clusters of their own, a flood of 200 callers) run one at a time: on two
+/// cores, two of them at once can leave a catch-up behind its writer for longer than the
+/// test waits, or the registry's connections busy past a caller's wait.
 static PACE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The id in an operation's name (`operations/<uuid>`).
